@@ -1,0 +1,1 @@
+"""Broker, Redis and the topic plan: what the pipeline runs on."""

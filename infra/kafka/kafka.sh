@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Starts, stops and reports on the single-node KRaft development broker, run straight from the jars
+# that Maven fetched into .cache/kafka/libs. Idempotent: `up` on a running broker only says so.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cache="${GEODISPATCH_CACHE:-$root/.cache}"
+libs="$cache/kafka/libs"
+data_dir="${KAFKA_DATA_DIR:-$cache/kafka/run}"
+port="${KAFKA_PORT:-9092}"
+controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
+pid_file="$data_dir/kafka.pid"
+config="$data_dir/server.properties"
+
+say() { printf 'kafka: %s\n' "$*"; }
+
+is_running() {
+  [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+fetch_jars() {
+  if [ -f "$libs/.complete" ]; then return; fi
+  say "fetching the broker from Maven Central (once; cached in $libs)"
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$libs" -DincludeScope=runtime
+  touch "$libs/.complete"
+}
+
+# The broker logs to server.log; the short-lived tools run here log to tools/ so that a failed
+# start shows the broker's own last lines, not the readiness probe's.
+java_cmd() {
+  local log_dir="$1"; shift
+  java -Xms128m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+       -Dkafka.logs.dir="$log_dir" \
+       -Dlog4j2.configurationFile="$here/log4j2.yaml" \
+       -cp "$libs/*" "$@"
+}
+
+tool() { java_cmd "$data_dir/logs/tools" "$@"; }
+
+write_config() {
+  mkdir -p "$data_dir/logs/tools"
+  sed -e "s|@DATA_DIR@|$data_dir|g" -e "s|@PORT@|$port|g" \
+      -e "s|@CONTROLLER_PORT@|$controller_port|g" "$here/server.properties.in" > "$config"
+  if [ -n "${KAFKA_EXTRA_CONFIG:-}" ]; then cat "$KAFKA_EXTRA_CONFIG" >> "$config"; fi
+}
+
+format_storage() {
+  if [ -f "$data_dir/data/meta.properties" ]; then return; fi
+  local cluster_id
+  cluster_id=$(tool kafka.tools.StorageTool random-uuid)
+  say "formatting storage in $data_dir/data (cluster $cluster_id)"
+  tool kafka.tools.StorageTool format -t "$cluster_id" -c "$config" >/dev/null
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90}))
+  while [ $SECONDS -lt $deadline ]; do
+    if ! is_running; then
+      say "the broker exited while starting; last lines of $data_dir/logs/server.log:"
+      tail -n 40 "$data_dir/logs/server.log" 2>/dev/null || true
+      tail -n 20 "$data_dir/logs/stdout.log" 2>/dev/null || true
+      return 1
+    fi
+    # A metadata request answered (not merely an open port) means the broker is serving.
+    if port_open "$port" && tool org.apache.kafka.tools.TopicCommand \
+         --bootstrap-server "127.0.0.1:$port" --list >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 1
+  done
+  say "the broker did not answer a metadata request within ${KAFKA_START_TIMEOUT:-90}s:"
+  tail -n 40 "$data_dir/logs/server.log" 2>/dev/null || true
+  return 1
+}
+
+up() {
+  if is_running; then
+    say "already running (pid $(cat "$pid_file")) on 127.0.0.1:$port; nothing to do"
+    return 0
+  fi
+  if port_open "$port"; then
+    say "something else already listens on 127.0.0.1:$port; using it as the broker"
+    return 0
+  fi
+  fetch_jars
+  write_config
+  format_storage
+  say "starting on 127.0.0.1:$port (data and logs in $data_dir)"
+  java_cmd "$data_dir/logs" kafka.Kafka "$config" >"$data_dir/logs/stdout.log" 2>&1 </dev/null &
+  echo $! > "$pid_file"
+  disown
+  local started=$SECONDS
+  wait_ready
+  say "ready after $((SECONDS - started))s (pid $(cat "$pid_file"))"
+}
+
+down() {
+  if ! is_running; then
+    say "not running; nothing to stop"
+    rm -f "$pid_file"
+    return 0
+  fi
+  local pid
+  pid=$(cat "$pid_file")
+  say "stopping pid $pid"
+  kill "$pid"
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pid_file"; say "stopped"; return 0; }
+    sleep 0.5
+  done
+  say "did not stop in 30s; killing"
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pid_file"
+}
+
+status() {
+  if is_running; then say "running (pid $(cat "$pid_file")) on 127.0.0.1:$port"; else say "not running"; return 1; fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  reset) down; rm -rf "$data_dir"; say "removed $data_dir" ;;
+  classpath) fetch_jars >&2; echo "$libs/*" ;;
+  *) echo "usage: $0 up|down|status|reset|classpath" >&2; exit 2 ;;
+esac

@@ -1,0 +1,103 @@
+"""The topic plan: every topic of the contract, its partitions and configs, and the region key rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 3600 * 1000
+
+LOCATIONS = "driver_locations"
+STATUS = "driver_status"
+REQUESTS = "driver_assignment.requests"
+RESPONSES = "driver_assignment.responses"
+TRIP_EVENTS = "trip_events"
+PRESENCE = "driver_presence"
+TRACKING = "booking_tracking"
+DLQ = "dispatch.dlq"
+# Internal, keyed by driver: the assignment agent and the liveness timer ask the sessions agent (which
+# owns the driver's state) to record a trip or to check a heartbeat.
+DRIVER_COMMANDS = "dispatch.driver_commands"
+
+
+def region_key(lat: float, lng: float) -> str:
+    """trunc(lat/10)_trunc(lng/10), truncating toward zero: 40.7128, -74.006 gives 4_-7."""
+    if not (math.isfinite(lat) and math.isfinite(lng)):
+        raise ValueError("coordinates must be finite numbers")
+    return f"{math.trunc(lat / 10)}_{math.trunc(lng / 10)}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Every topic name, with the deployment's prefix applied; the one place names are built."""
+
+    prefix: str = ""
+
+    def locations(self, region: str) -> str:
+        return f"{self.prefix}{LOCATIONS}.{region}"
+
+    def requests(self, region: str) -> str:
+        return f"{self.prefix}{REQUESTS}.{region}"
+
+    def locations_pattern(self) -> str:
+        return "^" + (self.prefix + LOCATIONS).replace(".", r"\.") + r"\.[^.]+$"
+
+    def requests_pattern(self) -> str:
+        return "^" + (self.prefix + REQUESTS).replace(".", r"\.") + r"\.[^.]+$"
+
+    @property
+    def status(self) -> str:
+        return self.prefix + STATUS
+
+    @property
+    def responses(self) -> str:
+        return self.prefix + RESPONSES
+
+    @property
+    def trip_events(self) -> str:
+        return self.prefix + TRIP_EVENTS
+
+    @property
+    def presence(self) -> str:
+        return self.prefix + PRESENCE
+
+    @property
+    def tracking(self) -> str:
+        return self.prefix + TRACKING
+
+    @property
+    def dlq(self) -> str:
+        return self.prefix + DLQ
+
+    @property
+    def driver_commands(self) -> str:
+        return self.prefix + DRIVER_COMMANDS
+
+
+def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replication: int) -> list[TopicSpec]:
+    """All topics of the contract. Every topic keyed by driver or order shares one partition count
+    so that a key's records always meet on the same partition number."""
+    events = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
+    pings = {"retention.ms": str(DAY_MS), "cleanup.policy": "delete"}
+    # The DLQ is kept long: operators replay from it days later.
+    dead_letters = {"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"}
+    specs = [TopicSpec(names.locations(r), partitions, replication, pings) for r in regions]
+    specs += [TopicSpec(names.requests(r), partitions, replication, events) for r in regions]
+    specs += [
+        TopicSpec(names.status, partitions, replication, events),
+        TopicSpec(names.responses, partitions, replication, events),
+        TopicSpec(names.trip_events, partitions, replication, events),
+        TopicSpec(names.driver_commands, partitions, replication, events),
+        TopicSpec(names.presence, partitions, replication, events),
+        TopicSpec(names.tracking, partitions, replication, pings),
+        TopicSpec(names.dlq, 1, replication, dead_letters),
+    ]
+    return specs

@@ -1,0 +1,153 @@
+"""Typed, validated mirrors of the Avro schemas; a test keeps the two in step field for field."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds and a Z, the form every seed document uses."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# Timestamps travel as ISO-8601 strings (JSON and Avro alike) and must carry an offset.
+Timestamp = Annotated[AwareDatetime, PlainSerializer(iso_utc, return_type=str)]
+# strict: a coordinate given as a string or a boolean is an error, not something to coerce.
+Latitude = Annotated[float, Field(strict=True, ge=-90.0, le=90.0, allow_inf_nan=False)]
+Longitude = Annotated[float, Field(strict=True, ge=-180.0, le=180.0, allow_inf_nan=False)]
+OptionalFinite = Annotated[float | None, Field(default=None, allow_inf_nan=False)]
+NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
+
+Eligibility = Literal["ACTIVE", "SUSPENDED", "INACTIVE"]
+TripStatus = Literal["picked_up", "delivered", "cancelled"]
+
+
+class Message(BaseModel):
+    """Base of every contract message: unknown fields are ignored so producers can add fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    # The Avro schema this model mirrors (file stem without the version).
+    avro_name: ClassVar[str]
+    # Fields whose Avro form is the JSON text of a free-form value.
+    avro_json_fields: ClassVar[tuple[str, ...]] = ()
+
+
+class LocationPing(Message):
+    avro_name: ClassVar[str] = "LocationPing"
+
+    driver_id: NonEmpty
+    lat: Latitude
+    lng: Longitude
+    speed_mps: OptionalFinite
+    heading_deg: OptionalFinite
+    accuracy_m: OptionalFinite
+    ts: Timestamp
+
+
+class DriverStatus(Message):
+    avro_name: ClassVar[str] = "DriverStatus"
+
+    driver_id: NonEmpty
+    online: bool | None = None
+    eligibility: Eligibility | None = None
+    ts: Timestamp
+
+
+class AssignmentRequested(Message):
+    avro_name: ClassVar[str] = "AssignmentRequested"
+    avro_json_fields: ClassVar[tuple[str, ...]] = ("items",)
+
+    eventId: str | None = None
+    eventType: str | None = None
+    occurredAt: str | None = None
+    orderId: NonEmpty
+    geoKey: str | None = None
+    restaurantLatitude: Latitude
+    restaurantLongitude: Longitude
+    customerLatitude: Latitude
+    customerLongitude: Longitude
+    preparationTime: Annotated[float, Field(ge=0, le=24 * 60, allow_inf_nan=False)] = 0
+    radius: Annotated[float, Field(gt=0, le=200, allow_inf_nan=False)] = 5
+    items: list[Any] | None = None
+    totalAmount: OptionalFinite
+    specialInstructions: str | None = None
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _items_from_json_text(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+
+COORDINATE_FIELDS = ("restaurantLatitude", "restaurantLongitude", "customerLatitude", "customerLongitude")
+
+
+class AssignmentResponse(Message):
+    avro_name: ClassVar[str] = "AssignmentResponse"
+
+    orderId: NonEmpty
+    status: Literal["assigned", "failed"]
+    driverId: str | None = None
+    eta: int | None = None
+    assignedAt: Timestamp | None = None
+    error: str | None = None
+    failedAt: Timestamp | None = None
+
+
+class TripEvent(Message):
+    avro_name: ClassVar[str] = "TripEvent"
+
+    orderId: NonEmpty
+    driverId: NonEmpty
+    status: TripStatus
+    ts: Timestamp
+
+
+class PresenceChanged(Message):
+    avro_name: ClassVar[str] = "PresenceChanged"
+
+    driver_id: NonEmpty
+    online: bool
+    reason: Literal["status", "heartbeat_timeout"]
+    last_seen: Timestamp | None = None
+    ts: Timestamp
+
+
+class TrackingUpdate(Message):
+    avro_name: ClassVar[str] = "TrackingUpdate"
+
+    type: Literal["driver_location_update"] = "driver_location_update"
+    booking_id: NonEmpty
+    driver_id: NonEmpty
+    lat: Latitude
+    lng: Longitude
+    bearing: OptionalFinite
+    speed_kmh: OptionalFinite
+    timestamp: Timestamp
+
+
+class DriverCommand(Message):
+    """Internal: a request to the worker that owns this driver's session."""
+
+    avro_name: ClassVar[str] = "DriverCommand"
+
+    driver_id: NonEmpty
+    kind: Literal["assign", "heartbeat_check"]
+    order_id: str | None = None
+    ts: Timestamp
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    LocationPing,
+    DriverStatus,
+    AssignmentRequested,
+    AssignmentResponse,
+    TripEvent,
+    PresenceChanged,
+    TrackingUpdate,
+    DriverCommand,
+)

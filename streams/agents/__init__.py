@@ -1,0 +1,1 @@
+"""Agents, one module per domain; streams.app autodiscovers them."""

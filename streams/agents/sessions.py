@@ -1,0 +1,121 @@
+"""Driver sessions: pings, status changes, trip events and commands applied to each driver's session,
+the shared index, presence changes and rider tracking."""
+
+from __future__ import annotations
+
+import functools
+
+import structlog
+
+from schemas.codec import InvalidMessage
+from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
+from streams.app import app
+from streams.dlq import guarded
+from streams.index import now_ms
+from streams.logic.sessions import (
+    HEARTBEAT_TIMEOUT,
+    Effects,
+    apply_assignment,
+    apply_ping,
+    apply_status,
+    apply_trip,
+    check_heartbeat,
+)
+from streams.routing import REROUTED_FROM, misrouted
+from streams.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+def _classify(runtime: Runtime, topic: str) -> tuple[str, str | None]:
+    names = runtime.names
+    if topic == names.status:
+        return "status", None
+    if topic == names.trip_events:
+        return "trip", None
+    if topic == names.driver_commands:
+        return "command", None
+    return "location", topic.rsplit(".", 1)[-1]
+
+
+async def _reroute(runtime: Runtime, message, driver_key: bytes, partition: int) -> None:
+    headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
+    await runtime.topics.named(message.topic).send(
+        key=driver_key, value=message.value, partition=partition, headers=headers
+    )
+    runtime.metrics.rerouted.labels(stream="sessions").inc()
+
+
+def _apply(runtime: Runtime, kind: str, region: str | None, record, now: int) -> Effects:
+    session = runtime.sessions.get(_driver_id(record))
+    if kind == "location":
+        return apply_ping(session, record, region, now, runtime.rules)
+    if kind == "status":
+        return apply_status(session, record, now, runtime.rules)
+    if kind == "trip":
+        return apply_trip(session, record)
+    if record.kind == "assign":
+        return apply_assignment(session, record.driver_id, record.order_id)
+    return check_heartbeat(session, now, runtime.rules) if session else Effects("unknown")
+
+
+MODELS = {"location": LocationPing, "status": DriverStatus, "trip": TripEvent, "command": DriverCommand}
+
+
+def _driver_id(record) -> str:
+    return record.driverId if isinstance(record, TripEvent) else record.driver_id
+
+
+def _count(runtime: Runtime, kind: str, effects: Effects, record, now: int) -> None:
+    m = runtime.metrics
+    if kind == "location":
+        m.pings.labels(outcome=effects.outcome).inc()
+        m.event_lag.labels(stream="locations").observe(max(0.0, now / 1000 - record.ts.timestamp()))
+        if effects.session is not None and effects.session.trip_id is not None:
+            m.tracking_updates.labels(outcome="sent" if effects.tracking else "throttled").inc()
+    elif kind == "status":
+        m.status_changes.labels(change=effects.outcome).inc()
+    elif kind == "trip":
+        m.trip_events.labels(status=effects.outcome).inc()
+    elif effects.outcome == HEARTBEAT_TIMEOUT:
+        m.heartbeat_timeouts.inc()
+    if effects.presence is not None:
+        m.presence_changes.labels(reason=effects.presence.reason, online=str(effects.presence.online).lower()).inc()
+
+
+async def process(runtime: Runtime, message) -> None:
+    kind, region = _classify(runtime, message.topic)
+    record = runtime.codec.decode(MODELS[kind], message.value)
+    driver_id = _driver_id(record)
+    driver_key = driver_id.encode()
+    if message.key is not None and message.key != driver_key:
+        raise InvalidMessage(f"record key {message.key[:64]!r} is not the record's driver id", "key")
+    target = misrouted(driver_key, message.partition, runtime.settings.partitions)
+    if target is not None:
+        await _reroute(runtime, message, driver_key, target)
+        return
+    now = now_ms()
+    effects = _apply(runtime, kind, region, record, now)
+    _count(runtime, kind, effects, record, now)
+    if effects.session is not None:
+        runtime.sessions.put(effects.session)
+        runtime.index_writer.stage(effects.session, effects.release_order)
+    codec = runtime.codec
+    if effects.presence is not None:
+        await runtime.topics.presence.send(key=driver_key, value=codec.encode(effects.presence))
+    if effects.tracking is not None:
+        await runtime.topics.tracking.send(
+            key=effects.tracking.booking_id.encode(), value=codec.encode(effects.tracking)
+        )
+
+
+@app.agent(app.runtime.topics.driver_inputs, name="driver_sessions")
+async def driver_sessions(stream) -> None:
+    runtime: Runtime = app.runtime
+    async for event in stream.events():
+        message = event.message
+        with structlog.contextvars.bound_contextvars(
+            topic=message.topic, partition=message.partition, offset=message.offset
+        ):
+            await guarded(runtime.dead_letters, message, "sessions", functools.partial(process, runtime, message))
+

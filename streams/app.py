@@ -1,0 +1,71 @@
+"""Builds the one Faust app from the settings; nothing else happens here."""
+
+from __future__ import annotations
+
+import faust
+
+from streams.dlq import DeadLetters
+from streams.index import IndexWriter
+from streams.runtime import Runtime
+from streams.settings import Settings
+from streams.tables import DecisionStore, SessionStore, raw_table
+from streams.topics import Topics
+
+
+def faust_options(settings: Settings) -> dict[str, object]:
+    """Faust's keyword arguments, each from the settings object."""
+    options: dict[str, object] = {
+        "broker": [f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        "store": settings.store,
+        "datadir": str(settings.data_dir),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_in_thread": False,
+        "autodiscover": ["streams.agents", "streams.views"],
+        "origin": "streams",
+        # Agents commit only what they finished; a record is never acked while still in flight.
+        "stream_wait_empty": True,
+        "broker_commit_every": 500,
+        "broker_commit_interval": 1.0,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_linger_ms": 2,
+        "producer_acks": -1,
+        # Everything stays bytes until our codec decodes it; table stores decode with these too.
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "logging_config": None,
+        "loghandlers": [],
+    }
+    security = settings.kafka_client_options()
+    if security["security_protocol"] != "PLAINTEXT":
+        options["broker_credentials"] = _credentials(settings, security)
+    return options
+
+
+def _credentials(settings: Settings, security: dict[str, object]) -> object:
+    ssl_context = security.get("ssl_context")
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=security["sasl_plain_password"],
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    return faust.SSLCredentials(ssl_context)
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(f"{settings.topic_prefix}{settings.app_id}", **faust_options(settings))
+    runtime = Runtime.build(settings)
+    runtime.topics = Topics(app, runtime.names, settings.regions)
+    runtime.sessions = SessionStore(raw_table(app, "driver_sessions", settings.partitions))
+    runtime.decisions = DecisionStore(raw_table(app, "assignment_decisions", settings.partitions))
+    runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
+    runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)
+    app.runtime = runtime
+    return app
+
+
+app = create_app(Settings())

@@ -1,0 +1,130 @@
+"""The `geodispatch` command line: one entry point, a subcommand per job, `--help` on each.
+Exit codes: 0 done, 1 failed, 2 bad usage (click's), 3 nothing could be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from streams.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """geodispatch: real-time dispatch on Kafka. Settings come from GEODISPATCH_* variables
+    (see README.md); KAFKA_BOOTSTRAP_SERVERS and REDIS_URL point it at your servers."""
+
+
+@main.command()
+@click.option("--web-port", type=int, default=None, help="HTTP port (default: GEODISPATCH_WEB_PORT or 6066).")
+def worker(web_port: int | None) -> None:
+    """Run one pipeline worker: all agents, the tables and the HTTP API."""
+    import os
+
+    if web_port is not None:
+        os.environ["GEODISPATCH_WEB_PORT"] = str(web_port)
+    settings = _settings()
+    from streams.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    from faust import Worker
+
+    from streams.app import app
+
+    Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True).execute_from_commandline()
+
+
+@main.group()
+def topics() -> None:
+    """Create, update and list the contract's topics."""
+
+
+@topics.command("apply")
+@click.option("--regions", default=None, help="Comma-separated region keys (default: GEODISPATCH_REGIONS).")
+def topics_apply(regions: str | None) -> None:
+    """Create missing topics, widen and re-configure changed ones (idempotent); report each."""
+    from infra.admin import apply_plan
+    from infra.topics import TopicNames, plan
+
+    settings = _settings()
+    region_keys = tuple(r.strip() for r in regions.split(",")) if regions else settings.regions
+    specs = plan(TopicNames(settings.topic_prefix), region_keys, settings.partitions, settings.replication_factor)
+
+    async def run() -> list:
+        async with _admin(settings) as admin:
+            return await apply_plan(admin, specs)
+
+    changes = asyncio.run(run())
+    for change in changes:
+        click.echo(f"{change.action:<10} {change.topic}{'  ' + change.detail if change.detail else ''}")
+    made = sum(1 for c in changes if c.action != "unchanged")
+    click.echo(f"topics: {made} changed, {len(changes) - made} already as planned")
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """List the topics on the broker with their partition counts."""
+    settings = _settings()
+
+    async def run() -> list[tuple[str, int]]:
+        async with _admin(settings) as admin:
+            names = sorted(n for n in await admin.list_topics() if not n.startswith("__"))
+            described = await admin.describe_topics(names) if names else []
+            return [(t["topic"], len(t["partitions"])) for t in described]
+
+    for name, partitions in sorted(asyncio.run(run())):
+        click.echo(f"{partitions:>4}  {name}")
+
+
+class _admin:
+    """An admin client for the CLI's short jobs, closed on exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self._client = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_client_options()
+        )
+
+    async def __aenter__(self):
+        try:
+            await self._client.start()
+        except Exception as exc:  # the broker cannot be reached: say so plainly, exit 3
+            click.echo(f"error: cannot reach Kafka ({type(exc).__name__}: {exc})", err=True)
+            sys.exit(3)
+        return self._client
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._client.close()
+
+
+@main.group()
+def index() -> None:
+    """The shared Redis index of driver sessions."""
+
+
+@index.command("rebuild")
+def index_rebuild() -> None:
+    """Ask every worker to rebuild its part of the index from its tables (within a second)."""
+    from streams.index import RegionIndex
+
+    settings = _settings()
+
+    async def run() -> str:
+        idx = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
+        try:
+            return await idx.request_rebuild()
+        finally:
+            await idx.redis.aclose()
+
+    click.echo(f"index: new epoch {asyncio.run(run())}; every worker rebuilds its part within a second")
+
+
+if __name__ == "__main__":
+    main()

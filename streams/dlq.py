@@ -1,0 +1,68 @@
+"""The one way every agent gives up on a record: send it to dispatch.dlq, log it and count it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from schemas.codec import InvalidMessage
+from schemas.dead_letter import SourceRecord, dead_letter_headers
+from streams.logic import InvalidEvent
+from streams.metrics import Metrics
+from streams.retry import GaveUp
+
+log = structlog.get_logger(__name__)
+
+
+def source_of(message: Any) -> SourceRecord:
+    """A Faust/aiokafka message's coordinates and raw bytes."""
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000) if isinstance(message.timestamp, float) else int(message.timestamp),
+        key=message.key,
+        value=message.value,
+        headers=list(message.headers or ()),
+    )
+
+
+class DeadLetters:
+    """Sends failed records to the dead-letter topic with the contract's headers."""
+
+    def __init__(self, topic: Any, metrics: Metrics) -> None:
+        self._topic = topic
+        self._metrics = metrics
+
+    async def send(self, source: SourceRecord, stage: str, error: BaseException, attempts: int = 1) -> None:
+        headers = dead_letter_headers(source, stage, error, attempts, datetime.now(timezone.utc))
+        # Sent inside the agent, Faust attaches the send to the current event: the input offset
+        # is committed only once the dead letter is acknowledged, so the record cannot be lost.
+        await self._topic.send(key=source.key, value=source.value, headers=headers)
+        self._metrics.dead_letters.labels(stage=stage, error_class=type(error).__name__).inc()
+        log.warning(
+            "dead_lettered",
+            stage=stage,
+            error_class=type(error).__name__,
+            error=str(error),
+            attempts=attempts,
+            topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+        )
+
+
+async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: Any) -> None:
+    """Runs one record's processing; whatever it raises sends the record to the dead-letter topic
+    instead of stopping the agent (Faust would ack it and move on, losing it silently)."""
+    try:
+        await action()
+    except (InvalidMessage, InvalidEvent) as exc:
+        await dead_letters.send(source_of(message), stage, exc)
+    except GaveUp as exc:
+        await dead_letters.send(source_of(message), stage, exc.last, attempts=exc.attempts)
+    except Exception as exc:  # a bug or an unforeseen input: keep the record, keep the agent alive
+        log.exception("processing_failed", stage=stage, topic=message.topic, offset=message.offset)
+        await dead_letters.send(source_of(message), stage, exc)

@@ -1,0 +1,296 @@
+"""The shared region index in Redis: session documents, H3 cell sets of available drivers, atomic
+reservations and per-order decisions. Every worker reads and writes it; Lua keeps each step atomic."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import h3
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from streams.logic.geo import (
+    NEARBY_RESOLUTION,
+    SEARCH_RESOLUTION,
+    cell,
+    haversine_km,
+    local_edge_km,
+    ring_min_distance_km,
+    rings_for_radius,
+)
+from streams.logic.sessions import DriverSession, session_response
+
+# Applies a session change unless the index already holds a newer version of that driver, and moves
+# the driver between cell sets. A driver is in the cell sets only if assignable and not reserved.
+UPSERT = """
+local cur = redis.call('HGET', KEYS[1], 'ver')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+if ARGV[11] ~= '' and redis.call('GET', KEYS[2]) == ARGV[11] then redis.call('DEL', KEYS[2]) end
+local old = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'c7')
+if old[1] == '1' then
+  redis.call('SREM', ARGV[9] .. 'c9:' .. old[2], ARGV[10])
+  redis.call('SREM', ARGV[9] .. 'c7:' .. old[3], ARGV[10])
+end
+local avail = '0'
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then avail = '1' end
+redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4], 'ts', ARGV[5],
+           'c9', ARGV[6], 'c7', ARGV[7], 'avail', avail)
+if avail == '1' then
+  redis.call('SADD', ARGV[9] .. 'c9:' .. ARGV[6], ARGV[10])
+  redis.call('SADD', ARGV[9] .. 'c7:' .. ARGV[7], ARGV[10])
+end
+return 1
+"""
+
+# Reserves a driver for an order: succeeds only if the driver is still available and fresh, and
+# returns the order's existing decision instead when there is one (a redelivered request).
+RESERVE = """
+local existing = redis.call('GET', KEYS[3])
+if existing then return {'existing', existing} end
+local holder = redis.call('GET', KEYS[2])
+if holder then return {'taken', holder} end
+local d = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'c7', 'ts')
+if d[1] ~= '1' then return {'unavailable', ''} end
+if tonumber(d[4]) < tonumber(ARGV[5]) then return {'stale', ''} end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'avail', '0')
+redis.call('SREM', ARGV[3] .. 'c9:' .. d[2], ARGV[4])
+redis.call('SREM', ARGV[3] .. 'c7:' .. d[3], ARGV[4])
+return {'reserved', ARGV[2]}
+"""
+
+# Records a failed decision unless the order already has one; failures expire so a later retry of
+# the same order gets a fresh attempt.
+RECORD_FAILURE = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
+
+
+@dataclass(frozen=True)
+class Located:
+    driver_id: str
+    lat: float
+    lng: float
+    loc_ts_ms: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    outcome: str  # reserved | existing | taken | unavailable | stale
+    decision: dict | None
+
+
+class RegionIndex:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._upsert = client.register_script(UPSERT)
+        self._reserve = client.register_script(RESERVE)
+        self._record_failure = client.register_script(RECORD_FAILURE)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> RegionIndex:
+        return cls(aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30), prefix)
+
+    def driver_key(self, driver_id: str) -> str:
+        return f"{self.prefix}d:{driver_id}"
+
+    def reservation_key(self, driver_id: str) -> str:
+        return f"{self.prefix}r:{driver_id}"
+
+    def decision_key(self, order_id: str) -> str:
+        return f"{self.prefix}o:{order_id}"
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.prefix}meta:epoch"
+
+    # -- writes from the sessions agent ---------------------------------------------------------
+
+    async def write_sessions(self, changes: Iterable[tuple[DriverSession, str | None]]) -> int:
+        """Applies (session, reservation to release) pairs in one pipelined round trip; returns
+        how many were newer than what the index held."""
+        calls = [
+            (self._session_keys(session), self._session_args(session, release_order))
+            for session, release_order in changes
+        ]
+        if not calls:
+            return 0
+        try:
+            return sum(await self._upsert_many(calls))
+        except NoScriptError:
+            # Redis restarted or was replaced and forgot the script: load it and send again.
+            await self.redis.script_load(UPSERT)
+            return sum(await self._upsert_many(calls))
+
+    async def _upsert_many(self, calls: list[tuple[list[str], list[object]]]) -> list[int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._upsert.sha, len(keys), *keys, *args)
+        return await pipe.execute()
+
+    def _session_keys(self, session: DriverSession) -> list[str]:
+        return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id)]
+
+    def _session_args(self, session: DriverSession, release_order: str | None) -> list[object]:
+        return [
+            session.version,
+            orjson.dumps(session_response(session)),
+            "" if session.lat is None else session.lat,
+            "" if session.lng is None else session.lng,
+            session.loc_ts_ms or 0,
+            session.h3_res9 or "",
+            session.h3_res7 or "",
+            "1" if session.assignable else "0",
+            self.prefix,
+            session.driver_id,
+            release_order or "",
+        ]
+
+    # -- the index's generation: lets every worker notice Redis was emptied or replaced ---------
+
+    async def current_epoch(self) -> str:
+        """The epoch of the index; creates one when Redis has none (emptied, or a new server)."""
+        epoch = await self.redis.get(self.epoch_key)
+        if epoch is None:
+            await self.redis.set(self.epoch_key, uuid.uuid4().hex, nx=True)
+            epoch = await self.redis.get(self.epoch_key)
+        return epoch
+
+    async def request_rebuild(self) -> str:
+        """Starts a new epoch: every worker rebuilds its part of the index on its next check."""
+        epoch = uuid.uuid4().hex
+        await self.redis.set(self.epoch_key, epoch)
+        return epoch
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def session_document(self, driver_id: str) -> bytes | None:
+        return await self.redis.hget(self.driver_key(driver_id), "doc")
+
+    async def nearby(self, origin: str, k: int, limit: int, min_loc_ts_ms: int) -> tuple[list[str], list[str]]:
+        """Available drivers in the k-ring of a resolution-9 cell, nearest to its centre first."""
+        cells = list(h3.grid_disk(origin, k))
+        members = await self._members(NEARBY_RESOLUTION, cells)
+        located = await self._locate(members, min_loc_ts_ms)
+        lat, lng = h3.cell_to_latlng(origin)
+        located.sort(key=lambda d: (haversine_km(lat, lng, d.lat, d.lng), d.driver_id))
+        return [d.driver_id for d in located[:limit]], cells
+
+    async def candidates(
+        self, lat: float, lng: float, radius_km: float, enough: int, min_loc_ts_ms: int
+    ) -> list[tuple[Located, float]]:
+        """Available, fresh drivers within radius_km of a point with their distance, searched ring by
+        ring outward so the work grows with the drivers near the point, not with the fleet. Stops
+        once `enough` drivers are found nearer than anything an unsearched ring could hold."""
+        origin = cell(lat, lng, SEARCH_RESOLUTION)
+        edge = local_edge_km(origin)
+        last_ring = rings_for_radius(radius_km, edge)
+        found: list[tuple[Located, float]] = []
+        for ring in range(last_ring + 1):
+            ring_cells = list(h3.grid_ring(origin, ring))
+            located = await self._locate(await self._members(SEARCH_RESOLUTION, ring_cells), min_loc_ts_ms)
+            for driver in located:
+                distance = haversine_km(lat, lng, driver.lat, driver.lng)
+                if distance <= radius_km + 1e-9:
+                    found.append((driver, distance))
+            if len(found) >= enough:
+                found.sort(key=lambda pair: pair[1])
+                if found[enough - 1][1] < ring_min_distance_km(ring + 1, edge):
+                    break
+        return found
+
+    async def _members(self, resolution: int, cells: list[str]) -> list[str]:
+        prefix = f"{self.prefix}c{resolution}:"
+        if len(cells) == 1:
+            return list(await self.redis.smembers(prefix + cells[0]))
+        return list(await self.redis.sunion([prefix + c for c in cells]))
+
+    async def _locate(self, driver_ids: list[str], min_loc_ts_ms: int) -> list[Located]:
+        if not driver_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for driver_id in driver_ids:
+            pipe.hmget(self.driver_key(driver_id), "lat", "lng", "ts", "avail")
+        located = []
+        for driver_id, (lat, lng, ts, avail) in zip(driver_ids, await pipe.execute(), strict=True):
+            if avail == "1" and lat and ts and int(ts) >= min_loc_ts_ms:
+                located.append(Located(driver_id, float(lat), float(lng), int(ts)))
+        return located
+
+    # -- reservations and decisions -----------------------------------------------------------
+
+    async def reserve(self, driver_id: str, order_id: str, decision: dict, min_loc_ts_ms: int) -> Reservation:
+        keys = [self.driver_key(driver_id), self.reservation_key(driver_id), self.decision_key(order_id)]
+        args = [order_id, orjson.dumps(decision), self.prefix, driver_id, min_loc_ts_ms]
+        outcome, payload = await self._reserve(keys=keys, args=args)
+        return Reservation(outcome, orjson.loads(payload) if payload else None)
+
+    async def decision(self, order_id: str) -> dict | None:
+        raw = await self.redis.get(self.decision_key(order_id))
+        return orjson.loads(raw) if raw else None
+
+    async def record_failure(self, order_id: str, decision: dict, ttl_s: int) -> dict:
+        raw = await self._record_failure(keys=[self.decision_key(order_id)], args=[orjson.dumps(decision), ttl_s])
+        return orjson.loads(raw)
+
+    async def reservation_holder(self, driver_id: str) -> str | None:
+        return await self.redis.get(self.reservation_key(driver_id))
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class IndexWriter:
+    """Collects session changes and writes them to the index in pipelined batches. Only the newest
+    version of each driver is kept while waiting; the index is derived state, rebuilt from the
+    table when Redis is emptied, so a batch that keeps failing waits and is tried again."""
+
+    def __init__(self, index: RegionIndex, metrics, settings) -> None:
+        self._index = index
+        self._metrics = metrics
+        self._settings = settings
+        self._pending: dict[str, tuple[DriverSession, str | None]] = {}
+        self.failures = 0
+        # What this worker last rebuilt the index for: the index's epoch and the rebalance count.
+        self.epoch: str | None = None
+        self.rebalance = -1
+
+    def stage(self, session: DriverSession, release_order: str | None = None) -> None:
+        waiting = self._pending.get(session.driver_id)
+        if release_order is None and waiting is not None:
+            release_order = waiting[1]
+        self._pending[session.driver_id] = (session, release_order)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> int:
+        if not self._pending:
+            return 0
+        batch, self._pending = self._pending, {}
+        started = time.perf_counter()
+        try:
+            applied = await self._index.write_sessions(batch.values())
+        except (aioredis.RedisError, OSError):
+            # Put the batch back under anything newer that arrived meanwhile.
+            for driver_id, change in batch.items():
+                self._pending.setdefault(driver_id, change)
+            self.failures += 1
+            raise
+        self.failures = 0
+        self._metrics.index_write_seconds.observe(time.perf_counter() - started)
+        return applied

@@ -1,0 +1,44 @@
+"""Validation of the sessions API's query parameters (seed 000), with the error each one gets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from streams.logic.geo import is_resolution9_cell
+
+
+class BadQuery(ValueError):
+    def __init__(self, parameter: str, reason: str) -> None:
+        self.parameter = parameter
+        self.reason = reason
+        super().__init__(f"{parameter}: {reason}")
+
+
+@dataclass(frozen=True)
+class NearbyQuery:
+    h3: str
+    k: int
+    limit: int
+
+
+def _bounded_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise BadQuery(name, f"must be a whole number from {low} to {high}, got {raw[:32]!r}") from None
+    if not low <= value <= high:
+        raise BadQuery(name, f"must be from {low} to {high}, got {value}")
+    return value
+
+
+def parse_nearby(params: Mapping[str, str]) -> NearbyQuery:
+    cell = (params.get("h3") or "").strip().lower()
+    if not cell:
+        raise BadQuery("h3", "is required: a resolution-9 H3 cell (15 hex characters)")
+    if not is_resolution9_cell(cell):
+        raise BadQuery("h3", f"must be a valid resolution-9 H3 cell (15 hex characters), got {cell[:32]!r}")
+    return NearbyQuery(cell, _bounded_int(params, "k", 1, 0, 5), _bounded_int(params, "limit", 50, 1, 100))

@@ -1,0 +1,227 @@
+"""A driver's session and how each event changes it: pings, status, trips, liveness."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from schemas.models import DriverStatus, LocationPing, PresenceChanged, TrackingUpdate, TripEvent
+from streams.logic import InvalidEvent
+from streams.logic.geo import NEARBY_RESOLUTION, SEARCH_RESOLUTION, cell
+
+CLOSED_TRIPS_KEPT = 8
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+STATUS = "status"
+
+
+@dataclass(frozen=True)
+class SessionRules:
+    min_ping_interval_ms: int
+    max_future_skew_ms: int
+    tracking_interval_ms: int
+    heartbeat_timeout_ms: int
+
+
+@dataclass(frozen=True)
+class DriverSession:
+    driver_id: str
+    online: bool = False
+    eligibility: str = "ACTIVE"
+    lat: float | None = None
+    lng: float | None = None
+    h3_res9: str | None = None
+    h3_res7: str | None = None
+    speed_mps: float | None = None
+    heading_deg: float | None = None
+    loc_ts_ms: int | None = None
+    status_ts_ms: int = 0
+    trip_id: str | None = None
+    offline_reason: str | None = None
+    tracking_sent_ms: int = 0
+    closed_trips: tuple[str, ...] = ()
+    region: str | None = None
+    # Bumped by every change: the Redis index applies a write only if it is newer than what it has.
+    version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriverSession:
+        data = dict(data)
+        data["closed_trips"] = tuple(data.get("closed_trips") or ())
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+
+    @property
+    def assignable(self) -> bool:
+        """Online, eligible, free and located (freshness is judged when a request reads it)."""
+        return self.online and self.eligibility == "ACTIVE" and self.trip_id is None and self.h3_res9 is not None
+
+
+_FIELDS = set(DriverSession.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What applying one event produced. `session` is None when nothing changed."""
+
+    outcome: str
+    session: DriverSession | None = None
+    presence: PresenceChanged | None = None
+    tracking: TrackingUpdate | None = None
+    release_order: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+
+
+def _changed(session: DriverSession, **changes: Any) -> DriverSession:
+    return replace(session, version=session.version + 1, **changes)
+
+
+def _check_not_future(ts_ms: int, now_ms: int, rules: SessionRules, field_name: str) -> None:
+    if ts_ms - now_ms > rules.max_future_skew_ms:
+        ahead = (ts_ms - now_ms) / 1000
+        raise InvalidEvent(f"{ahead:.0f}s in the future (limit {rules.max_future_skew_ms / 1000:.0f}s)", field_name)
+
+
+def apply_ping(
+    session: DriverSession | None, ping: LocationPing, region: str | None, now_ms: int, rules: SessionRules
+) -> Effects:
+    ts = ms(ping.ts)
+    _check_not_future(ts, now_ms, rules, "ts")
+    current = session or DriverSession(driver_id=ping.driver_id)
+    if current.loc_ts_ms is not None:
+        if ts <= current.loc_ts_ms:
+            return Effects("stale")
+        if ts - current.loc_ts_ms < rules.min_ping_interval_ms:
+            return Effects("throttled")
+    presence = None
+    changes: dict[str, Any] = {}
+    if not current.online and current.offline_reason == HEARTBEAT_TIMEOUT:
+        # Timed out, not signed off: the next ping brings the driver back.
+        changes.update(online=True, offline_reason=None)
+        presence = PresenceChanged(
+            driver_id=ping.driver_id, online=True, reason=HEARTBEAT_TIMEOUT, last_seen=ping.ts, ts=from_ms(now_ms)
+        )
+    tracking = None
+    if current.trip_id is not None and ts - current.tracking_sent_ms >= rules.tracking_interval_ms:
+        tracking = TrackingUpdate(
+            booking_id=current.trip_id,
+            driver_id=ping.driver_id,
+            lat=ping.lat,
+            lng=ping.lng,
+            bearing=ping.heading_deg,
+            speed_kmh=None if ping.speed_mps is None else round(ping.speed_mps * 3.6, 2),
+            timestamp=ping.ts,
+        )
+        changes["tracking_sent_ms"] = ts
+    updated = _changed(
+        current,
+        lat=ping.lat,
+        lng=ping.lng,
+        h3_res9=cell(ping.lat, ping.lng, NEARBY_RESOLUTION),
+        h3_res7=cell(ping.lat, ping.lng, SEARCH_RESOLUTION),
+        speed_mps=ping.speed_mps,
+        heading_deg=ping.heading_deg,
+        loc_ts_ms=ts,
+        region=region or current.region,
+        **changes,
+    )
+    return Effects("accepted", updated, presence, tracking)
+
+
+def apply_status(session: DriverSession | None, status: DriverStatus, now_ms: int, rules: SessionRules) -> Effects:
+    ts = ms(status.ts)
+    _check_not_future(ts, now_ms, rules, "ts")
+    current = session or DriverSession(driver_id=status.driver_id)
+    if ts < current.status_ts_ms:
+        return Effects("stale")
+    changes: dict[str, Any] = {"status_ts_ms": ts}
+    kinds = []
+    if status.eligibility is not None and status.eligibility != current.eligibility:
+        changes["eligibility"] = status.eligibility
+        kinds.append("eligibility")
+    presence = None
+    if status.online is not None and status.online != current.online:
+        changes["online"] = status.online
+        changes["offline_reason"] = None if status.online else STATUS
+        kinds.append("online" if status.online else "offline")
+        presence = PresenceChanged(
+            driver_id=status.driver_id,
+            online=status.online,
+            reason=STATUS,
+            last_seen=from_ms(current.loc_ts_ms) if current.loc_ts_ms else None,
+            ts=status.ts,
+        )
+    elif status.online is False and current.offline_reason == HEARTBEAT_TIMEOUT:
+        # Already offline by timeout; the driver now says so too: stay offline until a status says online.
+        changes["offline_reason"] = STATUS
+        kinds.append("offline")
+    return Effects("+".join(kinds) or "unchanged", _changed(current, **changes), presence)
+
+
+def apply_trip(session: DriverSession | None, trip: TripEvent) -> Effects:
+    """delivered and cancelled free the driver; picked_up confirms the trip."""
+    if trip.status in ("delivered", "cancelled"):
+        current = session or DriverSession(driver_id=trip.driverId)
+        order = trip.orderId
+        closed = (*[o for o in current.closed_trips if o != order], order)[-CLOSED_TRIPS_KEPT:]
+        trip_id = None if current.trip_id == order else current.trip_id
+        return Effects(trip.status, _changed(current, trip_id=trip_id, closed_trips=closed), release_order=order)
+    return apply_assignment(session, trip.driverId, trip.orderId)
+
+
+def apply_assignment(session: DriverSession | None, driver_id: str, order_id: str) -> Effects:
+    """Records the driver's trip, unless that trip already ended (its end overtook this record)."""
+    current = session or DriverSession(driver_id=driver_id)
+    if order_id in current.closed_trips or current.trip_id == order_id:
+        return Effects("ignored")
+    return Effects("assigned", _changed(current, trip_id=order_id, tracking_sent_ms=0))
+
+
+def check_heartbeat(session: DriverSession, now_ms: int, rules: SessionRules) -> Effects:
+    """Marks an online driver offline when no ping came for the configured number of intervals."""
+    if not heartbeat_due(session, now_ms, rules):
+        return Effects("alive")
+    assert session.loc_ts_ms is not None
+    presence = PresenceChanged(
+        driver_id=session.driver_id,
+        online=False,
+        reason=HEARTBEAT_TIMEOUT,
+        last_seen=from_ms(session.loc_ts_ms),
+        ts=from_ms(now_ms),
+    )
+    return Effects(HEARTBEAT_TIMEOUT, _changed(session, online=False, offline_reason=HEARTBEAT_TIMEOUT), presence)
+
+
+def heartbeat_due(session: DriverSession, now_ms: int, rules: SessionRules) -> bool:
+    return session.online and session.loc_ts_ms is not None and now_ms - session.loc_ts_ms >= rules.heartbeat_timeout_ms
+
+
+def session_response(session: DriverSession) -> dict[str, Any]:
+    """The DriverSessionResponse of seed 000."""
+    last_loc = None
+    if session.lat is not None and session.loc_ts_ms is not None:
+        last_loc = {
+            "lat": session.lat,
+            "lng": session.lng,
+            "h3_res9": session.h3_res9,
+            "speed_mps": session.speed_mps,
+            "heading_deg": session.heading_deg,
+            "ts": from_ms(session.loc_ts_ms).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+    return {
+        "driver_id": session.driver_id,
+        "online": session.online,
+        "last_loc": last_loc,
+        "trip_id": session.trip_id,
+        "eligibility": {"ok": session.eligibility == "ACTIVE", "status": session.eligibility},
+    }

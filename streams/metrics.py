@@ -1,0 +1,124 @@
+"""Every Prometheus metric of the worker, in one place, built on an injected registry."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def nearest_rank(quantile: float, count: int) -> int:
+    """Index of the nearest-rank percentile in a sorted list of `count` values."""
+    return min(count - 1, max(0, math.ceil(quantile * count) - 1))
+
+
+class LatencyWindow:
+    """The last N observations, for exact p50/p95/p99 in /stats (histograms only approximate)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def observe(self, seconds: float) -> None:
+        self._values.append(seconds)
+
+    def percentiles(self, *quantiles: float) -> dict[str, float | int | None]:
+        ordered = sorted(self._values)
+        result: dict[str, float | int | None] = {}
+        for q in quantiles:
+            key = f"p{round(q * 100):d}"
+            if not ordered:
+                result[key] = None
+                continue
+            result[key] = ordered[nearest_rank(q, len(ordered))]
+        result["count"] = len(ordered)
+        return result
+
+
+class Metrics:
+    """Names follow Prometheus conventions: _total for counters, _seconds for durations.
+    No label ever carries a driver id, an order id or an H3 cell (unbounded cardinality)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # -- every agent
+        self.dead_letters = Counter(
+            "geodispatch_dead_letters_total", "Records sent to the dead-letter topic.", ["stage", "error_class"], registry=r
+        )
+        self.retries = Counter("geodispatch_retries_total", "Transient failures retried.", ["stage"], registry=r)
+        self.rerouted = Counter(
+            "geodispatch_rerouted_records_total",
+            "Records that arrived on another partition than their key's and were moved there.",
+            ["stream"],
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "geodispatch_event_lag_seconds",
+            "From the record's event time to its processing.",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # -- driver sessions
+        self.pings = Counter("geodispatch_pings_total", "Location pings by outcome.", ["outcome"], registry=r)
+        self.status_changes = Counter(
+            "geodispatch_status_changes_total", "Driver status records applied, by what changed.", ["change"], registry=r
+        )
+        self.presence_changes = Counter(
+            "geodispatch_presence_changes_total", "PresenceChanged records published.", ["reason", "online"], registry=r
+        )
+        self.heartbeat_timeouts = Counter(
+            "geodispatch_heartbeat_timeouts_total", "Drivers marked offline for missed heartbeats.", registry=r
+        )
+        self.tracking_updates = Counter(
+            "geodispatch_tracking_updates_total", "Rider tracking updates by outcome.", ["outcome"], registry=r
+        )
+        self.trip_events = Counter("geodispatch_trip_events_total", "Trip events applied.", ["status"], registry=r)
+        self.drivers_online = Gauge(
+            "geodispatch_drivers_online", "Online drivers in this worker's partitions.", ["region"], registry=r
+        )
+        self.drivers_available = Gauge(
+            "geodispatch_drivers_available",
+            "Online, eligible, free drivers in this worker's partitions.",
+            ["region"],
+            registry=r,
+        )
+        self.index_write_seconds = Histogram(
+            "geodispatch_index_write_seconds",
+            "One pipelined write of session changes to the Redis index.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # -- assignment
+        self.assignment_requests = Counter(
+            "geodispatch_assignment_requests_total", "Assignment requests by outcome.", ["region", "outcome"], registry=r
+        )
+        self.assignment_failures = Counter(
+            "geodispatch_assignment_failures_total", "Failed answers by reason.", ["reason"], registry=r
+        )
+        self.assignment_candidates = Histogram(
+            "geodispatch_assignment_candidates",
+            "Candidate drivers scored per request.",
+            buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
+        self.reservation_conflicts = Counter(
+            "geodispatch_reservation_conflicts_total", "A candidate was taken by another order first.", registry=r
+        )
+        self.assignment_latency = Histogram(
+            "geodispatch_assignment_latency_seconds",
+            "From the request's produce time to its answer being sent.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.assignment_latency_window = LatencyWindow()
+        # -- HTTP
+        self.http_requests = Counter(
+            "geodispatch_http_requests_total", "HTTP requests answered.", ["route", "status"], registry=r
+        )
+        self.http_seconds = Histogram(
+            "geodispatch_http_request_seconds", "HTTP request handling time.", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )

@@ -1,0 +1,109 @@
+"""The one typed settings object, read from the environment (GEODISPATCH_*) once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both the documented short name (KAFKA_BOOTSTRAP_SERVERS) and GEODISPATCH_-prefixed."""
+    return AliasChoices(name, f"GEODISPATCH_{name}")
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline. Defaults suit a laptop; README.md lists them all."""
+
+    model_config = SettingsConfigDict(env_prefix="GEODISPATCH_", frozen=True, extra="ignore")
+
+    # -- Kafka ----------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"))
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    # Prefixes every topic name; tests use it to get topics of their own on a shared broker.
+    topic_prefix: str = ""
+    partitions: int = Field(4, ge=1, le=256)
+    replication_factor: int = Field(1, ge=1)
+    regions: Annotated[tuple[str, ...], NoDecode] = ("4_-7", "0_0", "5_0", "3_-1")
+
+    # -- Redis ----------------------------------------------------------------------------------
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), validation_alias=_env("REDIS_URL"))
+    redis_prefix: str = "gd:"
+
+    # -- worker ---------------------------------------------------------------------------------
+    app_id: str = "geodispatch"
+    data_dir: Path = Path(".cache/worker")
+    store: str = "rocksdb://"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    # -- driver sessions ------------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    missed_heartbeats: int = Field(3, ge=1)
+    min_ping_interval_s: float = Field(1.0, ge=0)
+    max_future_skew_s: float = Field(60.0, ge=0)
+    tracking_max_per_s: float = Field(1.0, gt=0)
+    location_max_age_s: float = Field(60.0, gt=0)
+
+    # -- assignment (seed 003's priority score) -------------------------------------------------
+    avg_speed_kmh: float = Field(30.0, gt=0)
+    score_base: float = 100.0
+    score_slack_bonus_per_min: float = 10.0
+    score_slack_bonus_cap: float = 50.0
+    score_slack_penalty_per_min: float = 20.0
+    score_distance_penalty_per_km: float = 5.0
+    score_eta_penalty_per_min: float = 2.0
+    max_candidates: int = Field(200, ge=1)
+
+    # -- failures -------------------------------------------------------------------------------
+    retry_attempts: int = Field(4, ge=1)
+    retry_base_s: float = Field(0.1, gt=0)
+    retry_max_s: float = Field(2.0, gt=0)
+
+    # -- access ---------------------------------------------------------------------------------
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    @field_validator("regions", "jwt_algorithms", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_interval_s * self.missed_heartbeats
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """aiokafka keyword arguments for security, shared by every client the project creates."""
+        options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return options

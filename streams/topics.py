@@ -1,0 +1,49 @@
+"""The app's Faust topics, named by infra's topic plan. Values stay raw bytes: our codec decodes
+them once at the edge, and a record that fails keeps its exact bytes for the dead-letter topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from infra.topics import TopicNames
+
+
+def raw_topic(app: faust.App, *names: str) -> Any:
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+        internal=False,
+    )
+
+
+class Topics:
+    """Every topic the agents read or write."""
+
+    def __init__(self, app: faust.App, names: TopicNames, regions: tuple[str, ...]) -> None:
+        self._app = app
+        self.driver_inputs = raw_topic(
+            app,
+            *[names.locations(region) for region in regions],
+            names.status,
+            names.trip_events,
+            names.driver_commands,
+        )
+        self.requests = raw_topic(app, *[names.requests(region) for region in regions])
+        self.responses = raw_topic(app, names.responses)
+        self.presence = raw_topic(app, names.presence)
+        self.tracking = raw_topic(app, names.tracking)
+        self.driver_commands = raw_topic(app, names.driver_commands)
+        self.dlq = raw_topic(app, names.dlq)
+        self._by_name: dict[str, Any] = {}
+
+    def named(self, name: str) -> Any:
+        """A raw topic to write to by name (rerouting a record to its key's partition)."""
+        if name not in self._by_name:
+            self._by_name[name] = raw_topic(self._app, name)
+        return self._by_name[name]

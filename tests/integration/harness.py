@@ -1,0 +1,218 @@
+"""Integration harness: each test gets its own topic prefix, Redis key prefix and consumer groups on
+the real broker and Redis, runs real workers as subprocesses, and reads what they publish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from infra.topics import TopicNames
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(self.url(path), headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the worker answers /health and has been assigned partitions (index rebuilt)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                status, body = self.get("/stats")
+                if status == 200 and body.get("index", {}).get("epoch"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready within {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Deployment:
+    """One isolated pipeline on the shared broker and Redis."""
+
+    tmp: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
+    partitions: int = 2
+    regions: tuple[str, ...] = ("4_-7", "0_0")
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def names(self) -> TopicNames:
+        return TopicNames(self.prefix)
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"gd:{self.prefix}"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
+            REDIS_URL=REDIS_URL,
+            GEODISPATCH_TOPIC_PREFIX=self.prefix,
+            GEODISPATCH_REDIS_PREFIX=self.redis_prefix,
+            GEODISPATCH_PARTITIONS=str(self.partitions),
+            GEODISPATCH_REGIONS=",".join(self.regions),
+            GEODISPATCH_LOG_FORMAT="json",
+            GEODISPATCH_HEARTBEAT_INTERVAL_S="1",
+            GEODISPATCH_MISSED_HEARTBEATS="2",
+            GEODISPATCH_MIN_PING_INTERVAL_S="0",
+            GEODISPATCH_TRACKING_MAX_PER_S="1",
+        )
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [PYTHON, "-m", "streams", *args],
+            env=self.env(**env),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"geodispatch {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def apply_topics(self) -> None:
+        self.cli("topics", "apply")
+
+    def start_worker(self, name: str = "w1", **env: str) -> WorkerProcess:
+        port = free_port()
+        data_dir = self.tmp / f"worker-{name}"
+        log_path = self.tmp / f"worker-{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 (closed with the process)
+        process = subprocess.Popen(
+            [PYTHON, "-m", "streams", "worker"],
+            env=self.env(GEODISPATCH_WEB_PORT=str(port), GEODISPATCH_DATA_DIR=str(data_dir), **env),
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        worker = WorkerProcess(process, port, log_path)
+        self.workers.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    # -- Kafka ------------------------------------------------------------------------------------
+
+    def produce(self, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        async def send() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+            await producer.start()
+            try:
+                for key, value in records:
+                    await producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers)
+            finally:
+                await producer.stop()
+
+        run(send())
+
+    def read(self, topic: str, count: int, timeout: float = 30.0) -> list[ConsumerRecord]:
+        """At least `count` records of `topic` from the beginning, or whatever came within timeout."""
+
+        async def consume() -> list[ConsumerRecord]:
+            consumer = AIOKafkaConsumer(
+                topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", enable_auto_commit=False,
+                group_id=None,
+            )
+            await consumer.start()
+            records: list[ConsumerRecord] = []
+            deadline = time.monotonic() + timeout
+            try:
+                while len(records) < count and time.monotonic() < deadline:
+                    batch = await consumer.getmany(timeout_ms=200)
+                    for part in batch.values():
+                        records.extend(part)
+            finally:
+                await consumer.stop()
+            return records
+
+        return run(consume())
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):
+    """Polls until predicate() returns something truthy; returns it or fails with the message."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}; last value: {last!r}")
