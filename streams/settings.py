@@ -57,14 +57,19 @@ class Settings(BaseSettings):
     location_max_age_s: float = Field(60.0, gt=0)
 
     # -- assignment (seed 003's priority score) -------------------------------------------------
+    # Non-negative weights keep the score non-increasing in the driver's distance, which is what
+    # lets the candidate search stop at the nearest few drivers.
     avg_speed_kmh: float = Field(30.0, gt=0)
     score_base: float = 100.0
-    score_slack_bonus_per_min: float = 10.0
-    score_slack_bonus_cap: float = 50.0
-    score_slack_penalty_per_min: float = 20.0
-    score_distance_penalty_per_km: float = 5.0
-    score_eta_penalty_per_min: float = 2.0
-    max_candidates: int = Field(200, ge=1)
+    score_slack_bonus_per_min: float = Field(10.0, ge=0)
+    score_slack_bonus_cap: float = Field(50.0, ge=0)
+    score_slack_penalty_per_min: float = Field(20.0, ge=0)
+    score_distance_penalty_per_km: float = Field(5.0, ge=0)
+    score_eta_penalty_per_min: float = Field(2.0, ge=0)
+    # Candidates fetched nearest first; the score is monotone in distance, so a few suffice.
+    candidates_wanted: int = Field(8, ge=1, le=1000)
+    # A failed answer is given again for this long, then a retry of the order is a fresh attempt.
+    failed_decision_ttl_s: int = Field(60, ge=1)
 
     # -- failures -------------------------------------------------------------------------------
     retry_attempts: int = Field(4, ge=1)
@@ -77,6 +82,8 @@ class Settings(BaseSettings):
     jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("HS256",)
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    # A scope the token must carry (in `scope` or `scp`); none required when unset.
+    jwt_scope: str | None = None
 
     @field_validator("regions", "jwt_algorithms", mode="before")
     @classmethod

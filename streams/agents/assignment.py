@@ -1,0 +1,135 @@
+"""Assignment: every request answered once, by the best free driver, reserved atomically in Redis."""
+
+from __future__ import annotations
+
+import functools
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from schemas.codec import InvalidMessage
+from schemas.models import AssignmentRequested, DriverCommand
+from streams.app import app
+from streams.dlq import guarded
+from streams.index import now_ms
+from streams.logic import assignment as decide
+from streams.logic.scoring import eta_minutes
+from streams.retry import with_retries
+from streams.routing import REROUTED_FROM, misrouted
+from streams.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+STAGE = "assignment"
+
+
+def _order_id(raw: dict[str, Any]) -> str:
+    order_id = raw.get("orderId")
+    if not isinstance(order_id, str) or not order_id.strip():
+        raise InvalidMessage("missing or not a non-empty string: there is no order to answer", "orderId")
+    return order_id
+
+
+async def _retrying(runtime: Runtime, action):
+    s = runtime.settings
+    return await with_retries(action, STAGE, runtime.metrics, s.retry_attempts, s.retry_base_s, s.retry_max_s)
+
+
+async def _choose(runtime: Runtime, request: AssignmentRequested, now: datetime) -> tuple[dict, dict[str, Any]]:
+    """Reserves the best candidate still free; returns the decision and what the log line needs."""
+    settings = runtime.settings
+    fresh_since = now_ms() - int(settings.location_max_age_s * 1000)
+    found = await _retrying(
+        runtime,
+        lambda: runtime.index.candidates(
+            request.restaurantLatitude, request.restaurantLongitude, request.radius,
+            settings.candidates_wanted, fresh_since,
+        ),
+    )
+    ranked = decide.rank(((d.driver_id, km) for d, km in found), request, runtime.weights)
+    runtime.metrics.assignment_candidates.observe(len(ranked))
+    context: dict[str, Any] = {"candidates": len(ranked)}
+    for position, candidate in enumerate(ranked):
+        decision = decide.assigned(request.orderId, candidate.driver_id, eta_minutes(candidate), now)
+        reservation = await _retrying(
+            runtime, lambda c=candidate, d=decision: runtime.index.reserve(c.driver_id, request.orderId, d, fresh_since)
+        )
+        if reservation.outcome == "reserved":
+            runner_up = ranked[position + 1] if position + 1 < len(ranked) else None
+            context.update(score=round(candidate.score, 2), distance_km=round(candidate.distance_km, 3),
+                           runner_up=runner_up.driver_id if runner_up else None,
+                           runner_up_score=round(runner_up.score, 2) if runner_up else None)
+            return decision, context
+        if reservation.outcome == "existing":
+            # This order was decided before (a redelivery after a crash, or another worker): keep it.
+            context["reused"] = True
+            return reservation.decision, context
+        runtime.metrics.reservation_conflicts.inc()
+    failure = decide.failed(request.orderId, decide.NO_DRIVERS, now)
+    ttl = settings.failed_decision_ttl_s
+    recorded = await _retrying(runtime, lambda: runtime.index.record_failure(request.orderId, failure, ttl))
+    return recorded, context
+
+
+async def process(runtime: Runtime, message) -> None:
+    codec = runtime.codec
+    raw = codec.decode_raw(AssignmentRequested, message.value)
+    order_id = _order_id(raw)
+    order_key = order_id.encode()
+    if message.key is not None and message.key != order_key:
+        raise InvalidMessage(f"record key {message.key[:64]!r} is not the request's orderId", "key")
+    target = misrouted(order_key, message.partition, runtime.settings.partitions)
+    if target is not None:
+        headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
+        await runtime.topics.named(message.topic).send(key=order_key, value=message.value, partition=target,
+                                                       headers=headers)
+        runtime.metrics.rerouted.labels(stream=STAGE).inc()
+        return
+    region = message.topic.rsplit(".", 1)[-1]
+    now = datetime.now(timezone.utc)
+    previous = runtime.decisions.get(order_id)
+    if previous is not None and decide.reusable(previous, now_ms(), runtime.settings.failed_decision_ttl_s * 1000):
+        await _answer(runtime, message, region, previous, "repeated", {})
+        return
+    problem = decide.coordinates_problem(raw)
+    if problem is not None:
+        decision, context = decide.failed(order_id, decide.INVALID_COORDINATES, now), {"problem": problem}
+    else:
+        try:
+            request = codec.validate(AssignmentRequested, raw)
+        except InvalidMessage as exc:
+            decision, context = decide.failed(order_id, f"Invalid request: {exc}", now), {"problem": str(exc)}
+        else:
+            decision, context = await _choose(runtime, request, now)
+    runtime.decisions.put(order_id, decision)
+    if decision["status"] == "assigned":
+        command = DriverCommand(driver_id=decision["driverId"], kind="assign", order_id=order_id, ts=now)
+        await runtime.topics.driver_commands.send(key=decision["driverId"].encode(), value=codec.encode(command))
+    await _answer(runtime, message, region, decision, decision["status"], context)
+
+
+async def _answer(runtime: Runtime, message, region: str, decision: dict, outcome: str, context: dict) -> None:
+    response = decide.response_of(decision)
+    await runtime.topics.responses.send(key=response.orderId.encode(), value=runtime.codec.encode(response))
+    latency = max(0.0, time.time() - message.timestamp)  # Faust gives the record time in seconds
+    m = runtime.metrics
+    m.assignment_latency.observe(latency)
+    m.assignment_latency_window.observe(latency)
+    m.assignment_requests.labels(region=region, outcome=outcome).inc()
+    if response.status == "failed":
+        m.assignment_failures.labels(reason=response.error.split(":")[0]).inc()
+    log.info("assignment_decided", orderId=response.orderId, outcome=outcome, status=response.status,
+             driverId=response.driverId, eta=response.eta, error=response.error,
+             latency_ms=round(latency * 1000, 2), **context)
+
+
+@app.agent(app.runtime.topics.requests, name="assignments")
+async def assignments(stream) -> None:
+    runtime: Runtime = app.runtime
+    async for event in stream.events():
+        message = event.message
+        with structlog.contextvars.bound_contextvars(
+            topic=message.topic, partition=message.partition, offset=message.offset
+        ):
+            await guarded(runtime.dead_letters, message, STAGE, functools.partial(process, runtime, message))
