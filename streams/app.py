@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from streams.auth import Verifier
 from streams.dlq import DeadLetters
 from streams.index import IndexWriter
 from streams.runtime import Runtime
@@ -64,6 +65,8 @@ def create_app(settings: Settings) -> faust.App:
     runtime.decisions = DecisionStore(raw_table(app, "assignment_decisions", settings.partitions))
     runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
     runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)
+    # Built here so that access settings that cannot work stop the worker at start-up.
+    runtime.verifier = Verifier.from_settings(settings)
     app.runtime = runtime
     return app
 

@@ -30,6 +30,7 @@ class Runtime:
     decisions: Any = None
     index_writer: Any = None
     dead_letters: Any = None
+    verifier: Any = None  # streams.auth.Verifier, or None when the API is open
     stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
