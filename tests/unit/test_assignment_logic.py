@@ -1,0 +1,53 @@
+"""Request validation, ranking and the answers' exact shapes."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from schemas.models import AssignmentRequested
+from streams.logic import assignment as decide
+from streams.logic.scoring import ScoreWeights
+
+AT = datetime(2024, 1, 15, 10, 30, 5, tzinfo=timezone.utc)
+GOOD = {"restaurantLatitude": 40.7128, "restaurantLongitude": -74.006, "customerLatitude": 40.7589,
+        "customerLongitude": -73.9851}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"restaurantLatitude": 91}, {"customerLongitude": -180.5}, {"restaurantLongitude": "12"},
+     {"customerLatitude": None}, {"restaurantLatitude": math.nan}, {"customerLatitude": math.inf},
+     {"restaurantLatitude": True}],
+)
+def test_bad_coordinates_are_named(change):
+    assert decide.coordinates_problem(GOOD | change) is not None
+
+
+def test_good_coordinates_pass():
+    assert decide.coordinates_problem(GOOD) is None
+    assert decide.coordinates_problem(GOOD | {"restaurantLatitude": 90, "customerLongitude": -180}) is None
+
+
+def test_answers_have_exactly_the_seeds_shapes():
+    assert decide.assigned("order_123", "driver_456", 25, AT) == {
+        "orderId": "order_123", "driverId": "driver_456", "eta": 25,
+        "assignedAt": "2024-01-15T10:30:05.000Z", "status": "assigned"}
+    assert decide.failed("order_123", decide.NO_DRIVERS, AT) == {
+        "orderId": "order_123", "error": "No available drivers in area",
+        "failedAt": "2024-01-15T10:30:05.000Z", "status": "failed"}
+
+
+def test_rank_puts_the_nearest_first_and_breaks_ties_by_id():
+    request = AssignmentRequested.model_validate({"orderId": "o", "preparationTime": 15, **GOOD})
+    ranked = decide.rank([("b", 1.0), ("a", 1.0), ("c", 0.5), ("far", 4.0)], request, ScoreWeights())
+    assert [c.driver_id for c in ranked] == ["c", "a", "b", "far"]
+
+
+def test_assigned_decisions_are_final_and_failures_expire():
+    now_ms = int(AT.timestamp() * 1000)
+    assert decide.reusable(decide.assigned("o", "d", 3, AT - timedelta(days=3)), now_ms, 60_000)
+    assert decide.reusable(decide.failed("o", decide.NO_DRIVERS, AT - timedelta(seconds=10)), now_ms, 60_000)
+    assert not decide.reusable(decide.failed("o", decide.NO_DRIVERS, AT - timedelta(seconds=61)), now_ms, 60_000)
