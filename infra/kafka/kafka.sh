@@ -35,7 +35,7 @@ fetch_jars() {
 # start shows the broker's own last lines, not the readiness probe's.
 java_cmd() {
   local log_dir="$1"; shift
-  java -Xms128m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+  ${exec_java:+exec} java -Xms128m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
        -Dkafka.logs.dir="$log_dir" \
        -Dlog4j2.configurationFile="$here/log4j2.yaml" \
        -cp "$libs/*" "$@"
@@ -55,7 +55,13 @@ format_storage() {
   local cluster_id
   cluster_id=$(tool kafka.tools.StorageTool random-uuid)
   say "formatting storage in $data_dir/data (cluster $cluster_id)"
-  tool kafka.tools.StorageTool format -t "$cluster_id" -c "$config" >/dev/null
+  # KAFKA_SCRAM_USERS="name:password ..." adds SCRAM-SHA-512 users at format time, so a SASL_SSL
+  # listener (configured through KAFKA_EXTRA_CONFIG) has its users before the broker first starts.
+  local scram=() user
+  for user in ${KAFKA_SCRAM_USERS:-}; do
+    scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+  done
+  tool kafka.tools.StorageTool format -t "$cluster_id" -c "$config" ${scram[@]+"${scram[@]}"} >/dev/null
 }
 
 wait_ready() {
@@ -68,8 +74,10 @@ wait_ready() {
       return 1
     fi
     # A metadata request answered (not merely an open port) means the broker is serving.
+    # KAFKA_CLIENT_CONFIG: the probe's client properties when the listener needs TLS or SASL.
     if port_open "$port" && tool org.apache.kafka.tools.TopicCommand \
-         --bootstrap-server "127.0.0.1:$port" --list >/dev/null 2>&1; then
+         --bootstrap-server "127.0.0.1:$port" ${KAFKA_CLIENT_CONFIG:+--command-config "$KAFKA_CLIENT_CONFIG"} \
+         --list >/dev/null 2>&1; then
       return 0
     fi
     sleep 1
@@ -92,7 +100,9 @@ up() {
   write_config
   format_storage
   say "starting on 127.0.0.1:$port (data and logs in $data_dir)"
-  java_cmd "$data_dir/logs" kafka.Kafka "$config" >"$data_dir/logs/stdout.log" 2>&1 </dev/null &
+  # exec: the background subshell becomes the JVM, so the pid file holds the broker's own pid and
+  # `down` stops the broker, not only the shell that started it.
+  exec_java=1 java_cmd "$data_dir/logs" kafka.Kafka "$config" >"$data_dir/logs/stdout.log" 2>&1 </dev/null &
   echo $! > "$pid_file"
   disown
   local started=$SECONDS
