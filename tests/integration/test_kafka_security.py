@@ -235,41 +235,57 @@ def test_mutual_tls_needs_a_client_certificate(broker):
     run(_refused(broker.ssl_bootstrap, **no_cert.kafka_client_options()), timeout=60)
 
 
-def test_the_worker_and_the_cli_connect_with_sasl_ssl(broker, deployment):
-    secure_env = {
-        "KAFKA_BOOTSTRAP_SERVERS": broker.sasl_bootstrap,
-        "GEODISPATCH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "GEODISPATCH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "GEODISPATCH_KAFKA_SASL_USERNAME": ALICE[0],
-        "GEODISPATCH_KAFKA_SASL_PASSWORD": ALICE[1],
-        "GEODISPATCH_KAFKA_SSL_CAFILE": str(broker.certs.ca_cert),
-    }
+def _worker_env(broker: SecureBroker, mode: str) -> tuple[dict[str, str], Settings]:
+    certs = broker.certs
+    if mode == "sasl_ssl":
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": broker.sasl_bootstrap,
+            "GEODISPATCH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "GEODISPATCH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "GEODISPATCH_KAFKA_SASL_USERNAME": ALICE[0],
+            "GEODISPATCH_KAFKA_SASL_PASSWORD": ALICE[1],
+            "GEODISPATCH_KAFKA_SSL_CAFILE": str(certs.ca_cert),
+        }, sasl_settings(broker, *ALICE)
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": broker.ssl_bootstrap,
+        "GEODISPATCH_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "GEODISPATCH_KAFKA_SSL_CAFILE": str(certs.ca_cert),
+        "GEODISPATCH_KAFKA_SSL_CERTFILE": str(certs.client_cert),
+        "GEODISPATCH_KAFKA_SSL_KEYFILE": str(certs.client_key),
+    }, Settings(kafka_bootstrap_servers=broker.ssl_bootstrap, kafka_security_protocol="SSL",
+                kafka_ssl_cafile=certs.ca_cert, kafka_ssl_certfile=certs.client_cert,
+                kafka_ssl_keyfile=certs.client_key)
+
+
+@pytest.mark.parametrize("mode", ["sasl_ssl", "mutual_tls"])
+def test_the_worker_and_the_cli_connect_securely(broker, deployment, mode):
+    secure_env, settings = _worker_env(broker, mode)
     deployment.extra_env.update(secure_env)
-    deployment.apply_topics()  # the CLI's admin client, over SASL_SSL to the secure broker
+    deployment.apply_topics()  # the CLI's admin client, through the secured listener
     worker = deployment.start_worker()
     worker.wait_ready(timeout=120)
 
-    settings = sasl_settings(broker, *ALICE)
-    ping = {"driver_id": "drv_sasl", "lat": 40.7128, "lng": -74.006, "ts": datetime.now(UTC).isoformat()}
+    driver = f"drv_{mode}"
+    ping = {"driver_id": driver, "lat": 40.7128, "lng": -74.006, "ts": datetime.now(UTC).isoformat()}
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.sasl_bootstrap, acks="all",
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
                                     **settings.kafka_client_options())
         await producer.start()
         try:
             await producer.send_and_wait(deployment.names.locations("4_-7"), json.dumps(ping).encode(),
-                                         key=b"drv_sasl")
+                                         key=driver.encode())
         finally:
             await producer.stop()
 
     run(send())
 
     def session():
-        status, body = worker.get("/driver-sessions/sessions/drv_sasl")
+        status, body = worker.get(f"/driver-sessions/sessions/{driver}")
         return body if status == 200 else None
 
-    body = wait_for(session, timeout=60, message="the ping to reach the worker over SASL_SSL")
-    assert body["driver_id"] == "drv_sasl"
+    body = wait_for(session, timeout=60, message=f"the ping to reach the worker over {mode}")
+    assert body["driver_id"] == driver
     status, health = worker.get("/health")
     assert (status, health["kafka"]) == (200, "connected"), health
     assert ALICE[1] not in worker.log()
