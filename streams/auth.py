@@ -61,7 +61,8 @@ def _load_public_key(value: str) -> str:
     """A PEM text as is, or the contents of the file it names."""
     text = value.strip()
     if text.startswith("-----BEGIN"):
-        return text
+        # A PEM passed through a one-line environment variable often arrives with literal "\n"s.
+        return text.replace("\\n", "\n")
     path = Path(text).expanduser()
     if path.is_file():
         return path.read_text()

@@ -214,6 +214,12 @@ def test_a_public_key_may_be_a_file(tmp_path):
     assert verifier.verify_header(bearer(jwt.encode(claims(), private, algorithm="RS256")))
 
 
+def test_a_public_key_may_come_on_one_line_with_escaped_newlines():
+    private, public = rsa_pair()
+    verifier = Verifier.from_settings(Settings(jwt_public_key=public.replace("\n", "\\n"), jwt_algorithms="RS256"))
+    assert verifier.verify_header(bearer(jwt.encode(claims(), private, algorithm="RS256")))
+
+
 def test_settings_without_a_secret_or_key_leave_the_api_open():
     assert Verifier.from_settings(Settings()) is None
 
