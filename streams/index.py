@@ -26,9 +26,15 @@ from streams.logic.sessions import DriverSession, session_response
 
 # Applies a session change unless the index already holds a newer version of that driver, and moves
 # the driver between cell sets. A driver is in the cell sets only if assignable and not reserved.
+# A rebuild (ARGV[12] = '1') rewrites the same version too: a cell set may have been lost while the
+# driver's hash survived, and only rewriting the driver puts it back.
 UPSERT = """
 local cur = redis.call('HGET', KEYS[1], 'ver')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+if cur then
+  cur = tonumber(cur)
+  local ver = tonumber(ARGV[1])
+  if cur > ver or (cur == ver and ARGV[12] ~= '1') then return 0 end
+end
 if ARGV[11] ~= '' and redis.call('GET', KEYS[2]) == ARGV[11] then redis.call('DEL', KEYS[2]) end
 local old = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'c7')
 if old[1] == '1' then
@@ -115,11 +121,13 @@ class RegionIndex:
 
     # -- writes from the sessions agent ---------------------------------------------------------
 
-    async def write_sessions(self, changes: Iterable[tuple[DriverSession, str | None]]) -> int:
+    async def write_sessions(
+        self, changes: Iterable[tuple[DriverSession, str | None]], rebuild: bool = False
+    ) -> int:
         """Applies (session, reservation to release) pairs in one pipelined round trip; returns
-        how many were newer than what the index held."""
+        how many were newer than what the index held (with `rebuild`, as new as it)."""
         calls = [
-            (self._session_keys(session), self._session_args(session, release_order))
+            (self._session_keys(session), self._session_args(session, release_order, rebuild))
             for session, release_order in changes
         ]
         if not calls:
@@ -140,7 +148,7 @@ class RegionIndex:
     def _session_keys(self, session: DriverSession) -> list[str]:
         return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id)]
 
-    def _session_args(self, session: DriverSession, release_order: str | None) -> list[object]:
+    def _session_args(self, session: DriverSession, release_order: str | None, rebuild: bool) -> list[object]:
         return [
             session.version,
             orjson.dumps(session_response(session)),
@@ -153,6 +161,7 @@ class RegionIndex:
             self.prefix,
             session.driver_id,
             release_order or "",
+            "1" if rebuild else "0",
         ]
 
     # -- the index's generation: lets every worker notice Redis was emptied or replaced ---------

@@ -11,8 +11,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 def nearest_rank(quantile: float, count: int) -> int:
-    """Index of the nearest-rank percentile in a sorted list of `count` values."""
-    return min(count - 1, max(0, math.ceil(quantile * count) - 1))
+    """Index of the nearest-rank percentile in a sorted list of `count` values. The product is
+    rounded first: 0.07 * 100 is 7.000000000000001 in floating point, and its ceiling 8 is one rank
+    too far."""
+    return min(count - 1, max(0, math.ceil(round(quantile * count, 9)) - 1))
 
 
 class LatencyWindow:

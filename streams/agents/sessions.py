@@ -12,6 +12,7 @@ from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
 from streams.app import app
 from streams.dlq import guarded
 from streams.index import now_ms
+from streams.logic import InvalidEvent
 from streams.logic.sessions import (
     HEARTBEAT_TIMEOUT,
     Effects,
@@ -85,6 +86,17 @@ def _count(runtime: Runtime, kind: str, effects: Effects, record, now: int) -> N
 
 async def process(runtime: Runtime, message) -> None:
     kind, region = _classify(runtime, message.topic)
+    try:
+        await _process(runtime, message, kind, region)
+    except (InvalidMessage, InvalidEvent) as exc:
+        # Dead-lettered by the caller; counted here too so ping outcomes add up, by the field at
+        # fault (a bounded label: the message's own field names).
+        if kind == "location":
+            runtime.metrics.pings.labels(outcome=f"invalid_{exc.field or 'value'}").inc()
+        raise
+
+
+async def _process(runtime: Runtime, message, kind: str, region: str | None) -> None:
     record = runtime.codec.decode(MODELS[kind], message.value)
     driver_id = _driver_id(record)
     driver_key = driver_id.encode()

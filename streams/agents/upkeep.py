@@ -46,7 +46,8 @@ async def keep_index_whole() -> None:
             return
         sessions = list(runtime.sessions.load_all())
         for start in range(0, len(sessions), REBUILD_CHUNK):
-            await runtime.index.write_sessions((s, None) for s in sessions[start : start + REBUILD_CHUNK])
+            chunk = sessions[start : start + REBUILD_CHUNK]
+            await runtime.index.write_sessions(((s, None) for s in chunk), rebuild=True)
     except (RedisError, OSError) as exc:
         log.error("index_rebuild_failed", error=str(exc))
         return

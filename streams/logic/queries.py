@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from streams.logic.geo import is_resolution9_cell
+
+# Plain ASCII digits with an optional minus: int() alone would also take "1_0", " 5" and "٣".
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,6}")
 
 
 class BadQuery(ValueError):
@@ -26,10 +30,9 @@ def _bounded_int(params: Mapping[str, str], name: str, default: int, low: int, h
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise BadQuery(name, f"must be a whole number from {low} to {high}, got {raw[:32]!r}") from None
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise BadQuery(name, f"must be a whole number from {low} to {high}, got {raw[:32]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise BadQuery(name, f"must be from {low} to {high}, got {value}")
     return value

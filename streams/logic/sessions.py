@@ -41,6 +41,11 @@ class DriverSession:
     tracking_sent_ms: int = 0
     closed_trips: tuple[str, ...] = ()
     region: str | None = None
+    # The last sign of life: an accepted ping, or a status saying online. Liveness counts missed
+    # heartbeats from here, not from the last ping alone: a driver who comes online after a long
+    # break would otherwise be timed out before its first ping could arrive, and one who never
+    # pings would stay online for ever.
+    last_seen_ms: int | None = None
     # Bumped by every change: the Redis index applies a write only if it is newer than what it has.
     version: int = 0
 
@@ -52,6 +57,13 @@ class DriverSession:
         data = dict(data)
         data["closed_trips"] = tuple(data.get("closed_trips") or ())
         return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+
+    @property
+    def seen_ms(self) -> int | None:
+        """When the driver was last seen (sessions stored before `last_seen_ms` existed: the last ping)."""
+        if self.last_seen_ms is None:
+            return self.loc_ts_ms
+        return max(self.last_seen_ms, self.loc_ts_ms or 0)
 
     @property
     def assignable(self) -> bool:
@@ -132,6 +144,7 @@ def apply_ping(
         speed_mps=ping.speed_mps,
         heading_deg=ping.heading_deg,
         loc_ts_ms=ts,
+        last_seen_ms=max(ts, current.last_seen_ms or 0),
         region=region or current.region,
         **changes,
     )
@@ -150,15 +163,19 @@ def apply_status(session: DriverSession | None, status: DriverStatus, now_ms: in
         changes["eligibility"] = status.eligibility
         kinds.append("eligibility")
     presence = None
+    if status.online:
+        # Saying online is a sign of life: the heartbeat clock starts here, not at an old ping.
+        changes["last_seen_ms"] = max(ts, current.last_seen_ms or 0)
     if status.online is not None and status.online != current.online:
         changes["online"] = status.online
         changes["offline_reason"] = None if status.online else STATUS
         kinds.append("online" if status.online else "offline")
+        seen = current.seen_ms
         presence = PresenceChanged(
             driver_id=status.driver_id,
             online=status.online,
             reason=STATUS,
-            last_seen=from_ms(current.loc_ts_ms) if current.loc_ts_ms else None,
+            last_seen=from_ms(seen) if seen else None,
             ts=status.ts,
         )
     elif status.online is False and current.offline_reason == HEARTBEAT_TIMEOUT:
@@ -191,19 +208,21 @@ def check_heartbeat(session: DriverSession, now_ms: int, rules: SessionRules) ->
     """Marks an online driver offline when no ping came for the configured number of intervals."""
     if not heartbeat_due(session, now_ms, rules):
         return Effects("alive")
-    assert session.loc_ts_ms is not None
+    seen = session.seen_ms
+    assert seen is not None
     presence = PresenceChanged(
         driver_id=session.driver_id,
         online=False,
         reason=HEARTBEAT_TIMEOUT,
-        last_seen=from_ms(session.loc_ts_ms),
+        last_seen=from_ms(seen),
         ts=from_ms(now_ms),
     )
     return Effects(HEARTBEAT_TIMEOUT, _changed(session, online=False, offline_reason=HEARTBEAT_TIMEOUT), presence)
 
 
 def heartbeat_due(session: DriverSession, now_ms: int, rules: SessionRules) -> bool:
-    return session.online and session.loc_ts_ms is not None and now_ms - session.loc_ts_ms >= rules.heartbeat_timeout_ms
+    seen = session.seen_ms
+    return session.online and seen is not None and now_ms - seen >= rules.heartbeat_timeout_ms
 
 
 def session_response(session: DriverSession) -> dict[str, Any]:
