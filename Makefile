@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: help setup infra-up infra-down topics run test test-unit lint demo bench faults clean
+.PHONY: help setup infra-up infra-down topics run test test-unit lint demo demo-stop bench faults clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,5 +48,42 @@ lint: setup ## ruff
 clean: infra-down ## stop everything and remove caches (keeps the downloaded broker jars)
 	rm -rf .cache/kafka/run .cache/redis .cache/worker .pytest_cache
 
-demo: topics ## run the pipeline and show what it does (until the simulator lands: a worker)
-	$(GD) worker
+# `make demo`: a worker in the background and a simulated city against it. Override any of these,
+# e.g. `make demo DEMO_SECONDS=120 DEMO_CITY=lagos`.
+DEMO_SECONDS ?= 60
+DEMO_CITY ?= new-york
+DEMO_DRIVERS ?= 150
+DEMO_ORDERS_PER_S ?= 1.5
+# Trips progress this many times faster than the drivers' (plausible) reported speeds, so that
+# deliveries happen within a one-minute demo.
+DEMO_SPEEDUP ?= 20
+DEMO_MALFORMED ?= 0.01
+DEMO_SEED ?= 1
+DEMO_PORT ?= 6066
+DEMO_DIR ?= results/demo
+DEMO_PID := $(DEMO_DIR)/worker.pid
+
+demo: topics ## a worker + a simulated city for DEMO_SECONDS (60): live view, summary, pictures in results/demo
+	@mkdir -p $(DEMO_DIR)
+	@if [ -f $(DEMO_PID) ] && kill -0 "$$(cat $(DEMO_PID))" 2>/dev/null; then \
+	  echo "demo: reusing the worker started earlier (pid $$(cat $(DEMO_PID)))"; \
+	else \
+	  GEODISPATCH_WEB_PORT=$(DEMO_PORT) GEODISPATCH_LOG_FORMAT=json nohup $(GD) worker > $(DEMO_DIR)/worker.log 2>&1 & \
+	  echo $$! > $(DEMO_PID); \
+	  echo "demo: worker started in the background (pid $$(cat $(DEMO_PID)), log $(DEMO_DIR)/worker.log)"; \
+	fi
+	@$(GD) simulate --city $(DEMO_CITY) --drivers $(DEMO_DRIVERS) --orders-per-s $(DEMO_ORDERS_PER_S) \
+	  --duration $(DEMO_SECONDS) --speedup $(DEMO_SPEEDUP) --malformed-fraction $(DEMO_MALFORMED) --seed $(DEMO_SEED) \
+	  --stats-url http://127.0.0.1:$(DEMO_PORT)/stats --wait-ready 120 --live --results $(DEMO_DIR) --pictures \
+	  || { echo "demo: failed; the worker's last lines:"; tail -n 20 $(DEMO_DIR)/worker.log; exit 1; }
+	@echo ""
+	@echo "demo: pictures and the run's records are in $(DEMO_DIR)/ (map.png, latency.png, summary.txt)"
+	@echo "demo: the worker keeps running (pid $$(cat $(DEMO_PID))): inspect dead letters with"
+	@echo "        $(GD) dlq list"
+	@echo "      stop it with 'make demo-stop'; 'make demo' starts it again"
+
+demo-stop: ## stop the worker `make demo` left running
+	@if [ -f $(DEMO_PID) ] && kill -0 "$$(cat $(DEMO_PID))" 2>/dev/null; then \
+	  kill "$$(cat $(DEMO_PID))" && echo "demo: worker $$(cat $(DEMO_PID)) stopped"; \
+	else echo "demo: no worker running"; fi
+	@rm -f $(DEMO_PID)

@@ -126,5 +126,16 @@ def index_rebuild() -> None:
     click.echo(f"index: new epoch {asyncio.run(run())}; every worker rebuilds its part within a second")
 
 
+def _register_operator_commands() -> None:
+    """The producers' and consumers' commands live in their own packages (issue 5)."""
+    from consumers.cli import consume, dlq, orders
+    from producers.cli import produce, simulate
+
+    for command in (produce, simulate, consume, dlq, orders):
+        main.add_command(command)
+
+
+_register_operator_commands()
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1 @@
+"""Reading from the pipeline: the reference downstream consumer, `consume` for debugging, and the DLQ tools."""

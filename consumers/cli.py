@@ -1,0 +1,364 @@
+"""`geodispatch dlq list|show|replay`, `geodispatch consume <topic>` and `geodispatch orders follow|show`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import orjson
+import structlog
+
+from consumers import dlq as deadletters
+from consumers.reading import new_consumer, partitions_of, read_to_end, start
+from consumers.text import table, value_preview
+from consumers.topics import matches_pattern, model_for, resolve
+from infra.topics import TopicNames
+from producers import commandline
+from schemas import dead_letter as dl
+from schemas.codec import InvalidMessage, default_codec
+
+log = structlog.get_logger(__name__)
+
+
+# -- dlq -----------------------------------------------------------------------------------------------------
+
+
+def _moment(_ctx, param, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return deadletters.parse_moment(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+def selection_options(command):
+    """The filters `dlq list` and `dlq replay` share."""
+    for option in reversed([
+        click.option("--topic", "topics", multiple=True,
+                     help="Original topic, name or glob, with or without the prefix (repeatable): driver_locations.*"),
+        click.option("--error-class", "error_classes", multiple=True,
+                     help="Error class, exactly (repeatable): InvalidMessage, InvalidEvent, ..."),
+        click.option("--stage", "stages", multiple=True, help="Failing stage (repeatable): sessions, assignment, ..."),
+        click.option("--since", callback=_moment, help="Failed at or after: ISO-8601 or an age (15m, 2h, 1d)."),
+        click.option("--until", callback=_moment, help="Failed before: ISO-8601 or an age (15m, 2h, 1d)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _selection(settings, topics, error_classes, stages, since, until) -> deadletters.Selection:
+    return deadletters.Selection(tuple(topics), tuple(error_classes), tuple(stages), since, until,
+                                 settings.topic_prefix)
+
+
+async def _selected(settings, selection: deadletters.Selection) -> list[deadletters.DeadLetter]:
+    names = TopicNames(settings.topic_prefix)
+    letters = []
+    async for record in read_to_end(settings, names.dlq):
+        letter = deadletters.DeadLetter.from_record(record)
+        if selection.matches(letter):
+            letters.append(letter)
+    return letters
+
+
+async def _ledger_entries(settings) -> dict[str, dict]:
+    ledger = _ledger(settings)
+    try:
+        return await ledger.replayed()
+    except OSError as exc:
+        raise commandline.Unreachable(f"cannot reach Redis for the replay ledger: {exc}") from exc
+    finally:
+        await ledger.close()
+
+
+def _ledger(settings) -> deadletters.ReplayLedger:
+    names = TopicNames(settings.topic_prefix)
+    return deadletters.ReplayLedger.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, names.dlq)
+
+
+@click.group()
+def dlq() -> None:
+    """List, inspect and replay dead letters (dispatch.dlq). Exit codes: 0 done, 1 some replay failed,
+    2 bad usage, 3 Kafka or Redis unreachable."""
+
+
+@dlq.command("list")
+@selection_options
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many (the newest).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def dlq_list(topics, error_classes, stages, since, until, limit, as_json):
+    """A table of dead letters: when, where from, which stage, which error, and whether it was replayed."""
+    settings = commandline.settings()
+    selection = _selection(settings, topics, error_classes, stages, since, until)
+
+    async def run():
+        return await _selected(settings, selection), await _ledger_entries(settings)
+
+    letters, replayed = commandline.run(run())
+    if limit is not None:
+        letters = letters[-limit:]
+    rows = []
+    for letter in letters:
+        row = letter.summary()
+        row["origin"] = letter.origin
+        row["error"] = f"{letter.error_class}: {letter.error_message}"
+        row["replayed"] = "yes" if letter.id in replayed else ""
+        rows.append(row)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({k: v for k, v in row.items() if k not in ("origin", "error")} |
+                                  {"replayed": bool(row["replayed"])}))
+        return
+    columns = [("OFFSET", "offset", 8), ("FAILED AT", "failed_at", 24), ("ORIGINAL", "origin", 48),
+               ("STAGE", "stage", 12), ("ERROR", "error", 70), ("REPLAYED", "replayed", 8)]
+    for line in table(rows, columns):
+        click.echo(line)
+    click.echo(f"{len(rows)} dead letter(s)")
+
+
+@dlq.command("show")
+@click.argument("offset", type=click.IntRange(min=0))
+@click.option("--partition", type=click.IntRange(min=0), default=0, show_default=True, help="DLQ partition.")
+def dlq_show(offset, partition):
+    """One dead letter: its headers, its key, and its value decoded as its original topic's message (or raw).
+    Exit 1 when there is no such offset."""
+    settings = commandline.settings()
+    names = TopicNames(settings.topic_prefix)
+
+    async def run():
+        async for record in read_to_end(settings, names.dlq):
+            if record.partition == partition and record.offset == offset:
+                return deadletters.DeadLetter.from_record(record)
+        return None
+
+    letter = commandline.run(run())
+    if letter is None:
+        click.echo(f"error: no dead letter at {names.dlq}[{partition}]@{offset}", err=True)
+        sys.exit(commandline.EXIT_FAILED)
+    click.echo(f"dead letter {letter.id}  (written {datetime.fromtimestamp(letter.timestamp_ms / 1000, timezone.utc)})")
+    click.echo("headers:")
+    for name, value in letter.headers:
+        click.echo(f"  {name}: {value_preview(value, 500)}")
+    click.echo(f"key: {value_preview(letter.key, 200)}")
+    model = model_for(names, letter.original_topic or "")
+    if model is not None:
+        try:
+            decoded = default_codec().decode(model, letter.value)
+            click.echo(f"value ({model.__name__}, decodes now):")
+            click.echo(json.dumps(decoded.model_dump(mode="json", exclude_none=True), indent=2))
+            return
+        except InvalidMessage as exc:
+            click.echo(f"value (raw; not a valid {model.__name__}: {exc}):")
+    else:
+        click.echo("value (raw):")
+    click.echo(value_preview(letter.value))
+
+
+@dlq.command("replay")
+@selection_options
+@click.option("--to", "target", default=None,
+              help="Write to this topic (exact name, prefix included) instead of each record's original topic.")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed; send nothing, remember nothing.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay at most this many.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="At most this many records per second (default: unlimited).")
+@click.option("--again", is_flag=True, help="Also replay dead letters that were replayed before.")
+def dlq_replay(topics, error_classes, stages, since, until, target, dry_run, limit, rate, again):
+    """Write the selected dead letters back, key and value byte for byte, with a dlq.replayed_from header;
+    each is remembered, so running the same replay twice sends nothing the second time (unless --again)."""
+    from producers.pacing import RateLimiter
+    from producers.publisher import Publisher
+
+    settings = commandline.settings()
+    selection = _selection(settings, topics, error_classes, stages, since, until)
+
+    async def run() -> int:
+        letters = await _selected(settings, selection)
+        replayed = await _ledger_entries(settings)
+        plan = deadletters.plan_replay(letters, replayed, again, limit, target)
+        again_hint = " (use --again)" if plan.already_replayed else ""
+        click.echo(f"selected {len(letters)} dead letter(s): {len(plan.to_send)} to replay, "
+                   f"{len(plan.already_replayed)} replayed before (or copies of one){again_hint}, "
+                   f"{len(plan.no_origin)} without an original topic, {plan.over_limit} over --limit")
+        if dry_run:
+            for letter in plan.to_send:
+                click.echo(f"would replay {letter.id} -> {target or letter.original_topic}  "
+                           f"({letter.error_class}: {letter.error_message[:80]})")
+            return 0
+        if not plan.to_send:
+            click.echo("replayed 0")
+            return 0
+        limiter = RateLimiter(rate)
+        ledger = _ledger(settings)
+        started = time.monotonic()
+        sent: list[tuple[deadletters.DeadLetter, str, asyncio.Future]] = []
+        try:
+            async with Publisher(settings, client_id="geodispatch-dlq-replay") as publisher:
+                with click.progressbar(plan.to_send, label="replaying", file=sys.stderr) as bar:
+                    for letter in bar:
+                        await limiter.acquire()
+                        destination = target or letter.original_topic
+                        future = await publisher.send_raw(
+                            destination, letter.key, letter.value, dl.replay_headers(letter.headers, letter.id))
+                        sent.append((letter, destination, future))
+                tally = await publisher.flush()
+            now = dl.iso_utc(datetime.now(timezone.utc))
+            delivered = {letter.id: {"to": destination, "at": now, "fingerprint": letter.fingerprint}
+                         for letter, destination, future in sent if _delivered(future)}
+            await ledger.mark(delivered)
+        finally:
+            await ledger.close()
+        click.echo(f"replayed {tally.delivered} of {len(plan.to_send)} in {time.monotonic() - started:.1f}s"
+                   + (f"; {tally.failed} failed ({tally.errors[0]})" if tally.failed else ""))
+        for letter, destination, future in sent:
+            if not _delivered(future):
+                log.error("replay_failed", dead_letter=letter.id, topic=destination, error=str(future.exception()))
+        return tally.failed
+
+    if commandline.run(run()):
+        sys.exit(commandline.EXIT_FAILED)
+
+
+def _delivered(future: asyncio.Future) -> bool:
+    return not future.cancelled() and future.exception() is None
+
+
+# -- consume -------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="Start at the first record (default: only new ones).")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Exit after this many records.")
+@click.option("--idle-exit", "idle_exit_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Exit after this many seconds without a record.")
+@click.option("--raw", is_flag=True, help="Print values as text/hex, do not decode.")
+def consume(topic, from_beginning, count, idle_exit_s, raw):
+    """Tail a contract topic, one JSON line per record, decoded (JSON or Avro) as the topic's message.
+    TOPIC is a contract name (driver_assignment.responses, driver_locations.4_-7, or a whole family:
+    driver_locations); the deployment's prefix is added. Exit 3 when Kafka or the topic is missing."""
+    settings = commandline.settings()
+    names = TopicNames(settings.topic_prefix)
+    exact, pattern = resolve(names, topic)
+    codec = default_codec()
+
+    def line(record) -> str:
+        document = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                    "timestamp": record.timestamp, "key": (record.key or b"").decode("utf-8", "replace")}
+        model = None if raw else model_for(names, record.topic)
+        if model is not None:
+            try:
+                document["value"] = codec.decode(model, record.value).model_dump(mode="json", exclude_none=True)
+            except InvalidMessage as exc:
+                document["error"] = str(exc)
+                document["raw"] = value_preview(record.value, 500)
+        else:
+            document["raw"] = value_preview(record.value, 2000)
+        if record.headers:
+            document["headers"] = dl.header_dict(record.headers)
+        return orjson.dumps(document).decode()
+
+    async def run() -> int:
+        consumer = new_consumer(settings, auto_offset_reset="earliest" if from_beginning else "latest",
+                                metadata_max_age_ms=5000)
+        await start(consumer, settings)
+        seen = 0
+        try:
+            if exact is not None:
+                if not await partitions_of(consumer, exact):
+                    raise commandline.Unreachable(f"topic {exact} does not exist")
+                consumer.subscribe([exact])
+            else:
+                consumer.subscribe(pattern=pattern)
+            last = time.monotonic()
+            while count is None or seen < count:
+                if idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
+                    break
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        if pattern is not None and not matches_pattern(pattern, record.topic):
+                            continue
+                        click.echo(line(record))
+                        seen += 1
+                        last = time.monotonic()
+                        if count is not None and seen >= count:
+                            break
+        finally:
+            await consumer.stop()
+        return seen
+
+    seen = commandline.run(run())
+    click.echo(f"{seen} record(s)", err=True)
+
+
+# -- orders (the reference downstream consumer) ----------------------------------------------------------------
+
+
+@click.group()
+def orders() -> None:
+    """The reference order-service consumer of driver_assignment.responses: each order's state in SQLite."""
+
+
+DB = click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+                  default=Path(".cache/orders.sqlite"), show_default=True, help="The SQLite file of order states.")
+
+
+@orders.command("follow")
+@DB
+@click.option("--group", "group_id", default=None, help="Consumer group (default: <prefix>geodispatch-orders).")
+@click.option("--idle-exit", "idle_exit_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Exit after this many seconds without a record (default: run until stopped).")
+@click.option("--max-per-s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Apply at most this many records per second (to watch it work, or to spare a database).")
+@click.option("--batch-size", type=click.IntRange(min=1, max=10_000), default=100, show_default=True,
+              help="Records per transaction.")
+def orders_follow(db_path, group_id, idle_exit_s, max_per_s, batch_size):
+    """Keep every order's state from the answers, idempotently: state, notifications and offsets in one
+    transaction, the Kafka commit after it; safe to kill and restart at any moment."""
+    from consumers.orders import follow
+
+    settings = commandline.settings()
+    group = group_id or f"{settings.topic_prefix}geodispatch-orders"
+    result = commandline.run(follow(settings, db_path, group, idle_exit_s, max_per_s, batch_size))
+    click.echo(f"applied {result.applied} record(s), {result.undecodable} undecodable; state in {db_path}")
+
+
+@orders.command("show")
+@DB
+@click.option("--order-id", default=None, help="Only this order (exit 1 when unknown).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def orders_show(db_path, order_id, as_json):
+    """Print the order states the follower has kept."""
+    from dataclasses import asdict
+
+    from consumers.orders import OrderBook
+
+    if not db_path.exists():
+        click.echo(f"error: {db_path} does not exist; run `geodispatch orders follow` first", err=True)
+        sys.exit(commandline.EXIT_FAILED)
+    book = OrderBook(db_path)
+    try:
+        states = [book.get(order_id)] if order_id else book.orders()
+        notified = book.notification_counts()
+    finally:
+        book.close()
+    if order_id and states[0] is None:
+        click.echo(f"error: no order {order_id!r}", err=True)
+        sys.exit(commandline.EXIT_FAILED)
+    rows = [asdict(state) | {"notifications": notified.get(state.order_id, 0)} for state in states]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    columns = [("ORDER", "order_id", 40), ("STATUS", "status", 8), ("DRIVER", "driver_id", 24), ("ETA", "eta_min", 4),
+               ("ERROR", "error", 30), ("ANSWERS", "answers", 7), ("NOTIFIED", "notifications", 8)]
+    for text in table(rows, columns):
+        click.echo(text)
+    click.echo(f"{len(rows)} order(s)")

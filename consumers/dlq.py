@@ -1,0 +1,201 @@
+"""The operators' DLQ tools: read dead letters, select them by origin, error and time, and replay them to
+where they came from (or elsewhere) once, remembering each replay in Redis so a second run does nothing."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import structlog
+from aiokafka.structs import ConsumerRecord
+
+from schemas import dead_letter as dl
+
+log = structlog.get_logger(__name__)
+
+RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# -- pure: what a dead letter says, and which ones an operator asked for -----------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of the dead-letter topic, with the contract's headers read out."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    info: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: ConsumerRecord) -> DeadLetter:
+        headers = tuple((name, value or b"") for name, value in (record.headers or ()))
+        return cls(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value,
+                   headers, dl.header_dict(headers))
+
+    @property
+    def id(self) -> str:
+        """Names this dead letter for good: the replay header and the ledger use it."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Same origin, key and value: a replayed record that failed again is a new dead letter with the same
+        fingerprint, and is not replayed again by accident."""
+        digest = hashlib.sha256()
+        for part in ((self.original_topic or "").encode(), self.key or b"", self.value or b""):
+            digest.update(len(part).to_bytes(8, "big") + part)
+        return digest.hexdigest()
+
+    @property
+    def original_topic(self) -> str | None:
+        return self.info.get(dl.ORIGINAL_TOPIC) or None
+
+    @property
+    def origin(self) -> str:
+        return (f"{self.info.get(dl.ORIGINAL_TOPIC, '?')}[{self.info.get(dl.ORIGINAL_PARTITION, '?')}]"
+                f"@{self.info.get(dl.ORIGINAL_OFFSET, '?')}")
+
+    @property
+    def stage(self) -> str:
+        return self.info.get(dl.STAGE, "")
+
+    @property
+    def error_class(self) -> str:
+        return self.info.get(dl.ERROR_CLASS, "")
+
+    @property
+    def error_message(self) -> str:
+        return self.info.get(dl.ERROR_MESSAGE, "")
+
+    @property
+    def failed_at(self) -> datetime:
+        """When it failed (the header), else when it was written to the DLQ."""
+        text = self.info.get(dl.FAILED_AT)
+        if text:
+            try:
+                return datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=timezone.utc)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "id": self.id, "offset": self.offset, "failed_at": dl.iso_utc(self.failed_at),
+            "original_topic": self.original_topic, "original_partition": self.info.get(dl.ORIGINAL_PARTITION),
+            "original_offset": self.info.get(dl.ORIGINAL_OFFSET), "stage": self.stage,
+            "error_class": self.error_class, "error_message": self.error_message,
+            "attempts": self.info.get(dl.ATTEMPTS), "key": (self.key or b"").decode("utf-8", "replace"),
+        }
+
+
+def parse_moment(text: str, now: datetime | None = None) -> datetime:
+    """ISO-8601 (a missing offset means UTC) or an age: '30s', '15m', '2h', '1d' ago."""
+    now = now or datetime.now(timezone.utc)
+    relative = RELATIVE.match(text.strip())
+    if relative:
+        return now - timedelta(seconds=float(relative.group(1)) * UNIT_SECONDS[relative.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither ISO-8601 nor an age like 15m, 2h, 1d") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters an operator means. Topics are names or globs, with or without the deployment's
+    prefix ('driver_locations.*'); error classes match exactly; since is inclusive, until exclusive."""
+
+    topics: tuple[str, ...] = ()
+    error_classes: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    prefix: str = ""
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.topics and not self._topic_matches(letter.original_topic or ""):
+            return False
+        if self.error_classes and letter.error_class not in self.error_classes:
+            return False
+        if self.stages and letter.stage not in self.stages:
+            return False
+        failed_at = letter.failed_at
+        if self.since is not None and failed_at < self.since:
+            return False
+        return not (self.until is not None and failed_at >= self.until)
+
+    def _topic_matches(self, topic: str) -> bool:
+        bare = topic[len(self.prefix):] if self.prefix and topic.startswith(self.prefix) else topic
+        return any(fnmatch.fnmatchcase(topic, wanted) or fnmatch.fnmatchcase(bare, wanted) for wanted in self.topics)
+
+
+@dataclass
+class ReplayPlan:
+    """What a replay will do with the selected dead letters, decided before anything is sent."""
+
+    to_send: list[DeadLetter] = field(default_factory=list)
+    already_replayed: list[DeadLetter] = field(default_factory=list)
+    no_origin: list[DeadLetter] = field(default_factory=list)
+    over_limit: int = 0
+
+
+def plan_replay(
+    letters: Iterable[DeadLetter], ledger: dict[str, dict], again: bool, limit: int | None, target: str | None
+) -> ReplayPlan:
+    """Pure: drops what was replayed before, or is a copy of something replayed before (unless again), what has
+    nowhere to go, and what is over the limit. `ledger` is ReplayLedger.replayed(): id -> {fingerprint, ...}."""
+    result = ReplayPlan()
+    fingerprints = {entry.get("fingerprint") for entry in ledger.values()}
+    for letter in letters:
+        if not again and (letter.id in ledger or letter.fingerprint in fingerprints):
+            result.already_replayed.append(letter)
+        elif target is None and letter.original_topic is None:
+            result.no_origin.append(letter)
+        elif limit is not None and len(result.to_send) >= limit:
+            result.over_limit += 1
+        else:
+            result.to_send.append(letter)
+    return result
+
+
+# -- the replay ledger --------------------------------------------------------------------------------------
+
+
+class ReplayLedger:
+    """A Redis hash per dead-letter topic: dead-letter id -> where and when it was replayed. Written only after
+    the broker acknowledged the replayed record, so a crash in between can replay one record twice (the
+    pipeline is idempotent per the contract) but never loses one."""
+
+    def __init__(self, redis, prefix: str, dlq_topic: str) -> None:
+        self.redis = redis
+        self.key = f"{prefix}dlq:replayed:{dlq_topic}"
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, dlq_topic: str) -> ReplayLedger:
+        from redis.asyncio import Redis
+
+        return cls(Redis.from_url(url), prefix, dlq_topic)
+
+    async def replayed(self) -> dict[str, dict]:
+        raw = await self.redis.hgetall(self.key)
+        return {name.decode(): orjson.loads(value) for name, value in raw.items()}
+
+    async def mark(self, entries: dict[str, dict]) -> None:
+        if entries:
+            await self.redis.hset(self.key, mapping={name: orjson.dumps(value) for name, value in entries.items()})
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,1 @@
+"""Publishing to the pipeline: a small library upstream services can use or copy, and the city simulator."""
