@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas.models import DriverStatus, LocationPing, PresenceChanged, TrackingUpdate, TripEvent
@@ -91,7 +91,7 @@ def ms(moment: datetime) -> int:
 
 
 def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
 
 
 def _changed(session: DriverSession, **changes: Any) -> DriverSession:

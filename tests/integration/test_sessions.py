@@ -269,3 +269,37 @@ def test_invalid_pings_are_dead_lettered_with_the_reason_and_counted(deployment)
     assert session(worker, "drv_bad")[0] == 404
     stats = worker.get("/stats")[1]
     assert sum(v for k, v in stats["pings"].items() if k.startswith("invalid_")) == len(bad)
+
+
+def test_a_driver_online_who_never_pings_is_timed_out(deployment):
+    worker = deployment.start_worker()  # heartbeat 1 s, 2 missed
+    worker.wait_ready()
+    send_status(deployment, "drv_silent")
+    wait_session(worker, "drv_silent", lambda s: s["online"], message="online")
+    body = wait_session(worker, "drv_silent", lambda s: not s["online"], timeout=20, message="timed out")
+    assert body["last_loc"] is None
+    records = _presence(deployment, 2)
+    assert [(r["online"], r["reason"]) for r in records] == [(True, "status"), (False, "heartbeat_timeout")]
+
+
+def test_any_worker_answers_for_any_driver(deployment):
+    from streams.routing import key_partition
+
+    first = deployment.start_worker("w1", **PATIENT)
+    second = deployment.start_worker("w2", **PATIENT)
+    first.wait_ready(timeout=90)
+    second.wait_ready(timeout=90)
+    # One driver on each partition, so each worker owns one of them once the group has settled.
+    drivers = {}
+    for i in range(100):
+        drivers.setdefault(key_partition(f"drv_{i}".encode(), deployment.partitions), f"drv_{i}")
+        if len(drivers) == deployment.partitions:
+            break
+    for driver in drivers.values():
+        send_status(deployment, driver)
+        send_ping(deployment, driver)
+    for worker in (first, second):
+        wait_nearby(worker, cell9(), lambda d: sorted(d) == sorted(drivers.values()), timeout=60,
+                    message="both drivers from this worker")
+        for driver in drivers.values():
+            assert session(worker, driver)[1]["online"] is True
