@@ -67,6 +67,8 @@ demo: topics ## a worker + a simulated city for DEMO_SECONDS (60): live view, su
 	@mkdir -p $(DEMO_DIR)
 	@if [ -f $(DEMO_PID) ] && kill -0 "$$(cat $(DEMO_PID))" 2>/dev/null; then \
 	  echo "demo: reusing the worker started earlier (pid $$(cat $(DEMO_PID)))"; \
+	elif ! $(PY) -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', $(DEMO_PORT))) == 0)"; then \
+	  echo "demo: port $(DEMO_PORT) is taken by another process; choose one with DEMO_PORT=..."; exit 1; \
 	else \
 	  GEODISPATCH_WEB_PORT=$(DEMO_PORT) GEODISPATCH_LOG_FORMAT=json nohup $(GD) worker > $(DEMO_DIR)/worker.log 2>&1 & \
 	  echo $$! > $(DEMO_PID); \

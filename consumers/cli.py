@@ -251,7 +251,9 @@ def consume(topic, from_beginning, count, idle_exit_s, raw):
     def line(record) -> str:
         document = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
                     "timestamp": record.timestamp, "key": (record.key or b"").decode("utf-8", "replace")}
-        model = None if raw else model_for(names, record.topic)
+        # a dead letter decodes as the message of the topic it came from
+        origin = dl.header_dict(record.headers or ()).get(dl.ORIGINAL_TOPIC, record.topic)
+        model = None if raw else model_for(names, origin)
         if model is not None:
             try:
                 document["value"] = codec.decode(model, record.value).model_dump(mode="json", exclude_none=True)

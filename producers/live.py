@@ -134,20 +134,22 @@ class LiveView:
         self._drawn = 0
         self._last_plain = -math.inf
         self._previous: tuple[float, dict[str, Any]] | None = None
+        self._rates = (0.0, 0.0)
 
     def draw(self, sim: CitySimulation, answers: dict[str, int], latencies: list[float],
-             worker: dict[str, Any] | None) -> None:
+             worker: dict[str, Any] | None, final: bool = False) -> None:
+        """final: the run is over; keep showing the last rates rather than the zero of the settling time."""
         if not self.enabled:
             return
         now = time.monotonic()
         states, counts = sim.driver_states(), sim.counts
-        pings_rate = requests_rate = 0.0
         current = {"pings": counts.pings, "requests": counts.requests}
-        if self._previous is not None:
+        if self._previous is not None and not final:
             elapsed = max(now - self._previous[0], 1e-6)
-            pings_rate = (current["pings"] - self._previous[1]["pings"]) / elapsed
-            requests_rate = (current["requests"] - self._previous[1]["requests"]) / elapsed
+            self._rates = ((current["pings"] - self._previous[1]["pings"]) / elapsed,
+                           (current["requests"] - self._previous[1]["requests"]) / elapsed)
         self._previous = (now, current)
+        pings_rate, requests_rate = self._rates
         p = {name: percentile(latencies, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
         lines = [
             f"{self.title}   t = {sim.now_s:5.0f} s of {self.duration_s:.0f} s",
@@ -306,7 +308,7 @@ async def run_simulation(
             # The worker's counters lag the last record by its commit interval.
             await asyncio.sleep(min(settle_s, 1.5))
             worker = worker_view(await asyncio.to_thread(fetch_stats, stats_url))
-        view.draw(sim, answers, latencies_ms, worker)
+        view.draw(sim, answers, latencies_ms, worker, final=True)
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -108,6 +108,11 @@ def test_malformed_simulated_records_are_dead_lettered_filtered_and_replayed_onc
     table = deployment.cli("dlq", "list", "--error-class", "InvalidEvent").stdout
     assert table.startswith("OFFSET") and f"{malformed['future_ts']} dead letter(s)" in table
 
+    tailed = json_lines(deployment.cli("consume", "dispatch.dlq", "--from-beginning", "--count", str(total)).stdout)
+    assert len(tailed) == total
+    assert sum("value" in row for row in tailed) == malformed["future_ts"]  # decodable as LocationPing
+    assert all(row["headers"][dl.ORIGINAL_TOPIC].startswith(names.prefix) for row in tailed)
+
     shown = deployment.cli("dlq", "show", str(skewed[0]["offset"])).stdout
     assert f"{dl.ORIGINAL_TOPIC}: {names.locations('4_-7')}" in shown
     assert "value (LocationPing, decodes now)" in shown
