@@ -117,8 +117,14 @@ def apply_ping(
             return Effects("throttled")
     presence = None
     changes: dict[str, Any] = {}
-    if not current.online and current.offline_reason == HEARTBEAT_TIMEOUT:
-        # Timed out, not signed off: the next ping brings the driver back.
+    if (
+        not current.online
+        and current.offline_reason == HEARTBEAT_TIMEOUT
+        and now_ms - ts < rules.heartbeat_timeout_ms
+    ):
+        # Timed out, not signed off: the next ping brings the driver back, unless that ping is itself
+        # already too old to count as a heartbeat (a late one from a backlog): it would bring the
+        # driver online only for the next check to time it out again, two presence changes for nothing.
         changes.update(online=True, offline_reason=None)
         presence = PresenceChanged(
             driver_id=ping.driver_id, online=True, reason=HEARTBEAT_TIMEOUT, last_seen=ping.ts, ts=from_ms(now_ms)

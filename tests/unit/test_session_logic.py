@@ -204,6 +204,15 @@ def test_a_timed_out_driver_comes_back_with_its_next_ping():
     assert effects.presence.online is True and effects.presence.last_seen == at(T0 + 21_000)
 
 
+def test_a_late_ping_already_past_the_timeout_does_not_bring_a_timed_out_driver_back():
+    timed_out = check_heartbeat(online_at(T0), T0 + 20_000, RULES).session
+    late = apply_ping(timed_out, ping(T0 + 5_000), "4_-7", T0 + 20_000, RULES)
+    assert late.outcome == "accepted" and late.session.loc_ts_ms == T0 + 5_000
+    assert late.session.online is False and late.presence is None
+    fresh = apply_ping(late.session, ping(T0 + 19_000), "4_-7", T0 + 20_000, RULES)
+    assert fresh.session.online is True and fresh.presence.online is True
+
+
 def test_a_timed_out_driver_who_then_says_offline_stays_offline():
     timed_out = check_heartbeat(online_at(T0), T0 + 20_000, RULES).session
     said = apply_status(timed_out, status(T0 + 21_000, online=False), T0 + 21_000, RULES)
