@@ -3,10 +3,14 @@ and by missed heartbeats, trips with throttled rider tracking, rerouting and reg
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import h3
 
+from schemas import DriverStatus, LocationPing, default_codec
+from schemas import dead_letter as dl
+from streams.routing import key_partition
 from tests.integration.drivers import (
     LAST_LOC_FIELDS,
     NYC,
@@ -15,6 +19,7 @@ from tests.integration.drivers import (
     TRACKING_FIELDS,
     cell9,
     decoded,
+    iso,
     nearby,
     now_plus,
     send_assign,
@@ -202,8 +207,6 @@ def test_an_assign_command_records_the_trip_and_cancelled_frees_it(deployment):
 
 
 def test_a_ping_on_the_wrong_partition_is_rerouted_and_applied_once(deployment):
-    from streams.routing import key_partition
-
     worker = deployment.start_worker(**PATIENT)
     worker.wait_ready()
     driver = "drv_routed"
@@ -242,11 +245,6 @@ def test_a_driver_crossing_region_topics_keeps_one_session(deployment):
 
 
 def test_invalid_pings_are_dead_lettered_with_the_reason_and_counted(deployment):
-    import json
-
-    from schemas import dead_letter as dl
-    from tests.integration.drivers import iso
-
     worker = deployment.start_worker(**PATIENT)
     worker.wait_ready()
     topic = deployment.names.locations("4_-7")
@@ -283,8 +281,6 @@ def test_a_driver_online_who_never_pings_is_timed_out(deployment):
 
 
 def test_any_worker_answers_for_any_driver(deployment):
-    from streams.routing import key_partition
-
     first = deployment.start_worker("w1", **PATIENT)
     second = deployment.start_worker("w2", **PATIENT)
     first.wait_ready(timeout=90)
@@ -303,3 +299,15 @@ def test_any_worker_answers_for_any_driver(deployment):
                     message="both drivers from this worker")
         for driver in drivers.values():
             assert session(worker, driver)[1]["online"] is True
+
+
+def test_avro_status_and_pings_are_applied_like_json(deployment):
+    worker = deployment.start_worker(**PATIENT)
+    worker.wait_ready()
+    codec, now = default_codec(), now_plus(0)
+    status = DriverStatus(driver_id="drv_avro", online=True, eligibility="ACTIVE", ts=now)
+    ping = LocationPing(driver_id="drv_avro", lat=NYC[0], lng=NYC[1], speed_mps=3.0, heading_deg=180.0, ts=now)
+    deployment.produce(deployment.names.status, [(b"drv_avro", codec.encode(status, "avro"))])
+    deployment.produce(deployment.names.locations("4_-7"), [(b"drv_avro", codec.encode(ping, "avro"))])
+    wait_nearby(worker, cell9(), lambda d: d == ["drv_avro"], message="an Avro driver")
+    assert session(worker, "drv_avro")[1]["last_loc"]["heading_deg"] == 180.0
