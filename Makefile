@@ -42,6 +42,9 @@ test-unit: setup ## unit tests only: no broker, no Redis
 test: topics ## set up, start Kafka and Redis, run every test
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+faults: topics ## the long fault-injection runs (worker kill, zombie, ...) with their figures
+	GEODISPATCH_REQUIRE_INFRA=1 GEODISPATCH_FAULTS_FULL=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
+
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 

@@ -6,6 +6,7 @@ import faust
 
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
+from streams.faust_fixes import install_ack_guard
 from streams.index import IndexWriter
 from streams.runtime import Runtime
 from streams.settings import Settings
@@ -31,6 +32,9 @@ def faust_options(settings: Settings) -> dict[str, object]:
         "broker_commit_every": 500,
         "broker_commit_interval": 1.0,
         "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": settings.kafka_session_timeout_s,
+        "broker_heartbeat_interval": settings.kafka_session_timeout_s / 10,
+        "broker_rebalance_timeout": settings.kafka_session_timeout_s,
         "producer_linger_ms": 2,
         "producer_acks": -1,
         # Everything stays bytes until our codec decodes it; table stores decode with these too.
@@ -58,6 +62,7 @@ def _credentials(settings: Settings, security: dict[str, object]) -> object:
 
 
 def create_app(settings: Settings) -> faust.App:
+    install_ack_guard()
     app = faust.App(f"{settings.topic_prefix}{settings.app_id}", **faust_options(settings))
     runtime = Runtime.build(settings)
     runtime.topics = Topics(app, runtime.names, settings.regions)

@@ -12,6 +12,7 @@ from schemas.dead_letter import SourceRecord, dead_letter_headers
 from streams.logic import InvalidEvent
 from streams.metrics import Metrics
 from streams.retry import GaveUp
+from streams.topics import send_confirmed
 
 log = structlog.get_logger(__name__)
 
@@ -38,9 +39,8 @@ class DeadLetters:
 
     async def send(self, source: SourceRecord, stage: str, error: BaseException, attempts: int = 1) -> None:
         headers = dead_letter_headers(source, stage, error, attempts, datetime.now(timezone.utc))
-        # Sent inside the agent, Faust attaches the send to the current event: the input offset
-        # is committed only once the dead letter is acknowledged, so the record cannot be lost.
-        await self._topic.send(key=source.key, value=source.value, headers=headers)
+        # Acknowledged before the failed record counts as done, so the record cannot be lost.
+        await send_confirmed(self._topic, key=source.key, value=source.value, headers=headers)
         self._metrics.dead_letters.labels(stage=stage, error_class=type(error).__name__).inc()
         log.warning(
             "dead_lettered",

@@ -24,18 +24,33 @@ from streams.logic.geo import (
 )
 from streams.logic.sessions import DriverSession, session_response
 
-# Applies a session change unless the index already holds a newer version of that driver, and moves
+# First releases the driver's reservation if it is held by an order the session has closed (delivered
+# or cancelled): always, even for a stale or fenced write, since a finished order must never keep a
+# driver, and also on a rebuild, which mends a release lost in a crash. Then applies the change unless the index already holds a newer version of that driver, and moves
 # the driver between cell sets. A driver is in the cell sets only if assignable and not reserved.
+# Fencing: ARGV[13] is the writer's consumer-group generation. A write from an older generation than
+# the driver's last writer comes from a worker that lost the partition without noticing (paused,
+# cut off): it is refused (-1). A newer generation wins whatever the version, since a new owner
+# restarts from the changelog and may be behind the zombie's unflushed versions.
 # A rebuild (ARGV[12] = '1') rewrites the same version too: a cell set may have been lost while the
 # driver's hash survived, and only rewriting the driver puts it back.
 UPSERT = """
-local cur = redis.call('HGET', KEYS[1], 'ver')
-if cur then
-  cur = tonumber(cur)
-  local ver = tonumber(ARGV[1])
-  if cur > ver or (cur == ver and ARGV[12] ~= '1') then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  for _, order in ipairs(cjson.decode(ARGV[11])) do
+    if order == holder then redis.call('DEL', KEYS[2]) break end
+  end
 end
-if ARGV[11] ~= '' and redis.call('GET', KEYS[2]) == ARGV[11] then redis.call('DEL', KEYS[2]) end
+local cur = redis.call('HMGET', KEYS[1], 'ver', 'gen')
+if cur[1] then
+  local gen, mine = tonumber(cur[2] or '0'), tonumber(ARGV[13])
+  if gen > mine then return -1 end
+  if gen == mine then
+    local ver = tonumber(cur[1])
+    local myver = tonumber(ARGV[1])
+    if ver > myver or (ver == myver and ARGV[12] ~= '1') then return 0 end
+  end
+end
 local old = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'c7')
 if old[1] == '1' then
   redis.call('SREM', ARGV[9] .. 'c9:' .. old[2], ARGV[10])
@@ -43,8 +58,8 @@ if old[1] == '1' then
 end
 local avail = '0'
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then avail = '1' end
-redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4], 'ts', ARGV[5],
-           'c9', ARGV[6], 'c7', ARGV[7], 'avail', avail)
+redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'gen', ARGV[13], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4],
+           'ts', ARGV[5], 'c9', ARGV[6], 'c7', ARGV[7], 'avail', avail)
 if avail == '1' then
   redis.call('SADD', ARGV[9] .. 'c9:' .. ARGV[6], ARGV[10])
   redis.call('SADD', ARGV[9] .. 'c7:' .. ARGV[7], ARGV[10])
@@ -53,7 +68,8 @@ return 1
 """
 
 # Reserves a driver for an order: succeeds only if the driver is still available and fresh, and
-# returns the order's existing decision instead when there is one (a redelivered request).
+# returns the order's existing decision instead when there is one (a redelivered request, or a
+# paused worker racing the partition's new owner): a decision, once made, is never overwritten.
 RESERVE = """
 local existing = redis.call('GET', KEYS[3])
 if existing then return {'existing', existing} end
@@ -78,6 +94,13 @@ if existing then return existing end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return ARGV[1]
 """
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    applied: int = 0
+    stale: int = 0  # the index already had this version or a newer one
+    fenced: int = 0  # refused: written by a newer consumer-group generation
 
 
 @dataclass(frozen=True)
@@ -122,22 +145,22 @@ class RegionIndex:
     # -- writes from the sessions agent ---------------------------------------------------------
 
     async def write_sessions(
-        self, changes: Iterable[tuple[DriverSession, str | None]], rebuild: bool = False
-    ) -> int:
-        """Applies (session, reservation to release) pairs in one pipelined round trip; returns
-        how many were newer than what the index held (with `rebuild`, as new as it)."""
+        self, sessions: Iterable[DriverSession], generation: int, rebuild: bool = False
+    ) -> WriteResult:
+        """Applies session changes in one pipelined round trip, fenced by the writer's
+        consumer-group generation."""
         calls = [
-            (self._session_keys(session), self._session_args(session, release_order, rebuild))
-            for session, release_order in changes
+            (self._session_keys(session), [*self._session_args(session, rebuild), generation]) for session in sessions
         ]
         if not calls:
-            return 0
+            return WriteResult()
         try:
-            return sum(await self._upsert_many(calls))
+            results = await self._upsert_many(calls)
         except NoScriptError:
             # Redis restarted or was replaced and forgot the script: load it and send again.
             await self.redis.script_load(UPSERT)
-            return sum(await self._upsert_many(calls))
+            results = await self._upsert_many(calls)
+        return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1))
 
     async def _upsert_many(self, calls: list[tuple[list[str], list[object]]]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -148,7 +171,7 @@ class RegionIndex:
     def _session_keys(self, session: DriverSession) -> list[str]:
         return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id)]
 
-    def _session_args(self, session: DriverSession, release_order: str | None, rebuild: bool) -> list[object]:
+    def _session_args(self, session: DriverSession, rebuild: bool) -> list[object]:
         return [
             session.version,
             orjson.dumps(session_response(session)),
@@ -160,7 +183,7 @@ class RegionIndex:
             "1" if session.assignable else "0",
             self.prefix,
             session.driver_id,
-            release_order or "",
+            orjson.dumps(list(session.closed_trips)) if session.closed_trips else "[]",
             "1" if rebuild else "0",
         ]
 
@@ -241,7 +264,8 @@ class RegionIndex:
         keys = [self.driver_key(driver_id), self.reservation_key(driver_id), self.decision_key(order_id)]
         args = [order_id, orjson.dumps(decision), self.prefix, driver_id, min_loc_ts_ms]
         outcome, payload = await self._reserve(keys=keys, args=args)
-        return Reservation(outcome, orjson.loads(payload) if payload else None)
+        # 'taken' carries the holder's order id, not a decision.
+        return Reservation(outcome, orjson.loads(payload) if outcome in ("reserved", "existing") else None)
 
     async def decision(self, order_id: str) -> dict | None:
         raw = await self.redis.get(self.decision_key(order_id))
@@ -271,29 +295,26 @@ class IndexWriter:
         self._index = index
         self._metrics = metrics
         self._settings = settings
-        self._pending: dict[str, tuple[DriverSession, str | None]] = {}
+        self._pending: dict[str, DriverSession] = {}
         self.failures = 0
         # What this worker last rebuilt the index for: the index's epoch and the rebalance count.
         self.epoch: str | None = None
         self.rebalance = -1
 
-    def stage(self, session: DriverSession, release_order: str | None = None) -> None:
-        waiting = self._pending.get(session.driver_id)
-        if release_order is None and waiting is not None:
-            release_order = waiting[1]
-        self._pending[session.driver_id] = (session, release_order)
+    def stage(self, session: DriverSession) -> None:
+        self._pending[session.driver_id] = session
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    async def flush(self) -> int:
+    async def flush(self, generation: int) -> WriteResult:
         if not self._pending:
-            return 0
+            return WriteResult()
         batch, self._pending = self._pending, {}
         started = time.perf_counter()
         try:
-            applied = await self._index.write_sessions(batch.values())
+            result = await self._index.write_sessions(batch.values(), generation)
         except (aioredis.RedisError, OSError):
             # Put the batch back under anything newer that arrived meanwhile.
             for driver_id, change in batch.items():
@@ -302,4 +323,6 @@ class IndexWriter:
             raise
         self.failures = 0
         self._metrics.index_write_seconds.observe(time.perf_counter() - started)
-        return applied
+        if result.fenced:
+            self._metrics.fenced_writes.inc(result.fenced)
+        return result

@@ -88,6 +88,11 @@ class Metrics:
             ["region"],
             registry=r,
         )
+        self.fenced_writes = Counter(
+            "geodispatch_fenced_writes_total",
+            "Index writes refused because a newer consumer-group generation owns the driver now.",
+            registry=r,
+        )
         self.index_write_seconds = Histogram(
             "geodispatch_index_write_seconds",
             "One pipelined write of session changes to the Redis index.",

@@ -29,11 +29,14 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    # How long the group waits for a silent worker before handing its partitions to another one:
+    # the bound on how long a crashed worker's drivers and orders wait.
+    kafka_session_timeout_s: float = Field(30.0, ge=6, le=300)
     # Prefixes every topic name; tests use it to get topics of their own on a shared broker.
     topic_prefix: str = ""
     partitions: int = Field(4, ge=1, le=256)
     replication_factor: int = Field(1, ge=1)
-    regions: Annotated[tuple[str, ...], NoDecode] = ("4_-7", "0_0", "5_0", "3_-1")
+    regions: Annotated[tuple[str, ...], NoDecode] = ("4_-7", "0_0", "5_0", "3_-12")
 
     # -- Redis ----------------------------------------------------------------------------------
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), validation_alias=_env("REDIS_URL"))

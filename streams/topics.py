@@ -47,3 +47,11 @@ class Topics:
         if name not in self._by_name:
             self._by_name[name] = raw_topic(self._app, name)
         return self._by_name[name]
+
+
+async def send_confirmed(topic: Any, **message: Any) -> Any:
+    """Sends now and waits for the broker's acknowledgement, bypassing Faust's attachments (which
+    publish only at commit time and are dropped with a revoked partition): an answer or a dead
+    letter must be on the broker before the record that caused it can count as done."""
+    pending = await topic.send(force=True, **message)
+    return await pending

@@ -19,6 +19,7 @@ from streams.logic.scoring import eta_minutes
 from streams.retry import with_retries
 from streams.routing import REROUTED_FROM, misrouted
 from streams.runtime import Runtime
+from streams.topics import send_confirmed
 
 log = structlog.get_logger(__name__)
 STAGE = "assignment"
@@ -82,8 +83,8 @@ async def process(runtime: Runtime, message) -> None:
     target = misrouted(order_key, message.partition, runtime.settings.partitions)
     if target is not None:
         headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
-        await runtime.topics.named(message.topic).send(key=order_key, value=message.value, partition=target,
-                                                       headers=headers)
+        await send_confirmed(runtime.topics.named(message.topic), key=order_key, value=message.value,
+                             partition=target, headers=headers)
         runtime.metrics.rerouted.labels(stream=STAGE).inc()
         return
     region = message.topic.rsplit(".", 1)[-1]
@@ -105,13 +106,14 @@ async def process(runtime: Runtime, message) -> None:
     runtime.decisions.put(order_id, decision)
     if decision["status"] == "assigned":
         command = DriverCommand(driver_id=decision["driverId"], kind="assign", order_id=order_id, ts=now)
-        await runtime.topics.driver_commands.send(key=decision["driverId"].encode(), value=codec.encode(command))
+        await send_confirmed(runtime.topics.driver_commands, key=decision["driverId"].encode(),
+                             value=codec.encode(command))
     await _answer(runtime, message, region, decision, decision["status"], context)
 
 
 async def _answer(runtime: Runtime, message, region: str, decision: dict, outcome: str, context: dict) -> None:
     response = decide.response_of(decision)
-    await runtime.topics.responses.send(key=response.orderId.encode(), value=runtime.codec.encode(response))
+    await send_confirmed(runtime.topics.responses, key=response.orderId.encode(), value=runtime.codec.encode(response))
     latency = max(0.0, time.time() - message.timestamp)  # Faust gives the record time in seconds
     m = runtime.metrics
     m.assignment_latency.observe(latency)

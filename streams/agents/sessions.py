@@ -24,6 +24,7 @@ from streams.logic.sessions import (
 )
 from streams.routing import REROUTED_FROM, misrouted
 from streams.runtime import Runtime
+from streams.topics import send_confirmed
 
 log = structlog.get_logger(__name__)
 
@@ -41,8 +42,8 @@ def _classify(runtime: Runtime, topic: str) -> tuple[str, str | None]:
 
 async def _reroute(runtime: Runtime, message, driver_key: bytes, partition: int) -> None:
     headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
-    await runtime.topics.named(message.topic).send(
-        key=driver_key, value=message.value, partition=partition, headers=headers
+    await send_confirmed(
+        runtime.topics.named(message.topic), key=driver_key, value=message.value, partition=partition, headers=headers
     )
     runtime.metrics.rerouted.labels(stream="sessions").inc()
 
@@ -111,7 +112,7 @@ async def _process(runtime: Runtime, message, kind: str, region: str | None) -> 
     _count(runtime, kind, effects, record, now)
     if effects.session is not None:
         runtime.sessions.put(effects.session)
-        runtime.index_writer.stage(effects.session, effects.release_order)
+        runtime.index_writer.stage(effects.session)
     codec = runtime.codec
     if effects.presence is not None:
         await runtime.topics.presence.send(key=driver_key, value=codec.encode(effects.presence))

@@ -24,7 +24,7 @@ INDEX_FLUSH_INTERVAL_S = 0.01
 async def flush_index() -> None:
     runtime: Runtime = app.runtime
     try:
-        await runtime.index_writer.flush()
+        await runtime.index_writer.flush(app.consumer_generation_id)
     except (RedisError, OSError) as exc:
         if runtime.index_writer.failures in (1, 10) or runtime.index_writer.failures % 100 == 0:
             log.error("index_write_failed", error=str(exc), pending=runtime.index_writer.pending,
@@ -47,7 +47,7 @@ async def keep_index_whole() -> None:
         sessions = list(runtime.sessions.load_all())
         for start in range(0, len(sessions), REBUILD_CHUNK):
             chunk = sessions[start : start + REBUILD_CHUNK]
-            await runtime.index.write_sessions(((s, None) for s in chunk), rebuild=True)
+            await runtime.index.write_sessions(chunk, app.consumer_generation_id, rebuild=True)
     except (RedisError, OSError) as exc:
         log.error("index_rebuild_failed", error=str(exc))
         return

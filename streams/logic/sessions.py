@@ -82,7 +82,6 @@ class Effects:
     session: DriverSession | None = None
     presence: PresenceChanged | None = None
     tracking: TrackingUpdate | None = None
-    release_order: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -198,7 +197,7 @@ def apply_trip(session: DriverSession | None, trip: TripEvent) -> Effects:
         order = trip.orderId
         closed = (*[o for o in current.closed_trips if o != order], order)[-CLOSED_TRIPS_KEPT:]
         trip_id = None if current.trip_id == order else current.trip_id
-        return Effects(trip.status, _changed(current, trip_id=trip_id, closed_trips=closed), release_order=order)
+        return Effects(trip.status, _changed(current, trip_id=trip_id, closed_trips=closed))
     return apply_assignment(session, trip.driverId, trip.orderId)
 
 
