@@ -132,7 +132,7 @@ class Codec:
 
     def encode(self, message: Message, fmt: Format = "json") -> bytes:
         if fmt == "json":
-            return orjson.dumps(message.model_dump(mode="json", exclude_none=True))
+            return orjson.dumps(message.model_dump(mode="json", exclude_none=message.json_drops_nulls))
         schema = self.schema_for(type(message))
         record = message.model_dump(mode="json")
         for name in message.avro_json_fields:

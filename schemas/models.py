@@ -35,6 +35,9 @@ class Message(BaseModel):
     avro_name: ClassVar[str]
     # Fields whose Avro form is the JSON text of a free-form value.
     avro_json_fields: ClassVar[tuple[str, ...]] = ()
+    # JSON keeps an empty optional field as null, so a consumer sees every field of the contract;
+    # a message whose contract lists exact shapes per case leaves them out instead.
+    json_drops_nulls: ClassVar[bool] = False
 
 
 class LocationPing(Message):
@@ -87,7 +90,10 @@ COORDINATE_FIELDS = ("restaurantLatitude", "restaurantLongitude", "customerLatit
 
 
 class AssignmentResponse(Message):
+    """assigned: orderId, driverId, eta, assignedAt, status; failed: orderId, error, failedAt, status."""
+
     avro_name: ClassVar[str] = "AssignmentResponse"
+    json_drops_nulls: ClassVar[bool] = True
 
     orderId: NonEmpty
     status: Literal["assigned", "failed"]

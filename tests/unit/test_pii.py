@@ -78,12 +78,13 @@ def test_presence_changes_from_status_and_pings_full_of_personal_data_have_only_
         _no_personal_values(record)
 
 
-def test_optional_fields_are_left_out_of_json_not_replaced_by_anything_else():
+def test_optional_fields_are_published_as_null_so_the_field_set_is_exact():
     tracking = TrackingUpdate(booking_id="o1", driver_id="d1", lat=1.0, lng=2.0, timestamp=NOW)
-    assert set(_published_json(tracking)) == TRACKING_FIELDS - {"bearing", "speed_kmh"}
+    assert set(_published_json(tracking)) == TRACKING_FIELDS
+    assert _published_json(tracking)["bearing"] is None
     assert set(_published_avro(tracking)) == TRACKING_FIELDS
     presence = PresenceChanged(driver_id="d1", online=True, reason="status", ts=NOW)
-    assert set(_published_json(presence)) == PRESENCE_FIELDS - {"last_seen"}
+    assert set(_published_json(presence)) == PRESENCE_FIELDS
     assert set(_published_avro(presence)) == PRESENCE_FIELDS
 
 
