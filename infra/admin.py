@@ -3,6 +3,7 @@ what differs, and reports each change. Safe to run any number of times."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -48,10 +49,9 @@ async def apply_plan(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list
 
 async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
     new = [NewTopic(s.name, s.partitions, s.replication, topic_configs=dict(s.configs)) for s in specs]
-    try:
+    # Another process may create them between our listing and our create: the goal is met all the same.
+    with contextlib.suppress(TopicAlreadyExistsError):
         await admin.create_topics(new)
-    except TopicAlreadyExistsError:
-        pass  # another process created them between our listing and our create: the goal is met
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from infra.topics import DLQ_MAX_MESSAGE_BYTES
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
 from streams.faust_fixes import install_ack_guard
@@ -37,6 +38,8 @@ def faust_options(settings: Settings) -> dict[str, object]:
         "broker_rebalance_timeout": settings.kafka_session_timeout_s,
         "producer_linger_ms": 2,
         "producer_acks": -1,
+        # Room for a dead letter of the largest record an input topic accepts (see infra.topics).
+        "producer_max_request_size": DLQ_MAX_MESSAGE_BYTES,
         # Everything stays bytes until our codec decodes it; table stores decode with these too.
         "key_serializer": "raw",
         "value_serializer": "raw",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import functools
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -38,7 +39,7 @@ class DeadLetters:
         self._metrics = metrics
 
     async def send(self, source: SourceRecord, stage: str, error: BaseException, attempts: int = 1) -> None:
-        headers = dead_letter_headers(source, stage, error, attempts, datetime.now(timezone.utc))
+        headers = dead_letter_headers(source, stage, error, attempts, datetime.now(UTC))
         # Acknowledged before the failed record counts as done, so the record cannot be lost.
         await send_confirmed(self._topic, key=source.key, value=source.value, headers=headers)
         self._metrics.dead_letters.labels(stage=stage, error_class=type(error).__name__).inc()
@@ -66,3 +67,14 @@ async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: A
     except Exception as exc:  # a bug or an unforeseen input: keep the record, keep the agent alive
         log.exception("processing_failed", stage=stage, topic=message.topic, offset=message.offset)
         await dead_letters.send(source_of(message), stage, exc)
+
+
+async def process_each(stream: Any, dead_letters: DeadLetters, stage: str, process: Any) -> None:
+    """The body of every agent: each record bound to the log context by its coordinates, processed
+    by `process(message)`, and dead-lettered instead if that fails."""
+    async for event in stream.events():
+        message = event.message
+        with structlog.contextvars.bound_contextvars(
+            topic=message.topic, partition=message.partition, offset=message.offset
+        ):
+            await guarded(dead_letters, message, stage, functools.partial(process, message))

@@ -26,8 +26,9 @@ from streams.logic.sessions import DriverSession, session_response
 
 # First releases the driver's reservation if it is held by an order the session has closed (delivered
 # or cancelled): always, even for a stale or fenced write, since a finished order must never keep a
-# driver, and also on a rebuild, which mends a release lost in a crash. Then applies the change unless the index already holds a newer version of that driver, and moves
-# the driver between cell sets. A driver is in the cell sets only if assignable and not reserved.
+# driver, and also on a rebuild, which mends a release lost in a crash. Then applies the change unless
+# the index already holds a newer version of that driver, and moves the driver between cell sets.
+# A driver is in the cell sets only if assignable and not reserved.
 # Fencing: ARGV[13] is the writer's consumer-group generation. A write from an older generation than
 # the driver's last writer comes from a worker that lost the partition without noticing (paused,
 # cut off): it is refused (-1). A newer generation wins whatever the version, since a new owner

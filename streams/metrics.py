@@ -48,7 +48,10 @@ class Metrics:
         r = self.registry
         # -- every agent
         self.dead_letters = Counter(
-            "geodispatch_dead_letters_total", "Records sent to the dead-letter topic.", ["stage", "error_class"], registry=r
+            "geodispatch_dead_letters_total",
+            "Records sent to the dead-letter topic.",
+            ["stage", "error_class"],
+            registry=r,
         )
         self.retries = Counter("geodispatch_retries_total", "Transient failures retried.", ["stage"], registry=r)
         self.rerouted = Counter(
@@ -67,7 +70,10 @@ class Metrics:
         # -- driver sessions
         self.pings = Counter("geodispatch_pings_total", "Location pings by outcome.", ["outcome"], registry=r)
         self.status_changes = Counter(
-            "geodispatch_status_changes_total", "Driver status records applied, by what changed.", ["change"], registry=r
+            "geodispatch_status_changes_total",
+            "Driver status records applied, by what changed.",
+            ["change"],
+            registry=r,
         )
         self.presence_changes = Counter(
             "geodispatch_presence_changes_total", "PresenceChanged records published.", ["reason", "online"], registry=r
@@ -101,7 +107,10 @@ class Metrics:
         )
         # -- assignment
         self.assignment_requests = Counter(
-            "geodispatch_assignment_requests_total", "Assignment requests by outcome.", ["region", "outcome"], registry=r
+            "geodispatch_assignment_requests_total",
+            "Assignment requests by outcome.",
+            ["region", "outcome"],
+            registry=r,
         )
         self.assignment_failures = Counter(
             "geodispatch_assignment_failures_total", "Failed answers by reason.", ["reason"], registry=r
@@ -127,5 +136,9 @@ class Metrics:
             "geodispatch_http_requests_total", "HTTP requests answered.", ["route", "status"], registry=r
         )
         self.http_seconds = Histogram(
-            "geodispatch_http_request_seconds", "HTTP request handling time.", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "geodispatch_http_request_seconds",
+            "HTTP request handling time.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -12,7 +12,7 @@ import structlog
 from schemas.codec import InvalidMessage
 from schemas.models import AssignmentRequested, DriverCommand
 from streams.app import app
-from streams.dlq import guarded
+from streams.dlq import process_each
 from streams.index import now_ms
 from streams.logic import assignment as decide
 from streams.logic.scoring import eta_minutes
@@ -23,12 +23,17 @@ from streams.topics import send_confirmed
 
 log = structlog.get_logger(__name__)
 STAGE = "assignment"
+# NonEmpty's limit in schemas.models, which every answer's orderId must meet.
+ORDER_ID_MAX = 256
 
 
 def _order_id(raw: dict[str, Any]) -> str:
     order_id = raw.get("orderId")
     if not isinstance(order_id, str) or not order_id.strip():
         raise InvalidMessage("missing or not a non-empty string: there is no order to answer", "orderId")
+    if len(order_id) > ORDER_ID_MAX:
+        # An answer could not carry it (AssignmentResponse refuses it): nothing to answer, dead-letter it.
+        raise InvalidMessage(f"longer than {ORDER_ID_MAX} characters: no answer can carry it", "orderId")
     return order_id
 
 
@@ -88,7 +93,7 @@ async def process(runtime: Runtime, message) -> None:
         runtime.metrics.rerouted.labels(stream=STAGE).inc()
         return
     region = message.topic.rsplit(".", 1)[-1]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     previous = runtime.decisions.get(order_id)
     if previous is not None and decide.reusable(previous, now_ms(), runtime.settings.failed_decision_ttl_s * 1000):
         await _answer(runtime, message, region, previous, "repeated", {})
@@ -129,9 +134,4 @@ async def _answer(runtime: Runtime, message, region: str, decision: dict, outcom
 @app.agent(app.runtime.topics.requests, name="assignments")
 async def assignments(stream) -> None:
     runtime: Runtime = app.runtime
-    async for event in stream.events():
-        message = event.message
-        with structlog.contextvars.bound_contextvars(
-            topic=message.topic, partition=message.partition, offset=message.offset
-        ):
-            await guarded(runtime.dead_letters, message, STAGE, functools.partial(process, runtime, message))
+    await process_each(stream, runtime.dead_letters, STAGE, functools.partial(process, runtime))

@@ -10,7 +10,7 @@ import structlog
 from schemas.codec import InvalidMessage
 from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
 from streams.app import app
-from streams.dlq import guarded
+from streams.dlq import process_each
 from streams.index import now_ms
 from streams.logic import InvalidEvent
 from streams.logic.sessions import (
@@ -125,10 +125,5 @@ async def _process(runtime: Runtime, message, kind: str, region: str | None) -> 
 @app.agent(app.runtime.topics.driver_inputs, name="driver_sessions")
 async def driver_sessions(stream) -> None:
     runtime: Runtime = app.runtime
-    async for event in stream.events():
-        message = event.message
-        with structlog.contextvars.bound_contextvars(
-            topic=message.topic, partition=message.partition, offset=message.offset
-        ):
-            await guarded(runtime.dead_letters, message, "sessions", functools.partial(process, runtime, message))
+    await process_each(stream, runtime.dead_letters, "sessions", functools.partial(process, runtime))
 

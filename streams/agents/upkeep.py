@@ -4,7 +4,7 @@ the sessions agent to check drivers whose heartbeat is overdue."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from redis.exceptions import RedisError
@@ -76,7 +76,7 @@ async def check_heartbeats() -> None:
     runtime.stats["regions"] = set(online)
     runtime.stats["drivers_online"] = sum(online.values())
     runtime.stats["drivers_available"] = sum(available.values())
-    ts = datetime.now(timezone.utc)
+    ts = datetime.now(UTC)
     for driver_id in due:
         command = DriverCommand(driver_id=driver_id, kind="heartbeat_check", ts=ts)
         await runtime.topics.driver_commands.send(key=driver_id.encode(), value=runtime.codec.encode(command))

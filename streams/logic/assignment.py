@@ -13,7 +13,12 @@ from streams.logic.scoring import Candidate, ScoreWeights, evaluate, rank_key
 
 NO_DRIVERS = "No available drivers in area"
 INVALID_COORDINATES = "Invalid coordinates"
-LIMITS = {"restaurantLatitude": 90.0, "customerLatitude": 90.0, "restaurantLongitude": 180.0, "customerLongitude": 180.0}
+LIMITS = {
+    "restaurantLatitude": 90.0,
+    "customerLatitude": 90.0,
+    "restaurantLongitude": 180.0,
+    "customerLongitude": 180.0,
+}
 
 
 def coordinates_problem(raw: Mapping[str, Any]) -> str | None:
