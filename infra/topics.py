@@ -6,6 +6,10 @@ import math
 from dataclasses import dataclass, field
 
 DAY_MS = 24 * 3600 * 1000
+# A dead letter is the failed record's key, value and headers plus ours (at most a few kB): the DLQ
+# must take more than any input topic does (the broker's message.max.bytes, 1 MiB), or a record just
+# under that limit could not be dead-lettered. The worker's producer allows the same size.
+DLQ_MAX_MESSAGE_BYTES = 2 * 1_048_576
 
 LOCATIONS = "driver_locations"
 STATUS = "driver_status"
@@ -88,7 +92,11 @@ def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replicati
     events = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
     pings = {"retention.ms": str(DAY_MS), "cleanup.policy": "delete"}
     # The DLQ is kept long: operators replay from it days later.
-    dead_letters = {"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"}
+    dead_letters = {
+        "retention.ms": str(30 * DAY_MS),
+        "cleanup.policy": "delete",
+        "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
+    }
     specs = [TopicSpec(names.locations(r), partitions, replication, pings) for r in regions]
     specs += [TopicSpec(names.requests(r), partitions, replication, events) for r in regions]
     specs += [
