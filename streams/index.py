@@ -59,6 +59,9 @@ if old[1] == '1' then
 end
 local avail = '0'
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then avail = '1' end
+-- A driver on a trip (ARGV[14], the session's trip_id) holds that order: restore the reservation if
+-- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
+if ARGV[14] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[14]) end
 redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'gen', ARGV[13], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4],
            'ts', ARGV[5], 'c9', ARGV[6], 'c7', ARGV[7], 'avail', avail)
 if avail == '1' then
@@ -151,7 +154,8 @@ class RegionIndex:
         """Applies session changes in one pipelined round trip, fenced by the writer's
         consumer-group generation."""
         calls = [
-            (self._session_keys(session), [*self._session_args(session, rebuild), generation]) for session in sessions
+            (self._session_keys(session), [*self._session_args(session, rebuild), generation, session.trip_id or ""])
+            for session in sessions
         ]
         if not calls:
             return WriteResult()

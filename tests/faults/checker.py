@@ -73,6 +73,9 @@ class History:
     # Redis after the drain: driver -> order holding it (r:{driver}); order -> decided driver.
     reservations: dict[str, str] | None = None
     decisions: dict[str, str | None] | None = None
+    # Only orders first assigned at or after this (epoch ms) must have their decision in Redis: a
+    # Redis wiped empty forgets the decisions made before (the decisions table still has them).
+    decisions_since_ms: int | None = None
     # Final sessions from the API: driver -> the session document (trip_id, last_loc, ...).
     sessions: dict[str, dict[str, Any]] | None = None
     # The newest ping per driver that the pipeline should have applied: driver -> (lat, lng).
@@ -287,6 +290,8 @@ def _reservation_mismatches(
     if history.decisions is not None:
         firsts = _first_assignments(by_order)
         for order, answer in sorted(firsts.items()):
+            if history.decisions_since_ms is not None and answer.at_ms < history.decisions_since_ms:
+                continue
             decided = history.decisions.get(order, "<none>")
             if decided != answer.driver_id:
                 problems.append(f"{order} assigned {answer.driver_id} on the topic, Redis decided {decided}")

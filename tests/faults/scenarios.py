@@ -22,7 +22,8 @@ from tests.faults.checker import (
     request_from_record,
 )
 from tests.faults.load import Load
-from tests.integration.harness import REDIS_URL, Deployment, WorkerProcess
+from tests.faults.servers import Broker, RedisServer
+from tests.integration.harness import Deployment, WorkerProcess
 
 FULL = os.environ.get("GEODISPATCH_FAULTS_FULL") == "1"
 READ_ALL = 10**9
@@ -36,16 +37,47 @@ class Outcome:
     load: Load
 
     reasons: dict[str, int] | None = None
+    # Scenario-specific figures (stall, outage, restarts), printed after the common ones.
+    extra: dict[str, object] | None = None
+
+    def figures(self) -> dict[str, object]:
+        figures: dict[str, object] = dict(self.report.figures())
+        figures["pings sent"] = self.load.pings_sent
+        figures["load sends failed"] = self.load.send_failures
+        figures["time to recover (s)"] = round(self.recovery_s, 1)
+        figures.update(self.extra or {})
+        return figures
 
     def table(self) -> str:
-        figures = dict(self.report.figures())
+        figures: dict[str, object] = dict(self.report.figures())
         for reason, count in (self.reasons or {}).items():
             figures[f"  dead letters: {reason}"] = count
         figures["pings sent"] = self.load.pings_sent
+        figures["load sends failed"] = self.load.send_failures
         figures["time to recover (s)"] = round(self.recovery_s, 1)
+        figures.update(self.extra or {})
         width = max(len(k) for k in figures)
         rows = "\n".join(f"  {k:<{width}}  {v:>8}" for k, v in figures.items())
         return f"{self.name}\n{rows}"
+
+
+# Every outcome of this session, for the summary table printed at the end of the run.
+RESULTS: list[Outcome] = []
+
+
+def summary() -> str:
+    """One table: a row per figure, a column per scenario run (its name up to the parenthesis)."""
+    columns = [(o.name.split(" (")[0], o.figures()) for o in RESULTS]
+    rows: list[str] = []
+    for figures in (f for _, f in columns):
+        rows.extend(k for k in figures if k not in rows)
+    width = max(len(r) for r in rows)
+    heads = [max(len(name), 8) for name, _ in columns]
+    lines = ["  ".join([" " * width, *(name.rjust(w) for (name, _), w in zip(columns, heads, strict=True))])]
+    for row in rows:
+        cells = [str(f.get(row, "")).rjust(w) for (_, f), w in zip(columns, heads, strict=True)]
+        lines.append("  ".join([row.ljust(width), *cells]))
+    return "\n".join(lines)
 
 
 def fault_env(dep: Deployment) -> None:
@@ -70,7 +102,8 @@ def answered(dep: Deployment, orders: list[str], timeout: float) -> float:
     return time.monotonic() - started
 
 
-def history(dep: Deployment, load: Load, worker: WorkerProcess, regions: tuple[str, ...]) -> History:
+def history(dep: Deployment, load: Load, worker: WorkerProcess, regions: tuple[str, ...],
+            decisions_since_ms: int | None = None) -> History:
     names: TopicNames = dep.names
     requests = [
         request_from_record(r.topic, r.partition, r.offset, r.key, r.value)
@@ -85,7 +118,7 @@ def history(dep: Deployment, load: Load, worker: WorkerProcess, regions: tuple[s
     for record in dep.read(names.trip_events, READ_ALL, timeout=2):
         event = json.loads(record.value)
         trip_ends.append(TripEnd(event["orderId"], event["driverId"], record.timestamp))
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client = redis.Redis.from_url(dep.redis_url, decode_responses=True)
     prefix = dep.redis_prefix
     reservations = {key[len(prefix) + 2:]: client.get(key) for key in client.scan_iter(f"{prefix}r:*", count=1000)}
     decisions = {}
@@ -96,7 +129,8 @@ def history(dep: Deployment, load: Load, worker: WorkerProcess, regions: tuple[s
     sessions = {driver: worker.get(f"/driver-sessions/sessions/{driver}")[1] for driver in load.last_pings}
     return History(requests=requests, answers=answers, dead_letters=letters, trip_ends=trip_ends,
                    reservations={d: o for d, o in reservations.items() if o},
-                   decisions=decisions, sessions=sessions, last_pings=dict(load.last_pings))
+                   decisions=decisions, decisions_since_ms=decisions_since_ms, sessions=sessions,
+                   last_pings=dict(load.last_pings))
 
 
 def dead_letter_reasons(dep: Deployment) -> dict[str, int]:
@@ -149,7 +183,7 @@ def worker_kill(dep: Deployment, duration_s: float, kill_every_s: float) -> Outc
     took = settle(dep, load, survivor)
     report = check(history(dep, load, survivor, dep.regions))
     return Outcome(f"worker kill (SIGKILL x{kills}, every {kill_every_s:.0f}s, {duration_s:.0f}s of load)",
-                   report, took, load, dead_letter_reasons(dep))
+                   report, took, load, dead_letter_reasons(dep), timing_figures(timing(dep)))
 
 
 def zombie(dep: Deployment, duration_s: float, pause_s: float) -> Outcome:
@@ -171,4 +205,164 @@ def zombie(dep: Deployment, duration_s: float, pause_s: float) -> Outcome:
     took = settle(dep, load, workers["b"])
     report = check(history(dep, load, workers["b"], dep.regions))
     return Outcome(f"zombie worker (SIGSTOP {pause_s:.0f}s past a 6s session timeout)", report, took, load,
-                   dead_letter_reasons(dep))
+                   dead_letter_reasons(dep), timing_figures(timing(dep)))
+
+
+# -- timing: how long answers took, read back from the record timestamps --------------------------
+
+SLOW_S = 2.0  # an answer slower than this is a symptom of the fault, not of the load
+
+
+@dataclass
+class Timing:
+    latencies: dict[str, tuple[int, float]]  # order -> (answered at, epoch ms; seconds it took)
+    max_gap_s: float  # the longest time without any answer while requests were waiting
+
+    @property
+    def max_latency_s(self) -> float:
+        return max((took for _, took in self.latencies.values()), default=0.0)
+
+    def p99_s(self) -> float:
+        values = sorted(took for _, took in self.latencies.values())
+        return values[int(0.99 * (len(values) - 1))] if values else 0.0
+
+    def recovered_after(self, since: float) -> float:
+        """Seconds from `since` (epoch s) until the last slow answer: after it, latency was normal."""
+        slow = [at for at, took in self.latencies.values() if took > SLOW_S and at / 1000 >= since]
+        return max(0.0, max(slow) / 1000 - since) if slow else 0.0
+
+
+def timing(dep: Deployment) -> Timing:
+    asked: dict[str, int] = {}
+    for region in dep.regions:
+        for r in dep.read(dep.names.requests(region), READ_ALL, timeout=3):
+            if r.key and not any(h[0] == "geodispatch.rerouted_from" for h in r.headers or ()):
+                asked.setdefault(r.key.decode(), r.timestamp)
+    first: dict[str, int] = {}
+    for r in dep.read(dep.names.responses, READ_ALL, timeout=3):
+        order = json.loads(r.value)["orderId"]
+        first[order] = min(first.get(order, r.timestamp), r.timestamp)
+    latencies = {o: (first[o], max(0.0, (first[o] - asked[o]) / 1000)) for o in first if o in asked}
+    # A gap counts only while some request was outstanding: between two answers with a request
+    # asked before the second and not yet answered at the first.
+    events = sorted((first[o], asked[o]) for o in latencies)
+    gap = 0.0
+    for (prev_at, _), (at, asked_at) in zip(events, events[1:], strict=False):
+        if asked_at < prev_at:
+            gap = max(gap, (at - prev_at) / 1000)
+    return Timing(latencies, gap)
+
+
+def timing_figures(t: Timing) -> dict[str, object]:
+    return {"max answer latency (s)": round(t.max_latency_s, 1), "p99 answer latency (s)": round(t.p99_s(), 2),
+            "longest stall (s)": round(t.max_gap_s, 1)}
+
+
+def _start_pair(dep: Deployment) -> dict[str, WorkerProcess]:
+    workers = {name: dep.start_worker(name) for name in ("a", "b")}
+    for worker in workers.values():
+        worker.wait_ready(120)
+    return workers
+
+
+def _finish(dep: Deployment, load: Load, workers: dict[str, WorkerProcess], name: str,
+            extra: dict[str, object], since: float, decisions_since_ms: int | None = None) -> Outcome:
+    """Stops the load, waits for every worker, drains, and checks. `since`: when the fault ended."""
+    load.stop()
+    alive = [w for w in workers.values() if w.process.poll() is None]
+    for worker in alive:
+        worker.wait_ready(120)
+    took = settle(dep, load, alive[0], timeout=180)
+    report = check(history(dep, load, alive[0], dep.regions, decisions_since_ms=decisions_since_ms))
+    t = timing(dep)
+    figures = {**extra, "drain after the load (s)": round(took, 1), **timing_figures(t)}
+    return Outcome(name, report, t.recovered_after(since), load, dead_letter_reasons(dep), figures)
+
+
+# -- broker restart --------------------------------------------------------------------------------
+
+
+def broker_restart(dep: Deployment, broker: Broker, duration_s: float, sig: signal.Signals,
+                   down_s: float = 5.0) -> Outcome:
+    """Mixed load; the broker gets `sig` a third of the way in, stays down `down_s`, comes back on
+    the same data. The workers must carry on by themselves: none is restarted by the test."""
+    fault_env(dep)
+    workers = _start_pair(dep)
+    load = Load(dep.names, seed=13, bootstrap=dep.bootstrap)
+    load.start()
+    time.sleep(duration_s / 3)
+    stopping = broker.signal(sig)
+    time.sleep(down_s)
+    restart = broker.start()
+    back = time.time()
+    time.sleep(duration_s * 2 / 3)
+    exited = {name: w.process.returncode for name, w in workers.items() if w.process.poll() is not None}
+    assert not exited, (f"workers exited after the broker {sig.name}: {exited}\n"
+                        + "\n".join(w.log()[-3000:] for w in workers.values()))
+    extra = {"broker stop (s)": round(stopping, 1), "broker restart (s)": round(restart, 1),
+             "broker outage (s)": round(stopping + down_s + restart, 1), "workers restarted by the test": 0}
+    return _finish(dep, load, workers, f"broker {sig.name} ({down_s:.0f}s down, {duration_s:.0f}s of load)",
+                   extra, back)
+
+
+# -- Redis restart ---------------------------------------------------------------------------------
+
+
+def redis_restart(dep: Deployment, server: RedisServer, duration_s: float, wipes: int) -> Outcome:
+    """Mixed load; Redis is shut down without saving and started empty `wipes` times. The workers must
+    retry their index writes, rebuild the index from the sessions table (the epoch key is gone) and
+    restore the reservations of drivers on a trip from their sessions."""
+    fault_env(dep)
+    workers = _start_pair(dep)
+    load = Load(dep.names, seed=17, bootstrap=dep.bootstrap, keep_open_every=40)
+    load.start()
+    every = duration_s / (wipes + 1)
+    outage = rebuilt = 0.0
+    last = time.time()
+    for _ in range(wipes):
+        time.sleep(every)
+        outage = max(outage, server.wipe())
+        last = time.time()
+        rebuilt = max(rebuilt, _index_rebuilt(dep, load))
+    time.sleep(max(0.0, every - rebuilt))
+    extra = {"Redis wipes": wipes, "Redis outage (s)": round(outage, 2),
+             "index whole again after (s)": round(rebuilt, 1), "trips left open": len(load.kept_open)}
+    return _finish(dep, load, workers, f"Redis restart (SHUTDOWN NOSAVE x{wipes}, {duration_s:.0f}s of load)",
+                   extra, last, decisions_since_ms=int(last * 1000))
+
+
+def _index_rebuilt(dep: Deployment, load: Load, timeout: float = 30) -> float:
+    """Seconds until the emptied Redis has a new epoch and every driver's document again."""
+    client = redis.Redis.from_url(dep.redis_url, decode_responses=True)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            drivers = sum(1 for _ in client.scan_iter(f"{dep.redis_prefix}d:*", count=1000))
+            if drivers >= load.drivers and client.exists(f"{dep.redis_prefix}meta:epoch"):
+                break
+        except redis.RedisError:
+            pass
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+# -- rebalance churn ---------------------------------------------------------------------------------
+
+
+def rebalance_churn(dep: Deployment, duration_s: float, cycle_s: float) -> Outcome:
+    """Mixed load on two workers; a third joins, stays half a cycle, leaves (SIGTERM), again and again."""
+    fault_env(dep)
+    workers = _start_pair(dep)
+    load = Load(dep.names, seed=19, bootstrap=dep.bootstrap)
+    load.start()
+    started = time.monotonic()
+    joins = 0
+    while time.monotonic() - started + cycle_s <= duration_s:
+        third = dep.start_worker(f"c{joins}")
+        joins += 1
+        time.sleep(cycle_s / 2)
+        third.stop()
+        time.sleep(cycle_s / 2)
+    time.sleep(max(0.0, duration_s - (time.monotonic() - started)))
+    return _finish(dep, load, workers, f"rebalance churn (third worker joins and leaves x{joins}, "
+                   f"every {cycle_s:.0f}s, {duration_s:.0f}s of load)", {"joins and leaves": joins}, time.time())

@@ -3,6 +3,8 @@ forms; `make faults` sets GEODISPATCH_FAULTS_FULL=1 for the long ones."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.faults import scenarios
@@ -23,10 +25,15 @@ def _prepare(dep):
 
 
 def _assert_clean(outcome: scenarios.Outcome) -> None:
+    scenarios.RESULTS.append(outcome)
     print("\n" + outcome.table())
     assert outcome.load.orders, "the load generator sent no orders"
     assert outcome.report.ok, outcome.report.explain()
     assert not outcome.report.lost
+    # Dead letters account for a request, but a fault must not turn the service into a dead-letter
+    # queue: at least 90% of the orders get a real answer.
+    answered = outcome.report.requests - outcome.report.dead_lettered
+    assert answered >= 0.9 * outcome.report.requests, f"only {answered} of {outcome.report.requests} answered"
 
 
 def test_worker_kill(deployment):
@@ -39,3 +46,61 @@ def test_zombie_worker(deployment):
     _prepare(deployment)
     duration, pause = (60, 15) if scenarios.FULL else (24, 10)
     _assert_clean(scenarios.zombie(deployment, duration, pause))
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    from tests.faults.servers import Broker
+
+    broker = Broker(tmp_path)
+    broker.start()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    from tests.faults.servers import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.close()
+
+
+# The short form restarts the broker the hard way only; the long one does both.
+BROKER_SIGNALS = ["SIGTERM", "SIGKILL"] if scenarios.FULL else ["SIGKILL"]
+
+
+@pytest.mark.parametrize("sig", BROKER_SIGNALS)
+def test_broker_restart(own_broker, deployment, sig):  # the workers stop before their broker
+    deployment.bootstrap = own_broker.bootstrap
+    _prepare(deployment)
+    duration = 90 if scenarios.FULL else 30
+    try:
+        outcome = scenarios.broker_restart(deployment, own_broker, duration, signal.Signals[sig])
+    except AssertionError:
+        print(own_broker.log_tail())
+        raise
+    _assert_clean(outcome)
+
+
+def test_redis_restart(own_redis, deployment):
+    deployment.redis_url = own_redis.url
+    _prepare(deployment)
+    duration, wipes = (90, 3) if scenarios.FULL else (30, 1)
+    _assert_clean(scenarios.redis_restart(deployment, own_redis, duration, wipes))
+
+
+# The stated bound: with a 6 s group session timeout, a join or a graceful leave must not hold any
+# request longer than this (one rebalance plus the table recovery and index rebuild that follow).
+CHURN_MAX_LATENCY_S = 30.0
+
+
+def test_rebalance_churn(deployment):
+    _prepare(deployment)
+    duration, cycle = (180, 30) if scenarios.FULL else (60, 20)
+    outcome = scenarios.rebalance_churn(deployment, duration, cycle)
+    _assert_clean(outcome)
+    latency = outcome.extra["max answer latency (s)"]
+    assert latency <= CHURN_MAX_LATENCY_S, f"a request waited {latency}s under churn (bound {CHURN_MAX_LATENCY_S}s)"

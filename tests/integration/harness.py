@@ -104,6 +104,9 @@ class Deployment:
     regions: tuple[str, ...] = ("4_-7", "0_0")
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    # The shared broker and Redis unless a test brings servers of its own (fault tests restart them).
+    bootstrap: str = BOOTSTRAP
+    redis_url: str = REDIS_URL
 
     @property
     def names(self) -> TopicNames:
@@ -116,8 +119,8 @@ class Deployment:
     def env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
-            REDIS_URL=REDIS_URL,
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            REDIS_URL=self.redis_url,
             GEODISPATCH_TOPIC_PREFIX=self.prefix,
             GEODISPATCH_REDIS_PREFIX=self.redis_prefix,
             GEODISPATCH_PARTITIONS=str(self.partitions),
@@ -173,7 +176,7 @@ class Deployment:
     def produce(self, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
         async def send() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
             await producer.start()
             try:
                 for key, value in records:
@@ -188,7 +191,7 @@ class Deployment:
 
         async def consume() -> list[ConsumerRecord]:
             consumer = AIOKafkaConsumer(
-                topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", enable_auto_commit=False,
+                topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
                 group_id=None,
             )
             await consumer.start()

@@ -153,6 +153,16 @@ def test_a_decision_that_differs_from_the_topic_is_reported():
     assert any("o2" in line for line in check(history).reservation_mismatches)
 
 
+def test_after_a_redis_wipe_only_later_decisions_must_be_in_redis():
+    history = clean()
+    history.decisions = {"o2": "d1"}  # Redis was emptied at 3 s: o1's decision (at 1 s) went with it
+    assert check(history).reservation_mismatches  # without the wipe's time, o1 is a mismatch
+    history.decisions_since_ms = 3_000
+    assert check(history).ok
+    history.decisions = {}  # o2 was decided after the wipe: it must still be there
+    assert any("o2" in line for line in check(history).reservation_mismatches)
+
+
 def test_a_session_that_disagrees_with_the_answers_or_pings_is_reported():
     history = clean()
     history.sessions["d1"] = {"trip_id": None, "last_loc": {"lat": 40.0, "lng": -74.0}}

@@ -1,0 +1,151 @@
+"""A Kafka broker and a Redis server of a fault test's own, on free ports under its tmp dir, so that the
+test can kill and restart them without touching the shared ones everybody else uses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from tests.integration.harness import ROOT, free_port
+
+KAFKA_SH = ROOT / "infra" / "kafka" / "kafka.sh"
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid still runs. The broker is not our child (kafka.sh disowns it) and this container's
+    pid 1 may not reap orphans, so a zombie counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class Broker:
+    """A single-node KRaft broker started through infra/kafka/kafka.sh with its own ports and data."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.data_dir = tmp / "kafka"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "kafka.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _script(self, command: str) -> None:
+        env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(self.controller_port),
+                   KAFKA_DATA_DIR=str(self.data_dir))
+        result = subprocess.run([str(KAFKA_SH), command], env=env, capture_output=True, text=True, timeout=240)
+        if result.returncode != 0:
+            raise AssertionError(f"kafka.sh {command} failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self) -> float:
+        """Starts (or restarts on the same data) and returns once it answers metadata requests."""
+        started = time.monotonic()
+        self._script("up")
+        return time.monotonic() - started
+
+    def signal(self, sig: signal.Signals, timeout: float = 60.0) -> float:
+        """Sends sig to the broker's JVM and waits for it to exit; returns how long it took."""
+        pid = self.pid
+        assert pid is not None and _alive(pid), "the test's broker is not running"
+        started = time.monotonic()
+        os.kill(pid, sig)
+        if not _wait_gone(pid, timeout):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        pid = self.pid
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        log = self.data_dir / "logs" / "server.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+class RedisServer:
+    """A redis-server with its own port and directory, no persistence: a restart comes back empty."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pid_file = self.dir / "redis.pid"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def start(self) -> None:
+        subprocess.run(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--daemonize", "yes",
+             "--pidfile", str(self.pid_file), "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+             "--save", "", "--appendonly", "no"],
+            check=True, timeout=30,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise AssertionError(f"redis-server on {self.port} did not answer:\n{(self.dir / 'redis.log').read_text()}")
+
+    def wipe(self) -> float:
+        """SHUTDOWN NOSAVE, then start again empty; returns how long Redis was unavailable."""
+        started = time.monotonic()
+        pid = self.pid
+        # redis-cli, not redis-py: redis-py retries a command whose connection drops, and SHUTDOWN
+        # always drops it, which kept Redis down seconds longer than the fault intends.
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=10)
+        if pid is not None:
+            _wait_gone(pid, 10)
+        self.start()
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        pid = self.pid
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
