@@ -17,7 +17,7 @@ help: ## list every target with one line each
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev,plots]'
+	$(PY) -m pip install -q -e '.[dev,plots,bench]'
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install the project with its dev tools
@@ -44,6 +44,12 @@ test: topics ## set up, start Kafka and Redis, run every test
 
 faults: topics ## the long fault-injection runs (worker kill, zombie, ...) with their figures
 	GEODISPATCH_REQUIRE_INFRA=1 GEODISPATCH_FAULTS_FULL=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
+
+# `make bench`: about 12 minutes on 2 cores; BENCH_ARGS=--quick tries the suite in about 3.
+BENCH_ARGS ?=
+
+bench: infra-up ## the benchmark suite on its own topics and Redis keys: JSON + PNG in bench/results, one table
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""The benchmark suite of `make bench`: scenarios, baselines, load generators and the results table."""

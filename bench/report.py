@@ -1,0 +1,338 @@
+"""Results of a bench run: one JSON and one PNG per scenario, and the table printed at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def write_json(folder: Path, name: str, data: dict[str, Any]) -> None:
+    (folder / f"{name}.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def chart_pings(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    drain = r["drain"]["series"]
+    axes[0].plot([t for t, _ in drain], [c for _, c in drain])
+    axes[0].set(
+        title=f"backlog drain: {r['drain']['rate_window']:.0f} pings/s",
+        xlabel="s since worker ready",
+        ylabel="pings done",
+    )
+    tl = r["ramp"]["timeline"]
+    if tl:
+        ax = axes[1]
+        ax.plot([p[0] for p in tl], [p[2] for p in tl], color="tab:red", label="input lag (records)")
+        ax.set(
+            title=f"offered-rate ramp: sustained {r['sustained_offered_per_second']}/s",
+            xlabel="s",
+            ylabel="lag (records)",
+        )
+        ax2 = ax.twinx()
+        ax2.step([p[0] for p in tl], [p[1] for p in tl], color="tab:blue", where="post", label="offered /s")
+        ax2.set_ylabel("offered pings/s")
+        ax.legend(loc="upper left")
+    bl = r["baselines"]
+    names = [
+        "pipeline\n(drain)",
+        "aiokafka\nloop",
+        "aiokafka\n+decode",
+        "Consumer\nPerformance",
+        "Producer\nPerformance",
+    ]
+    values = [
+        r["drain"]["rate_window"],
+        bl["aiokafka"]["per_second"],
+        bl["aiokafka_decode"]["per_second"],
+        bl["consumer_perf"]["per_second"],
+        bl["producer_perf"]["per_second"],
+    ]
+    axes[2].bar(names, values, color=["tab:green", "tab:orange", "tab:orange", "tab:gray", "tab:gray"])
+    axes[2].set_yscale("log")
+    axes[2].set(title="records/s, same broker, same run (log scale)")
+    for i, v in enumerate(values):
+        axes[2].text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "pings.png", dpi=90)
+    plt.close(fig)
+
+
+def chart_restart(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    marks = ["http_up_s", "session_answered_s", "index_rebuilt_s", "assignment_answered_s"]
+    for offset, kind in ((-0.2, "warm"), (0.2, "cold")):
+        values = [r[kind].get(m, 0) for m in marks]
+        axes[0].barh([i + offset for i in range(len(marks))], values, height=0.4, label=kind)
+    axes[0].set_yticks(range(len(marks)), [m.removesuffix("_s").replace("_", " ") for m in marks])
+    axes[0].axvline(30, color="red", linestyle="--", label="target 30 s")
+    axes[0].set(title=f"restart with {r['drivers_in_state']:,} drivers: s from process start", xlabel="s")
+    axes[0].legend()
+    city = r["city_load"]["series"]
+    axes[1].plot([t for t, _ in city], [c for _, c in city])
+    axes[1].set(
+        title=f"loading the city: {r['city_load']['rate_window']:.0f} records/s; RSS "
+        f"{r['city_load']['rss_mib_loaded']:.0f} MiB",
+        xlabel="s since worker start",
+        ylabel="records",
+    )
+    fig.tight_layout()
+    fig.savefig(folder / "restart.png", dpi=90)
+    plt.close(fig)
+
+
+def chart_scale(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for n in (1, 2):
+        series = r[f"workers_{n}"]["series"]
+        axes[0].plot([t for t, _ in series], [c for _, c in series], label=f"{n} worker(s)")
+    axes[0].set(title="draining the same backlog", xlabel="s since first worker start", ylabel="pings done")
+    axes[0].legend()
+    rates = [r["workers_1"]["rate"] or 0, r["workers_2"]["rate"] or 0]
+    axes[1].bar(["1 worker", "2 workers"], rates)
+    axes[1].set(title=f"pings/s: ratio {r['ratio']} (target 1.5)")
+    fig.tight_layout()
+    fig.savefig(folder / "scale.png", dpi=90)
+    plt.close(fig)
+
+
+def chart_api(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    routes = ["nearby", "session"]
+    for q, offset in (("p50", -0.25), ("p95", 0), ("p99", 0.25)):
+        ax.bar([i + offset for i in range(2)], [r[x]["latency_ms"][q] for x in routes], width=0.25, label=q)
+    ax.set_xticks(
+        range(2),
+        [
+            f"nearby k=2\n{r['nearby']['per_second']:.0f} req/s",
+            f"sessions/{{id}}\n{r['session']['per_second']:.0f} req/s",
+        ],
+    )
+    ax.set(title="sessions API, 50 concurrent clients (closed loop)", ylabel="ms")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "api.png", dpi=90)
+    plt.close(fig)
+
+
+def chart_requests(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot([t for t, _ in r["series"]], [n for _, n in r["series"]])
+    ax.set(
+        title=f"{r['sent']} requests, {r['drivers']:,} drivers: {r['rate_window']:.0f} answered/s",
+        xlabel="s since the first request was produced",
+        ylabel="answers received",
+    )
+    fig.tight_layout()
+    fig.savefig(folder / "requests.png", dpi=90)
+    plt.close(fig)
+
+
+def chart_mixed(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    lat = sorted(r["latencies_sample"])
+    if lat:
+        axes[0].plot(lat, [(i + 1) / len(lat) for i in range(len(lat))])
+        axes[0].axvline(50, color="red", linestyle="--", label="target p99 50 ms")
+        axes[0].set_xscale("log")
+        axes[0].legend()
+    q = r["latency_ms"]
+    axes[0].set(
+        title=f"request to response: p50 {q['p50']} p99 {q['p99']} max {q['max']} ms",
+        xlabel="ms",
+        ylabel="share of requests",
+    )
+    axes[1].plot([t for t, _ in r["ping_lag"]], [lag for _, lag in r["ping_lag"]])
+    axes[1].set(
+        title=f"ping input lag at {r['ping_rate']} pings/s + {r['request_rate']} requests/s",
+        xlabel="s",
+        ylabel="records behind",
+    )
+    fig.tight_layout()
+    fig.savefig(folder / "mixed.png", dpi=90)
+    plt.close(fig)
+
+
+def chart_profile(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 5))
+    items = list(r["us_per_ping_by_library"].items())[:14][::-1]
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set(
+        title=f"worker CPU per ping by library (self time, py-spy): {r['cpu_us_per_ping']:.0f} us total",
+        xlabel="us of CPU per ping",
+    )
+    fig.tight_layout()
+    fig.savefig(folder / "profile.png", dpi=90)
+    plt.close(fig)
+
+
+CHARTS = {
+    "profile": chart_profile,
+    "pings": chart_pings,
+    "restart": chart_restart,
+    "scale": chart_scale,
+    "api": chart_api,
+    "requests": chart_requests,
+    "mixed": chart_mixed,
+}
+
+
+class Ratio(float):
+    """A ratio to a baseline: small, so shown with its inverse."""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Ratio):
+        return f"{value:.4f} (1/{1 / value:,.0f})" if 0 < value < 0.1 else f"{value:.3f}"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool | None]]:
+    """(figure, value, target, met) for the table."""
+    out: list[tuple[str, Any, str, bool | None]] = []
+    p = results.get("pings")
+    if p:
+        out += [
+            (
+                "pings/s sustained, lag < 1 s of input (generator on the same box)",
+                p["sustained_offered_per_second"],
+                ">= 10,000",
+                p["sustained_offered_per_second"] >= 10_000,
+            ),
+            (
+                "pings/s backlog drain, one worker",
+                p["drain"]["rate_window"],
+                ">= 10,000",
+                p["drain"]["rate_window"] >= 10_000,
+            ),
+            ("worker CPU per ping (us)", p["drain"]["cpu_us_per_ping"], "", None),
+            ("bare aiokafka loop, same topic (records/s)", p["baselines"]["aiokafka"]["per_second"], "", None),
+            ("aiokafka loop + codec decode (records/s)", p["baselines"]["aiokafka_decode"]["per_second"], "", None),
+            (
+                "Kafka ConsumerPerformance, same topic (records/s)",
+                p["baselines"]["consumer_perf"]["per_second"],
+                "",
+                None,
+            ),
+            (
+                "Kafka ProducerPerformance, ping payloads (records/s)",
+                p["baselines"]["producer_perf"]["per_second"],
+                "",
+                None,
+            ),
+            ("pipeline drain / aiokafka loop", Ratio(p["ratio_drain_to_aiokafka"]), "", None),
+            ("pipeline drain / aiokafka + decode", Ratio(p["ratio_drain_to_aiokafka_decode"]), "", None),
+            ("pipeline drain / ConsumerPerformance", Ratio(p["ratio_drain_to_consumer_perf"]), "", None),
+            (
+                "pings reconcile (produced = seen, every driver indexed)",
+                p["correctness"]["reconciled"],
+                "yes",
+                p["correctness"]["reconciled"],
+            ),
+        ]
+    r = results.get("requests")
+    if r:
+        out += [
+            ("requests answered/s, 10k available drivers", r["rate_window"], ">= 1,500", r["rate_window"] >= 1500),
+            ("requests: every one answered exactly once", r["exactly_once"], "yes", r["exactly_once"]),
+            ("requests: no driver assigned twice", r["no_double_assignment"], "yes", r["no_double_assignment"]),
+        ]
+    m = results.get("mixed")
+    if m:
+        q = m["latency_ms"]
+        out += [
+            ("mixed: request->response p50 / p95 (ms)", f"{_fmt(q['p50'])} / {_fmt(q['p95'])}", "", None),
+            ("mixed: request->response p99 (ms)", q["p99"], "<= 50", q["p99"] is not None and q["p99"] <= 50),
+            ("mixed: request->response max (ms)", q["max"], "", None),
+            (
+                "mixed: answered exactly once, no double assignment",
+                m["exactly_once"] and m["no_double_assignment"],
+                "yes",
+                m["exactly_once"] and m["no_double_assignment"],
+            ),
+        ]
+    a = results.get("api")
+    if a:
+        out += [
+            (
+                "nearby k=2, 50 clients: p50 / p99 (ms)",
+                f"{_fmt(a['nearby']['latency_ms']['p50'])} / {_fmt(a['nearby']['latency_ms']['p99'])}",
+                "",
+                None,
+            ),
+            (
+                "nearby k=2, 50 clients: p95 (ms)",
+                a["nearby"]["latency_ms"]["p95"],
+                "<= 5",
+                a["nearby"]["latency_ms"]["p95"] <= 5,
+            ),
+            ("nearby requests/s", a["nearby"]["per_second"], "", None),
+            (
+                "sessions/{id}, 50 clients: p50 / p99 (ms)",
+                f"{_fmt(a['session']['latency_ms']['p50'])} / {_fmt(a['session']['latency_ms']['p99'])}",
+                "",
+                None,
+            ),
+            (
+                "sessions/{id}, 50 clients: p95 (ms)",
+                a["session"]["latency_ms"]["p95"],
+                "<= 2",
+                a["session"]["latency_ms"]["p95"] <= 2,
+            ),
+            ("sessions/{id} requests/s", a["session"]["per_second"], "", None),
+        ]
+    rs = results.get("restart")
+    if rs:
+        for kind in ("warm", "cold"):
+            t = rs[kind].get("assignment_answered_s")
+            out.append(
+                (
+                    f"restart ({kind}, 100k drivers) until a request is answered (s)",
+                    t,
+                    "<= 30",
+                    t is not None and t <= 30,
+                )
+            )
+        rss = max(rs["city_load"]["rss_mib_loaded"], rs["warm"]["rss_mib"], rs["cold"]["rss_mib"])
+        peak = max(rs["city_load"]["peak_rss_mib"] or 0, rs["warm"]["peak_rss_mib"], rs["cold"]["peak_rss_mib"])
+        out.append(("worker RSS with 100k drivers (MiB)", rss, "<= 500", rss <= 500))
+        out.append(("worker peak RSS, any phase (MiB)", peak, "", None))
+    s = results.get("scale")
+    if s:
+        out.append(
+            ("two workers / one worker, pings", s["ratio"], ">= 1.5", s["ratio"] is not None and s["ratio"] >= 1.5)
+        )
+    return out
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'figure':<66} {'value':>20} {'target':>10}  met"]
+    lines.append("-" * len(lines[0]))
+    for figure, value, target, met in rows(results):
+        lines.append(f"{figure:<66} {_fmt(value):>20} {target:>10}  {'' if met is None else _fmt(met)}")
+    return "\n".join(lines)

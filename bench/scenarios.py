@@ -1,0 +1,672 @@
+"""The scenarios of `make bench`. Each starts what it needs on its own topic and Redis prefix, drives
+load from separate processes, measures from outside, checks correctness, and returns a result dict
+(written to JSON and drawn to PNG by bench.report)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import baselines
+from bench.deploy import (
+    BOOTSTRAP,
+    REDIS_URL,
+    Deployment,
+    OffsetWatcher,
+    Sampler,
+    Worker,
+    counter_sum,
+    cpu_seconds,
+    end_offsets,
+    peak_rss_mib,
+    pings_seen,
+)
+from bench.load import ping_records
+from bench.stats import summarize, window_rate
+
+
+@dataclass
+class Sizes:
+    """How big each scenario is; `quick` is for trying the suite, `full` is what `make bench` runs."""
+
+    city_drivers: int = 100_000
+    drain_pings: int = 60_000
+    ramp_rates: tuple[int, ...] = (500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000)
+    ramp_step_s: float = 6.0
+    scale_pings: int = 60_000
+    scale_drivers: int = 20_000
+    assign_drivers: int = 10_000
+    api_seconds: float = 10.0
+    requests: int = 4_000
+    mixed_seconds: float = 15.0
+    mixed_ping_rate: int = 5_000
+    mixed_request_rate: int = 300
+    baseline_producer_records: int = 500_000
+    profile_pings: int = 50_000
+    profile_seconds: float = 15.0
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            city_drivers=10_000,
+            drain_pings=20_000,
+            ramp_rates=(500, 1_000, 2_000),
+            ramp_step_s=4,
+            scale_pings=20_000,
+            scale_drivers=10_000,
+            assign_drivers=5_000,
+            api_seconds=4,
+            requests=1_000,
+            mixed_seconds=6,
+            baseline_producer_records=100_000,
+            profile_pings=20_000,
+            profile_seconds=6,
+        )
+
+
+@dataclass
+class Run:
+    run_id: str
+    run_dir: Path
+    sizes: Sizes
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out: Path | None = None
+
+    def deployment(self, tag: str, **kwargs: Any) -> Deployment:
+        return Deployment(run_dir=self.run_dir, prefix=f"{self.run_id}.{tag}.", **kwargs)
+
+    def log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- following a worker from outside -------------------------------------------------------------
+
+
+def follow(workers: list[Worker], count, target: int, timeout: float, settle=None) -> list[tuple[float, ...]]:
+    """Polls /stats of every worker until `count(stats)` summed reaches `target` (and `settle` holds);
+    returns (time, total, per-worker counts...) samples."""
+    series: list[tuple[float, ...]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        per = []
+        stats = []
+        for worker in workers:
+            try:
+                s = worker.stats()
+            except (OSError, RuntimeError, ValueError):
+                s = None
+            stats.append(s)
+            per.append(count(s) if s else 0)
+        series.append((time.time(), sum(per), *per))
+        if sum(per) >= target and (settle is None or all(s and settle(s) for s in stats)):
+            return series
+        for worker in workers:
+            if not worker.alive():
+                raise RuntimeError(f"worker {worker.name} died:\n{worker.log_tail()}")
+        time.sleep(0.25)
+    raise TimeoutError(f"reached {series[-1][1] if series else 0} of {target} within {timeout}s")
+
+
+def index_settled(stats: dict) -> bool:
+    return stats.get("index", {}).get("pending_writes", 1) == 0
+
+
+def sessions_seen(stats: dict) -> int:
+    return pings_seen(stats) + int(counter_sum(stats.get("status_changes")))
+
+
+async def redis_count(pattern: str) -> int:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        n = 0
+        async for _ in redis.scan_iter(match=pattern, count=10_000):
+            n += 1
+        return n
+    finally:
+        await redis.aclose()
+
+
+# -- 1 and 3: pings into a city of 100,000 drivers, restart recovery, baselines ------------------
+
+
+def pings_and_restart(run: Run) -> None:
+    s = run.sizes
+    dep = run.deployment("p")
+    dep.apply_topics()
+    loc_topic = dep.names.locations("4_-7")
+    try:
+        run.log(f"pings: producing a city of {s.city_drivers} drivers (status + first ping each)")
+        city = dep.tool("bench.load", "city", "--drivers", str(s.city_drivers))
+        worker = dep.start_worker("w1")
+        sampler = Sampler(worker.pid)
+        sampler.start()
+        worker.wait_ready()
+        series = follow([worker], sessions_seen, 2 * s.city_drivers, timeout=400, settle=index_settled)
+        load_s = series[-1][0] - worker.started_at
+        rss_loaded = sampler.samples[-1][1] if sampler.samples else None
+        sampler.stop()
+        run.log(f"pings: city loaded in {load_s:.1f}s from worker start; RSS {rss_loaded:.0f} MiB")
+        city_result = {
+            "drivers": s.city_drivers,
+            "records": 2 * s.city_drivers,
+            "producer": city,
+            "seconds_from_start": round(load_s, 2),
+            "rate_window": round(window_rate([(t, c) for t, c, *_ in series]), 1),
+            "rss_mib_loaded": round(rss_loaded, 1),
+            "peak_rss_mib": peak_rss_mib(worker.pid),
+            "series": [(round(t - worker.started_at, 2), c) for t, c, *_ in series],
+        }
+
+        restart = {"drivers_in_state": s.city_drivers, "city_load": city_result}
+        for kind in ("warm", "cold"):
+            worker.stop()
+            data_dir = dep.run_dir / f"{dep.prefix}{dep.app_id}-w1"
+            if kind == "cold":
+                shutil.rmtree(data_dir, ignore_errors=True)
+            run.log(f"restart: {kind} start with {s.city_drivers} drivers in state")
+            restart[kind], worker = asyncio.run(
+                measure_restart(dep, lambda d=data_dir: dep.start_worker("w1", data_dir=d), f"{run.run_id}-rs{kind}")
+            )
+            run.log(f"restart: {kind}: {restart[kind]}")
+        run.results["restart"] = restart
+
+        # Capacity: a backlog produced while the worker is stopped, drained by it alone.
+        worker.stop()
+        base = asyncio.run(end_offsets([loc_topic]))[loc_topic]
+        run.log(f"pings: backlog of {s.drain_pings} pings while the worker is stopped")
+        backlog = dep.tool("bench.load", "pings", "--drivers", str(s.city_drivers), "--count", str(s.drain_pings))
+        worker = dep.start_worker("w1", data_dir=dep.run_dir / f"{dep.prefix}{dep.app_id}-w1")
+        worker.wait_ready()
+        seen0 = 0  # a new process: its counters start at zero (it may have begun before it was ready)
+        seen_ready, cpu0, t_cpu0 = pings_seen(worker.stats()), cpu_seconds(worker.pid), time.time()
+        series = follow([worker], pings_seen, seen0 + s.drain_pings, timeout=150, settle=index_settled)
+        cpu_used = cpu_seconds(worker.pid) - cpu0
+        drain_s = series[-1][0] - t_cpu0
+        drain_rate = window_rate([(t, c - seen0) for t, c, *_ in series])
+        run.log(f"pings: drained at {drain_rate:.0f}/s (window), CPU {cpu_used / drain_s:.0%} of a core")
+        drain = {
+            "pings": s.drain_pings,
+            "producer": backlog,
+            "rate_window": round(drain_rate, 1),
+            "seconds": round(drain_s, 2),
+            "worker_cpu_seconds": round(cpu_used, 2),
+            "worker_cpu_share": round(cpu_used / drain_s, 3),
+            "cpu_us_per_ping": round(1e6 * cpu_used / max(1, s.drain_pings - seen_ready), 1),
+            "series": [(round(t - t_cpu0, 2), c - seen0) for t, c, *_ in series],
+        }
+
+        ramp = asyncio.run(ping_ramp(run, dep, worker, loc_topic))
+        sustained = max((st["offered"] for st in ramp["steps"] if st["bounded"]), default=0)
+        run.log(f"pings: sustained with bounded lag up to {sustained}/s offered")
+
+        # Correctness: every ping produced was seen once; the index holds every driver.
+        produced = asyncio.run(end_offsets([loc_topic]))[loc_topic]
+        stats = worker.stats()
+        index_docs = asyncio.run(redis_count(f"{dep.redis_prefix}d:*"))
+        correctness = {
+            "pings_produced_total": produced,
+            "pings_produced_since_restart": produced - base,
+            "pings_seen_since_restart": pings_seen(stats),
+            "outcomes_since_restart": stats.get("pings"),
+            "dead_letters": stats.get("dead_letters"),
+            "drivers_in_index": index_docs,
+            "reconciled": pings_seen(stats) == produced - base and index_docs == s.city_drivers,
+        }
+        worker.stop()
+
+        run.log("baselines: bare aiokafka loop, ConsumerPerformance, ProducerPerformance on the same broker")
+        bl = run_baselines(run, dep, loc_topic, produced)
+        run.results["pings"] = {
+            "drivers": s.city_drivers,
+            "drain": drain,
+            "ramp": ramp,
+            "sustained_offered_per_second": sustained,
+            "baselines": bl,
+            "correctness": correctness,
+            "ratio_drain_to_aiokafka": round(drain_rate / bl["aiokafka"]["per_second"], 4),
+            "ratio_drain_to_aiokafka_decode": round(drain_rate / bl["aiokafka_decode"]["per_second"], 4),
+            "ratio_drain_to_consumer_perf": round(drain_rate / bl["consumer_perf"]["per_second"], 4),
+        }
+    finally:
+        dep.cleanup()
+
+
+async def measure_restart(dep: Deployment, start, tag: str) -> tuple[dict[str, Any], Worker]:
+    """From process start: HTTP answering, a session read, the index rebuilt, and an assignment
+    request (produced while the worker was down, as orders keep coming) answered."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from bench.load import request_records
+    from schemas.codec import default_codec
+
+    codec = default_codec()
+    consumer = AIOKafkaConsumer(
+        dep.names.responses,
+        bootstrap_servers=BOOTSTRAP,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=20,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    await consumer.start()
+    await producer.start()
+    _, order, request = next(request_records(tag, 1, seed=5))
+    topic = dep.names.requests(request.geoKey)  # this process has no GEODISPATCH_TOPIC_PREFIX of its own
+    await producer.send_and_wait(topic, codec.encode(request), key=order.encode())
+    worker = start()
+    marks: dict[str, float] = {}
+
+    async def answered() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                if any(r.key == order.encode() for r in records):
+                    marks["assignment_answered_s"] = time.time() - worker.started_at
+                    return
+
+    async def http() -> None:
+        while "session_answered_s" not in marks:
+            if not worker.alive():
+                raise RuntimeError(f"worker died:\n{worker.log_tail()}")
+            try:
+                status, body = await asyncio.to_thread(worker.get, "/driver-sessions/sessions/drv_1", 2.0)
+                marks.setdefault("http_up_s", time.time() - worker.started_at)
+                if status == 200 and isinstance(body, dict) and body.get("last_loc"):
+                    marks["session_answered_s"] = time.time() - worker.started_at
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(worker.wait_ready, 120)
+        marks["index_rebuilt_s"] = time.time() - worker.started_at
+
+    try:
+        await asyncio.wait_for(asyncio.gather(answered(), http()), timeout=180)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    import psutil
+
+    marks = {k: round(v, 2) for k, v in marks.items()}
+    marks["rss_mib"] = round(psutil.Process(worker.pid).memory_info().rss / 2**20, 1)
+    marks["peak_rss_mib"] = round(peak_rss_mib(worker.pid) or 0, 1)
+    return marks, worker
+
+
+async def ping_ramp(run: Run, dep: Deployment, worker: Worker, loc_topic: str) -> dict[str, Any]:
+    """Offered rates in steps, each for a few seconds from the load generator process; a step is
+    sustained when the input lag at its end is under one second of input. Stops at the first step
+    that is not."""
+    s = run.sizes
+    watcher = OffsetWatcher([loc_topic])
+    await watcher.start()
+    steps = []
+    timeline = []
+    first = 0
+    t0 = time.time()
+    ramp_produced0 = await watcher.total()
+    ramp_seen0 = pings_seen(await asyncio.to_thread(worker.stats))
+    try:
+        for rate in s.ramp_rates:
+            produced0 = await watcher.total()
+            seen0 = pings_seen(await asyncio.to_thread(worker.stats))
+            cpu0 = cpu_seconds(worker.pid)
+            proc = dep.spawn(
+                "bench.load",
+                "pings",
+                "--drivers",
+                str(s.city_drivers),
+                "--first",
+                str(first % s.city_drivers),
+                "--count",
+                str(10**9),
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(s.ramp_step_s),
+                out=dep.run_dir / f"ramp-{rate}.json",
+            )
+            started = time.time()
+            lags = []
+            while proc.poll() is None:
+                await asyncio.sleep(0.5)
+                produced = await watcher.total() - produced0
+                seen = pings_seen(await asyncio.to_thread(worker.stats)) - seen0
+                lags.append(produced - seen)
+                timeline.append((round(time.time() - t0, 2), rate, produced - seen, seen))
+            elapsed = time.time() - started
+            first += int(rate * s.ramp_step_s)
+            produced = await watcher.total() - produced0
+            seen = pings_seen(await asyncio.to_thread(worker.stats)) - seen0
+            gen = orjson.loads((dep.run_dir / f"ramp-{rate}.json").read_bytes().splitlines()[-1])
+            bounded = produced - seen <= max(1000, rate)  # under one second of input behind
+            steps.append(
+                {
+                    "offered": rate,
+                    "generator_rate": gen["rate"],
+                    "produced": produced,
+                    "seen": seen,
+                    "processed_per_second": round(seen / max(gen["seconds"], elapsed - 1.0), 1),
+                    "lag_end": produced - seen,
+                    "lag_max": max(lags, default=0),
+                    "bounded": bounded,
+                    "worker_cpu_share": round((cpu_seconds(worker.pid) - cpu0) / elapsed, 3),
+                }
+            )
+            run.log(
+                f"  ramp {rate}/s: processed {steps[-1]['processed_per_second']:.0f}/s, lag at end {produced - seen}"
+            )
+            if not bounded:
+                break
+        # Let the worker catch up before anything else is measured on this machine.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = await asyncio.to_thread(worker.stats)
+            behind = (await watcher.total() - ramp_produced0) - (pings_seen(stats) - ramp_seen0)
+            if behind <= 0 and index_settled(stats):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await watcher.stop()
+    return {"step_seconds": s.ramp_step_s, "steps": steps, "timeline": timeline}
+
+
+def run_baselines(run: Run, dep: Deployment, loc_topic: str, produced: int) -> dict[str, Any]:
+    raw = dep.tool("bench.baselines", "aiokafka", "--topic", loc_topic, "--expect", str(produced))
+    decoded = dep.tool("bench.baselines", "aiokafka", "--topic", loc_topic, "--expect", str(produced), "--decode")
+    consumer = baselines.consumer_performance(loc_topic, produced, f"{dep.prefix}consumer-perf")
+    payload = dep.run_dir / "ping-payloads.txt"
+    pings = [
+        orjson.dumps(m.model_dump(mode="json", exclude_none=True)).decode()
+        for _, _, m in ping_records(0, 1000, 1000, wall_clock=True)
+    ]
+    payload.write_text("\n".join(pings))
+    topic = f"{dep.prefix}baseline"
+    asyncio.run(create_topic(topic, dep.partitions))
+    producer = baselines.producer_performance(topic, run.sizes.baseline_producer_records, payload)
+    for name, result in (
+        ("aiokafka", raw),
+        ("aiokafka+decode", decoded),
+        ("ConsumerPerformance", consumer),
+        ("ProducerPerformance", producer),
+    ):
+        run.log(f"  {name}: {result['per_second']:.0f} records/s")
+    return {
+        "aiokafka": raw,
+        "aiokafka_decode": decoded,
+        "consumer_perf": consumer,
+        "producer_perf": producer,
+        "records": produced,
+        "payload_bytes_mean": round(sum(map(len, pings)) / len(pings), 1),
+    }
+
+
+async def create_topic(name: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+# -- 4: one worker against two on the same backlog ----------------------------------------------
+
+
+def scale(run: Run) -> None:
+    s = run.sizes
+    dep = run.deployment("s")
+    dep.apply_topics()
+    try:
+        run.log(f"scale: backlog of {s.scale_pings} pings from {s.scale_drivers} drivers")
+        dep.tool("bench.load", "pings", "--drivers", str(s.scale_drivers), "--count", str(s.scale_pings))
+        result: dict[str, Any] = {"pings": s.scale_pings}
+        for n in (1, 2):
+            group = Deployment(
+                run_dir=dep.run_dir,
+                prefix=dep.prefix,
+                app_id=f"x{n}",
+                redis_prefix=f"{dep.redis_prefix}x{n}:",
+                partitions=dep.partitions,
+            )
+            workers = [group.start_worker(f"w{i}") for i in range(n)]
+            series = follow(workers, pings_seen, s.scale_pings, timeout=300, settle=index_settled)
+            # From the moment every worker has work (rebalance done) to 95% of the backlog.
+            active = next((p for p in series if all(c > 0 for c in p[2:])), series[0])
+            end = next(p for p in series if p[1] >= 0.95 * s.scale_pings)
+            rate = (end[1] - active[1]) / (end[0] - active[0]) if end[0] > active[0] else None
+            result[f"workers_{n}"] = {
+                "rate": round(rate, 1) if rate else None,
+                "counted_from_s": round(active[0] - workers[0].started_at, 2),
+                "per_worker": list(series[-1][2:]),
+                "series": [(round(p[0] - workers[0].started_at, 2), p[1]) for p in series],
+            }
+            run.log(f"scale: {n} worker(s): {rate or 0:.0f} pings/s")
+            group.stop_all()
+        r1, r2 = result["workers_1"]["rate"], result["workers_2"]["rate"]
+        result["ratio"] = round(r2 / r1, 3) if r1 and r2 else None
+        run.results["scale"] = result
+    finally:
+        dep.cleanup()
+
+
+# -- 2, 5, 6: a city of 10,000 available drivers: sessions API, requests, mixed ------------------
+
+
+def city_of_10k(run: Run) -> None:
+    s = run.sizes
+    dep = run.deployment("a")
+    dep.apply_topics()
+    try:
+        dep.tool("bench.load", "city", "--drivers", str(s.assign_drivers))
+        worker = dep.start_worker("w1")
+        worker.wait_ready()
+        follow([worker], sessions_seen, 2 * s.assign_drivers, timeout=200, settle=index_settled)
+        run.log(f"city: {s.assign_drivers} available drivers loaded")
+
+        api = {}
+        for route in ("nearby", "session"):
+            api[route] = dep.tool(
+                "bench.httpload",
+                "--port",
+                str(worker.port),
+                "--route",
+                route,
+                "--clients",
+                "50",
+                "--seconds",
+                str(s.api_seconds),
+                "--drivers",
+                str(s.assign_drivers),
+            )
+            run.log(f"api: {route}: {api[route]['per_second']:.0f}/s, latency ms {api[route]['latency_ms']}")
+        api["drivers"] = s.assign_drivers
+        api["server_side"] = server_side_http(worker)
+        run.results["api"] = api
+
+        run.results["requests"] = requests_only(run, dep, worker)
+        run.results["mixed"] = mixed(run, dep, worker)
+        worker.stop()
+    finally:
+        dep.cleanup()
+
+
+def server_side_http(worker: Worker) -> dict[str, Any]:
+    """The worker's own histogram of request handling time, as cumulative shares per bucket."""
+    status, text = worker.get("/metrics")
+    buckets: dict[str, dict[str, float]] = {}
+    if isinstance(text, str):
+        for line in text.splitlines():
+            if line.startswith("geodispatch_http_request_seconds_bucket"):
+                labels, value = line.rsplit(" ", 1)
+                route = labels.split('route="')[1].split('"')[0]
+                le = labels.split('le="')[1].split('"')[0]
+                buckets.setdefault(route, {})[le] = float(value)
+    shares = {}
+    for route, b in buckets.items():
+        total = b.get("+Inf") or 1
+        shares[route] = {le: round(v / total, 4) for le, v in b.items()}
+    return shares
+
+
+def collect_answers(dep: Deployment, tag: str, count: int, timeout: float) -> Any:
+    out = dep.run_dir / f"answers-{tag}.jsonl"
+    proc = dep.spawn(
+        "bench.load",
+        "collect",
+        "--tag",
+        tag,
+        "--count",
+        str(count),
+        "--timeout",
+        str(timeout),
+        "--out",
+        str(out),
+        out=dep.run_dir / f"collect-{tag}.json",
+    )
+    time.sleep(1.5)  # the collector's consumer is assigned before the first request goes out
+    return proc, out
+
+
+def answers_report(dep: Deployment, tag: str, sent_log: Path, answers: Path) -> dict[str, Any]:
+    sent = dict(orjson.loads(line) for line in sent_log.read_bytes().splitlines() if line)
+    rows = [orjson.loads(line) for line in answers.read_bytes().splitlines() if line]
+    per_order = Counter(r["orderId"] for r in rows)
+    assigned = [r for r in rows if r["status"] == "assigned"]
+    drivers = Counter(r["driverId"] for r in assigned)
+    latencies = [(r["arrived"] - sent[r["orderId"]]) * 1000 for r in rows if r["orderId"] in sent]
+    arrivals = sorted(r["arrived"] for r in rows)
+    failures = Counter(r["error"] for r in rows if r["status"] == "failed")
+    holders = asyncio.run(reservation_holders(dep, [(r["driverId"], r["orderId"]) for r in assigned]))
+    return {
+        "sent": len(sent),
+        "answers": len(rows),
+        "answered_orders": len(per_order),
+        "unanswered": len(set(sent) - set(per_order)),
+        "answered_twice_or_more": sum(1 for n in per_order.values() if n > 1),
+        "assigned": len(assigned),
+        "failed": dict(failures),
+        "drivers_assigned_twice": sum(1 for n in drivers.values() if n > 1),
+        "reservations_match": holders,
+        "exactly_once": len(per_order) == len(sent) and all(n == 1 for n in per_order.values()),
+        "no_double_assignment": all(n == 1 for n in drivers.values()) and holders["mismatched"] == 0,
+        "latency_ms": summarize(latencies, 2),
+        "first_sent": min(sent.values()) if sent else None,
+        "last_arrival": arrivals[-1] if arrivals else None,
+        "arrivals": arrivals,
+        "latencies": [round(x, 2) for x in latencies],
+        "eta_mean_min": round(sum(r["eta"] or 0 for r in assigned) / len(assigned), 1) if assigned else None,
+    }
+
+
+async def reservation_holders(dep: Deployment, pairs: list[tuple[str, str]]) -> dict[str, int]:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for driver, _ in pairs:
+            pipe.get(f"{dep.redis_prefix}r:{driver}")
+        held = await pipe.execute() if pairs else []
+    finally:
+        await redis.aclose()
+    mismatched = sum(1 for (_, order), holder in zip(pairs, held, strict=True) if holder != order)
+    return {"checked": len(pairs), "mismatched": mismatched}
+
+
+def requests_only(run: Run, dep: Deployment, worker: Worker) -> dict[str, Any]:
+    s = run.sizes
+    tag = f"{run.run_id}-s5"
+    proc, answers = collect_answers(dep, tag, s.requests, timeout=120)
+    sent_log = dep.run_dir / f"sent-{tag}.jsonl"
+    cpu0 = cpu_seconds(worker.pid)
+    gen = dep.tool("bench.load", "requests", "--count", str(s.requests), "--tag", tag, "--sent-log", str(sent_log))
+    proc.wait(150)
+    report = answers_report(dep, tag, sent_log, answers)
+    arrivals = report.pop("arrivals")
+    elapsed = (report["last_arrival"] - report["first_sent"]) if arrivals else None
+    series = [(a - report["first_sent"], i + 1) for i, a in enumerate(arrivals)]
+    report.update(
+        producer=gen,
+        rate_overall=round(len(arrivals) / elapsed, 1) if elapsed else None,
+        rate_window=round(window_rate(series) or 0, 1),
+        worker_cpu_seconds=round(cpu_seconds(worker.pid) - cpu0, 2),
+        drivers=s.assign_drivers,
+        series=[(round(t, 3), n) for t, n in series[:: max(1, len(series) // 400)]],
+    )
+    report.pop("latencies")
+    run.log(
+        f"requests: {report['rate_window']:.0f}/s answered; exactly once {report['exactly_once']}, "
+        f"no double assignment {report['no_double_assignment']}"
+    )
+    return report
+
+
+def mixed(run: Run, dep: Deployment, worker: Worker) -> dict[str, Any]:
+    s = run.sizes
+    tag = f"{run.run_id}-s6"
+    expected = int(s.mixed_request_rate * s.mixed_seconds)
+    proc, answers = collect_answers(dep, tag, expected, timeout=s.mixed_seconds + 90)
+    sent_log = dep.run_dir / f"sent-{tag}.jsonl"
+    loc_topic = dep.names.locations("4_-7")
+    base = asyncio.run(end_offsets([loc_topic]))[loc_topic]
+    seen0 = pings_seen(worker.stats())
+    gen_out = dep.run_dir / f"mixed-{tag}.json"
+    gen = dep.spawn(
+        "bench.load",
+        "mixed",
+        "--drivers",
+        str(s.assign_drivers),
+        "--ping-rate",
+        str(s.mixed_ping_rate),
+        "--request-rate",
+        str(s.mixed_request_rate),
+        "--seconds",
+        str(s.mixed_seconds),
+        "--tag",
+        tag,
+        "--sent-log",
+        str(sent_log),
+        out=gen_out,
+    )
+    lags = []
+    started = time.time()
+    while gen.poll() is None:
+        time.sleep(0.5)
+        produced = asyncio.run(end_offsets([loc_topic]))[loc_topic] - base
+        lags.append((round(time.time() - started, 2), produced - (pings_seen(worker.stats()) - seen0)))
+    proc.wait(s.mixed_seconds + 100)
+    generator = orjson.loads(gen_out.read_bytes().splitlines()[-1])
+    report = answers_report(dep, tag, sent_log, answers)
+    report.pop("arrivals")
+    latencies = report.pop("latencies")
+    report.update(
+        generator=generator,
+        ping_lag=lags,
+        ping_rate=s.mixed_ping_rate,
+        request_rate=s.mixed_request_rate,
+        seconds=s.mixed_seconds,
+        latencies_sample=latencies[:: max(1, len(latencies) // 2000)],
+    )
+    run.log(f"mixed: latency ms {report['latency_ms']}; exactly once {report['exactly_once']}")
+    return report
+
+
+def _profile(run: Run) -> None:
+    from bench.profile import profile
+
+    profile(run)
+
+
+ALL = {"pings": pings_and_restart, "scale": scale, "city": city_of_10k, "profile": _profile}
