@@ -13,60 +13,55 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from streams.logic.geo import (
-    NEARBY_RESOLUTION,
-    SEARCH_RESOLUTION,
-    cell,
-    haversine_km,
-    local_edge_km,
-    ring_min_distance_km,
-    rings_for_radius,
-)
+from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, session_response
 
 # First releases the driver's reservation if it is held by an order the session has closed (delivered
 # or cancelled): always, even for a stale or fenced write, since a finished order must never keep a
 # driver, and also on a rebuild, which mends a release lost in a crash. Then applies the change unless
-# the index already holds a newer version of that driver, and moves the driver between cell sets.
-# A driver is in the cell sets only if assignable and not reserved.
-# Fencing: ARGV[13] is the writer's consumer-group generation. A write from an older generation than
+# the index already holds a newer version of that driver, and moves the driver between its resolution-9
+# cell set and the GEO set of available drivers: it is in both only if assignable and not reserved
+# (Redis GEO stops at 85.05 degrees of latitude; no delivery fleet works beyond it).
+# Fencing: ARGV[12] is the writer's consumer-group generation. A write from an older generation than
 # the driver's last writer comes from a worker that lost the partition without noticing (paused,
 # cut off): it is refused (-1). A newer generation wins whatever the version, since a new owner
 # restarts from the changelog and may be behind the zombie's unflushed versions.
-# A rebuild (ARGV[12] = '1') rewrites the same version too: a cell set may have been lost while the
+# A rebuild (ARGV[11] = '1') rewrites the same version too: a cell set may have been lost while the
 # driver's hash survived, and only rewriting the driver puts it back.
 UPSERT = """
 local holder = redis.call('GET', KEYS[2])
 if holder then
-  for _, order in ipairs(cjson.decode(ARGV[11])) do
+  for _, order in ipairs(cjson.decode(ARGV[10])) do
     if order == holder then redis.call('DEL', KEYS[2]) break end
   end
 end
 local cur = redis.call('HMGET', KEYS[1], 'ver', 'gen')
 if cur[1] then
-  local gen, mine = tonumber(cur[2] or '0'), tonumber(ARGV[13])
+  local gen, mine = tonumber(cur[2] or '0'), tonumber(ARGV[12])
   if gen > mine then return -1 end
   if gen == mine then
     local ver = tonumber(cur[1])
     local myver = tonumber(ARGV[1])
-    if ver > myver or (ver == myver and ARGV[12] ~= '1') then return 0 end
+    if ver > myver or (ver == myver and ARGV[11] ~= '1') then return 0 end
   end
 end
-local old = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'c7')
+local old = redis.call('HMGET', KEYS[1], 'avail', 'c9')
 if old[1] == '1' then
-  redis.call('SREM', ARGV[9] .. 'c9:' .. old[2], ARGV[10])
-  redis.call('SREM', ARGV[9] .. 'c7:' .. old[3], ARGV[10])
+  redis.call('SREM', ARGV[8] .. 'c9:' .. old[2], ARGV[9])
+  redis.call('ZREM', KEYS[3], ARGV[9])
 end
 local avail = '0'
-if ARGV[8] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then avail = '1' end
--- A driver on a trip (ARGV[14], the session's trip_id) holds that order: restore the reservation if
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then avail = '1' end
+-- A driver on a trip (ARGV[13], the session's trip_id) holds that order: restore the reservation if
 -- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
-if ARGV[14] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[14]) end
-redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'gen', ARGV[13], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4],
-           'ts', ARGV[5], 'c9', ARGV[6], 'c7', ARGV[7], 'avail', avail)
+if ARGV[13] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[13]) end
+redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'gen', ARGV[12], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4],
+           'ts', ARGV[5], 'c9', ARGV[6], 'avail', avail)
 if avail == '1' then
-  redis.call('SADD', ARGV[9] .. 'c9:' .. ARGV[6], ARGV[10])
-  redis.call('SADD', ARGV[9] .. 'c7:' .. ARGV[7], ARGV[10])
+  redis.call('SADD', ARGV[8] .. 'c9:' .. ARGV[6], ARGV[9])
+  if math.abs(tonumber(ARGV[3])) <= 85.05112878 then
+    redis.call('GEOADD', KEYS[3], ARGV[4], ARGV[3], ARGV[9])
+  end
 end
 return 1
 """
@@ -79,14 +74,14 @@ local existing = redis.call('GET', KEYS[3])
 if existing then return {'existing', existing} end
 local holder = redis.call('GET', KEYS[2])
 if holder then return {'taken', holder} end
-local d = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'c7', 'ts')
+local d = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'ts')
 if d[1] ~= '1' then return {'unavailable', ''} end
-if tonumber(d[4]) < tonumber(ARGV[5]) then return {'stale', ''} end
+if tonumber(d[3]) < tonumber(ARGV[5]) then return {'stale', ''} end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[1], 'avail', '0')
 redis.call('SREM', ARGV[3] .. 'c9:' .. d[2], ARGV[4])
-redis.call('SREM', ARGV[3] .. 'c7:' .. d[3], ARGV[4])
+redis.call('ZREM', KEYS[4], ARGV[4])
 return {'reserved', ARGV[2]}
 """
 
@@ -143,6 +138,11 @@ class RegionIndex:
         return f"{self.prefix}o:{order_id}"
 
     @property
+    def available_key(self) -> str:
+        """A Redis GEO set of every available driver: the assignment's nearest-first search."""
+        return f"{self.prefix}geo:available"
+
+    @property
     def epoch_key(self) -> str:
         return f"{self.prefix}meta:epoch"
 
@@ -174,7 +174,7 @@ class RegionIndex:
         return await pipe.execute()
 
     def _session_keys(self, session: DriverSession) -> list[str]:
-        return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id)]
+        return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id), self.available_key]
 
     def _session_args(self, session: DriverSession, rebuild: bool) -> list[object]:
         return [
@@ -184,7 +184,6 @@ class RegionIndex:
             "" if session.lng is None else session.lng,
             session.loc_ts_ms or 0,
             session.h3_res9 or "",
-            session.h3_res7 or "",
             "1" if session.assignable else "0",
             self.prefix,
             session.driver_id,
@@ -219,31 +218,26 @@ class RegionIndex:
         members = await self._members(NEARBY_RESOLUTION, cells)
         located = await self._locate(members, min_loc_ts_ms)
         lat, lng = h3.cell_to_latlng(origin)
-        located.sort(key=lambda d: (haversine_km(lat, lng, d.lat, d.lng), d.driver_id))
-        return [d.driver_id for d in located[:limit]], cells
+        ordered = nearest_first({d.driver_id: (d.lat, d.lng) for d in located}, lat, lng)
+        return ordered[:limit], cells
 
     async def candidates(
-        self, lat: float, lng: float, radius_km: float, enough: int, min_loc_ts_ms: int
-    ) -> list[tuple[Located, float]]:
-        """Available, fresh drivers within radius_km of a point with their distance, searched ring by
-        ring outward so the work grows with the drivers near the point, not with the fleet. Stops
-        once `enough` drivers are found nearer than anything an unsearched ring could hold."""
-        origin = cell(lat, lng, SEARCH_RESOLUTION)
-        edge = local_edge_km(origin)
-        last_ring = rings_for_radius(radius_km, edge)
-        found: list[tuple[Located, float]] = []
-        for ring in range(last_ring + 1):
-            ring_cells = list(h3.grid_ring(origin, ring))
-            located = await self._locate(await self._members(SEARCH_RESOLUTION, ring_cells), min_loc_ts_ms)
-            for driver in located:
-                distance = haversine_km(lat, lng, driver.lat, driver.lng)
-                if distance <= radius_km + 1e-9:
-                    found.append((driver, distance))
-            if len(found) >= enough:
-                found.sort(key=lambda pair: pair[1])
-                if found[enough - 1][1] < ring_min_distance_km(ring + 1, edge):
-                    break
-        return found
+        self, lat: float, lng: float, radius_km: float, count: int, min_loc_ts_ms: int
+    ) -> tuple[list[tuple[Located, float]], bool]:
+        """Up to `count` available, fresh drivers within radius_km of a point, nearest first, with
+        their distance; and whether the search found `count` (more may lie beyond). One GEOSEARCH
+        reads only the drivers near the point, never the fleet."""
+        # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
+        # so that a driver exactly radius_km away qualifies.
+        nearest = await self.redis.geosearch(
+            self.available_key, longitude=lng, latitude=lat, radius=radius_km * 1.001 + 0.001, unit="km",
+            sort="ASC", count=count,
+        )
+        located = await self._locate(list(nearest), min_loc_ts_ms)
+        found = [(d, haversine_km(lat, lng, d.lat, d.lng)) for d in located]
+        return sorted(((d, km) for d, km in found if km <= radius_km + 1e-9), key=lambda pair: pair[1]), (
+            len(nearest) >= count
+        )
 
     async def _members(self, resolution: int, cells: list[str]) -> list[str]:
         prefix = f"{self.prefix}c{resolution}:"
@@ -266,7 +260,12 @@ class RegionIndex:
     # -- reservations and decisions -----------------------------------------------------------
 
     async def reserve(self, driver_id: str, order_id: str, decision: dict, min_loc_ts_ms: int) -> Reservation:
-        keys = [self.driver_key(driver_id), self.reservation_key(driver_id), self.decision_key(order_id)]
+        keys = [
+            self.driver_key(driver_id),
+            self.reservation_key(driver_id),
+            self.decision_key(order_id),
+            self.available_key,
+        ]
         args = [order_id, orjson.dumps(decision), self.prefix, driver_id, min_loc_ts_ms]
         outcome, payload = await self._reserve(keys=keys, args=args)
         # 'taken' carries the holder's order id, not a decision.

@@ -53,5 +53,11 @@ async def send_confirmed(topic: Any, **message: Any) -> Any:
     """Sends now and waits for the broker's acknowledgement, bypassing Faust's attachments (which
     publish only at commit time and are dropped with a revoked partition): an answer or a dead
     letter must be on the broker before the record that caused it can count as done."""
-    pending = await topic.send(force=True, **message)
-    return await pending
+    (metadata,) = await send_all_confirmed([(topic, message)])
+    return metadata
+
+
+async def send_all_confirmed(messages: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
+    """Like send_confirmed for several records, waiting once for all their acknowledgements."""
+    pending = [await topic.send(force=True, **message) for topic, message in messages]
+    return [await acknowledgement for acknowledgement in pending]

@@ -19,10 +19,12 @@ from streams.logic.scoring import eta_minutes
 from streams.retry import with_retries
 from streams.routing import REROUTED_FROM, misrouted
 from streams.runtime import Runtime
-from streams.topics import send_confirmed
+from streams.topics import send_all_confirmed, send_confirmed
 
 log = structlog.get_logger(__name__)
 STAGE = "assignment"
+# The widest search: past this many drivers within the radius, all taken, the area counts as empty.
+MAX_CANDIDATES = 2000
 # NonEmpty's limit in schemas.models, which every answer's orderId must meet.
 ORDER_ID_MAX = 256
 
@@ -43,35 +45,46 @@ async def _retrying(runtime: Runtime, action):
 
 
 async def _choose(runtime: Runtime, request: AssignmentRequested, now: datetime) -> tuple[dict, dict[str, Any]]:
-    """Reserves the best candidate still free; returns the decision and what the log line needs."""
+    """Reserves the best candidate still free; returns the decision and what the log line needs.
+    The score never rises with distance, so the nearest few drivers hold the best; when other orders
+    take all of them first, the search widens to more."""
     settings = runtime.settings
     fresh_since = now_ms() - int(settings.location_max_age_s * 1000)
-    found = await _retrying(
-        runtime,
-        lambda: runtime.index.candidates(
-            request.restaurantLatitude, request.restaurantLongitude, request.radius,
-            settings.candidates_wanted, fresh_since,
-        ),
-    )
-    ranked = decide.rank(((d.driver_id, km) for d, km in found), request, runtime.weights)
-    runtime.metrics.assignment_candidates.observe(len(ranked))
-    context: dict[str, Any] = {"candidates": len(ranked)}
-    for position, candidate in enumerate(ranked):
-        decision = decide.assigned(request.orderId, candidate.driver_id, eta_minutes(candidate), now)
-        reservation = await _retrying(
-            runtime, lambda c=candidate, d=decision: runtime.index.reserve(c.driver_id, request.orderId, d, fresh_since)
+    count, tried = settings.candidates_wanted, set[str]()
+    context: dict[str, Any] = {"candidates": 0}
+    while True:
+        found, maybe_more = await _retrying(
+            runtime,
+            lambda n=count: runtime.index.candidates(
+                request.restaurantLatitude, request.restaurantLongitude, request.radius, n, fresh_since
+            ),
         )
-        if reservation.outcome == "reserved":
-            runner_up = ranked[position + 1] if position + 1 < len(ranked) else None
-            context.update(score=round(candidate.score, 2), distance_km=round(candidate.distance_km, 3),
-                           runner_up=runner_up.driver_id if runner_up else None,
-                           runner_up_score=round(runner_up.score, 2) if runner_up else None)
-            return decision, context
-        if reservation.outcome == "existing":
-            # This order was decided before (a redelivery after a crash, or another worker): keep it.
-            context["reused"] = True
-            return reservation.decision, context
-        runtime.metrics.reservation_conflicts.inc()
+        ranked = decide.rank(((d.driver_id, km) for d, km in found if d.driver_id not in tried), request,
+                             runtime.weights)
+        context["candidates"] += len(ranked)
+        for position, candidate in enumerate(ranked):
+            tried.add(candidate.driver_id)
+            decision = decide.assigned(request.orderId, candidate.driver_id, eta_minutes(candidate), now)
+            reservation = await _retrying(
+                runtime,
+                lambda c=candidate, d=decision: runtime.index.reserve(c.driver_id, request.orderId, d, fresh_since),
+            )
+            if reservation.outcome == "reserved":
+                runner_up = ranked[position + 1] if position + 1 < len(ranked) else None
+                context.update(score=round(candidate.score, 2), distance_km=round(candidate.distance_km, 3),
+                               runner_up=runner_up.driver_id if runner_up else None,
+                               runner_up_score=round(runner_up.score, 2) if runner_up else None)
+                runtime.metrics.assignment_candidates.observe(context["candidates"])
+                return decision, context
+            if reservation.outcome == "existing":
+                # This order was decided before (a redelivery after a crash, or another worker): keep it.
+                context["reused"] = True
+                return reservation.decision, context
+            runtime.metrics.reservation_conflicts.inc()
+        if not maybe_more or count >= MAX_CANDIDATES:
+            break
+        count *= 4
+    runtime.metrics.assignment_candidates.observe(context["candidates"])
     failure = decide.failed(request.orderId, decide.NO_DRIVERS, now)
     ttl = settings.failed_decision_ttl_s
     recorded = await _retrying(runtime, lambda: runtime.index.record_failure(request.orderId, failure, ttl))
@@ -109,16 +122,21 @@ async def process(runtime: Runtime, message) -> None:
         else:
             decision, context = await _choose(runtime, request, now)
     runtime.decisions.put(order_id, decision)
+    trip = []
     if decision["status"] == "assigned":
         command = DriverCommand(driver_id=decision["driverId"], kind="assign", order_id=order_id, ts=now)
-        await send_confirmed(runtime.topics.driver_commands, key=decision["driverId"].encode(),
-                             value=codec.encode(command))
-    await _answer(runtime, message, region, decision, decision["status"], context)
+        driver_key = decision["driverId"].encode()
+        trip = [(runtime.topics.driver_commands, {"key": driver_key, "value": codec.encode(command)})]
+    await _answer(runtime, message, region, decision, decision["status"], context, trip)
 
 
-async def _answer(runtime: Runtime, message, region: str, decision: dict, outcome: str, context: dict) -> None:
+async def _answer(
+    runtime: Runtime, message, region: str, decision: dict, outcome: str, context: dict, also: list | None = None
+) -> None:
+    """Publishes the answer (and `also`, the driver's trip) and waits for the broker to take both."""
     response = decide.response_of(decision)
-    await send_confirmed(runtime.topics.responses, key=response.orderId.encode(), value=runtime.codec.encode(response))
+    answer = (runtime.topics.responses, {"key": response.orderId.encode(), "value": runtime.codec.encode(response)})
+    await send_all_confirmed([*(also or ()), answer])
     latency = max(0.0, time.time() - message.timestamp)  # Faust gives the record time in seconds
     m = runtime.metrics
     m.assignment_latency.observe(latency)

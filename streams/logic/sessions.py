@@ -8,7 +8,7 @@ from typing import Any
 
 from schemas.models import DriverStatus, LocationPing, PresenceChanged, TrackingUpdate, TripEvent
 from streams.logic import InvalidEvent
-from streams.logic.geo import NEARBY_RESOLUTION, SEARCH_RESOLUTION, cell
+from streams.logic.geo import NEARBY_RESOLUTION, cell
 
 CLOSED_TRIPS_KEPT = 8
 HEARTBEAT_TIMEOUT = "heartbeat_timeout"
@@ -31,7 +31,6 @@ class DriverSession:
     lat: float | None = None
     lng: float | None = None
     h3_res9: str | None = None
-    h3_res7: str | None = None
     speed_mps: float | None = None
     heading_deg: float | None = None
     loc_ts_ms: int | None = None
@@ -145,7 +144,6 @@ def apply_ping(
         lat=ping.lat,
         lng=ping.lng,
         h3_res9=cell(ping.lat, ping.lng, NEARBY_RESOLUTION),
-        h3_res7=cell(ping.lat, ping.lng, SEARCH_RESOLUTION),
         speed_mps=ping.speed_mps,
         heading_deg=ping.heading_deg,
         loc_ts_ms=ts,

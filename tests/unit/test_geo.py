@@ -1,4 +1,4 @@
-"""Region keys, H3 cells and how many rings a radius search needs."""
+"""Region keys, H3 cells, distances and nearest-first ordering."""
 
 from __future__ import annotations
 
@@ -6,19 +6,11 @@ import math
 
 import h3
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from infra.topics import region_key
-from streams.logic.geo import (
-    EARTH_RADIUS_KM,
-    SEARCH_RESOLUTION,
-    haversine_km,
-    is_resolution9_cell,
-    local_edge_km,
-    nearest_first,
-    rings_for_radius,
-)
+from streams.logic.geo import EARTH_RADIUS_KM, haversine_km, is_resolution9_cell, nearest_first
 
 latitudes = st.floats(min_value=-90, max_value=90, allow_nan=False)
 longitudes = st.floats(min_value=-180, max_value=180, allow_nan=False)
@@ -72,40 +64,3 @@ def test_haversine_and_nearest_first():
     assert haversine_km(40.7128, -74.006, 40.7128, -74.006) == 0
     points = {"b": (0.0, 0.02), "a": (0.0, 0.01), "c": (0.0, 0.01)}
     assert nearest_first(points, 0.0, 0.0) == ["a", "c", "b"]
-
-
-def _destination(lat: float, lng: float, bearing_deg: float, distance_km: float) -> tuple[float, float]:
-    """The point distance_km from (lat, lng) along a great circle at the given bearing."""
-    d = distance_km / EARTH_RADIUS_KM
-    b = math.radians(bearing_deg)
-    p1, l1 = math.radians(lat), math.radians(lng)
-    p2 = math.asin(math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b))
-    l2 = l1 + math.atan2(math.sin(b) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * math.sin(p2))
-    return math.degrees(p2), (math.degrees(l2) + 540) % 360 - 180
-
-
-@settings(max_examples=1000, deadline=None)
-@given(
-    st.floats(min_value=-80, max_value=80),
-    longitudes,
-    st.floats(min_value=0.05, max_value=30),
-    st.floats(min_value=0, max_value=360),
-    st.floats(min_value=0, max_value=1),
-)
-def test_the_ring_count_covers_every_point_within_the_radius(lat, lng, radius_km, bearing, fraction):
-    origin = h3.latlng_to_cell(lat, lng, SEARCH_RESOLUTION)
-    rings = rings_for_radius(radius_km, local_edge_km(origin))
-    point = _destination(lat, lng, bearing, radius_km * fraction)
-    assert haversine_km(lat, lng, *point) <= radius_km + 1e-6
-    target = h3.latlng_to_cell(*point, SEARCH_RESOLUTION)
-    try:
-        steps = h3.grid_distance(origin, target)
-    except h3.H3BaseException:
-        assume(False)  # across a pentagon's distortion H3 has no grid distance; nothing to check
-    assert steps <= rings
-
-
-def test_the_ring_count_grows_with_the_radius():
-    edge = local_edge_km(h3.latlng_to_cell(40.7128, -74.006, SEARCH_RESOLUTION))
-    counts = [rings_for_radius(r, edge) for r in (0.0, 1.0, 5.0, 10.0, 20.0)]
-    assert counts == sorted(counts) and counts[0] >= 1
