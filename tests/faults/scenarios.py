@@ -26,7 +26,6 @@ from tests.faults.servers import Broker, RedisServer
 from tests.integration.harness import Deployment, WorkerProcess
 
 FULL = os.environ.get("GEODISPATCH_FAULTS_FULL") == "1"
-READ_ALL = 10**9
 
 
 @dataclass
@@ -95,10 +94,11 @@ def answered(dep: Deployment, orders: list[str], timeout: float) -> float:
     started = time.monotonic()
     wanted = set(orders)
     while time.monotonic() - started < timeout:
-        seen = {json.loads(r.value)["orderId"] for r in dep.read(dep.names.responses, READ_ALL, timeout=3)}
-        seen |= {r.key.decode() for r in dep.read(dep.names.dlq, READ_ALL, timeout=1) if r.key}
+        seen = {json.loads(r.value)["orderId"] for r in dep.read_all(dep.names.responses)}
+        seen |= {r.key.decode() for r in dep.read_all(dep.names.dlq) if r.key}
         if wanted <= seen:
             return time.monotonic() - started
+        time.sleep(1)
     return time.monotonic() - started
 
 
@@ -108,14 +108,14 @@ def history(dep: Deployment, load: Load, worker: WorkerProcess, regions: tuple[s
     requests = [
         request_from_record(r.topic, r.partition, r.offset, r.key, r.value)
         for region in regions
-        for r in dep.read(names.requests(region), READ_ALL, timeout=3)
+        for r in dep.read_all(names.requests(region))
         if not any(h[0] == "geodispatch.rerouted_from" for h in r.headers or ())
     ]
     answers = [answer_from_record(r.partition, r.offset, r.value, r.timestamp)
-               for r in dep.read(names.responses, READ_ALL, timeout=3)]
-    letters = [dead_letter_from_record(r.key, r.headers) for r in dep.read(names.dlq, READ_ALL, timeout=2)]
+               for r in dep.read_all(names.responses)]
+    letters = [dead_letter_from_record(r.key, r.headers) for r in dep.read_all(names.dlq)]
     trip_ends = []
-    for record in dep.read(names.trip_events, READ_ALL, timeout=2):
+    for record in dep.read_all(names.trip_events):
         event = json.loads(record.value)
         trip_ends.append(TripEnd(event["orderId"], event["driverId"], record.timestamp))
     client = redis.Redis.from_url(dep.redis_url, decode_responses=True)
@@ -137,7 +137,7 @@ def dead_letter_reasons(dep: Deployment) -> dict[str, int]:
     from schemas import dead_letter as dl
 
     reasons: dict[str, int] = {}
-    for record in dep.read(dep.names.dlq, READ_ALL, timeout=2):
+    for record in dep.read_all(dep.names.dlq):
         headers = dl.header_dict(record.headers)
         reason = f"{headers.get(dl.STAGE)} {headers.get(dl.ERROR_CLASS)}: {headers.get(dl.ERROR_MESSAGE, '')[:60]}"
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -235,11 +235,11 @@ class Timing:
 def timing(dep: Deployment) -> Timing:
     asked: dict[str, int] = {}
     for region in dep.regions:
-        for r in dep.read(dep.names.requests(region), READ_ALL, timeout=3):
+        for r in dep.read_all(dep.names.requests(region)):
             if r.key and not any(h[0] == "geodispatch.rerouted_from" for h in r.headers or ()):
                 asked.setdefault(r.key.decode(), r.timestamp)
     first: dict[str, int] = {}
-    for r in dep.read(dep.names.responses, READ_ALL, timeout=3):
+    for r in dep.read_all(dep.names.responses):
         order = json.loads(r.value)["orderId"]
         first[order] = min(first.get(order, r.timestamp), r.timestamp)
     latencies = {o: (first[o], max(0.0, (first[o] - asked[o]) / 1000)) for o in first if o in asked}

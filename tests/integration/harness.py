@@ -208,6 +208,37 @@ class Deployment:
 
         return run(consume())
 
+    def read_all(self, topic: str, timeout: float = 120.0) -> list[ConsumerRecord]:
+        """Every record of `topic` up to its end offsets as of the call. Unlike read(), a busy
+        machine makes it slower, not shorter: a checker fed a short read would report losses."""
+
+        async def consume() -> list[ConsumerRecord]:
+            consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+                                        enable_auto_commit=False, group_id=None)
+            await consumer.start()
+            records: list[ConsumerRecord] = []
+            deadline = time.monotonic() + timeout
+            try:
+                while not consumer.assignment():
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"no partitions of {topic} within {timeout}s")
+                    await asyncio.sleep(0.1)
+                ends = await consumer.end_offsets(list(consumer.assignment()))
+                done = {tp for tp, end in ends.items() if end == 0}
+                while len(done) < len(ends):
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"could not read {topic} to its end within {timeout}s")
+                    batch = await consumer.getmany(timeout_ms=200)
+                    for tp, part in batch.items():
+                        records.extend(r for r in part if r.offset < ends[tp])
+                        if part and part[-1].offset >= ends[tp] - 1:
+                            done.add(tp)
+            finally:
+                await consumer.stop()
+            return records
+
+        return run(consume())
+
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):
     """Polls until predicate() returns something truthy; returns it or fails with the message."""
