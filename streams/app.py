@@ -36,10 +36,11 @@ def faust_options(settings: Settings) -> dict[str, object]:
         "broker_session_timeout": settings.kafka_session_timeout_s,
         "broker_heartbeat_interval": settings.kafka_session_timeout_s / 10,
         "broker_rebalance_timeout": settings.kafka_session_timeout_s,
-        # Every table write is a changelog record: a longer linger packs a backlog's records into
-        # fewer produce requests (bench/README.md: ~25% less worker CPU per ping than 2 ms). Answers
-        # wait at most this long in the producer.
-        "producer_linger_ms": 10,
+        # A trade-off (GEODISPATCH_PRODUCER_LINGER_MS): a longer linger packs a backlog's changelog
+        # records into fuller requests (10 ms: ~25% less CPU per ping, bench/README.md), but every
+        # assignment answer waits for its acknowledgement, so the linger adds to each request's latency
+        # and caps one worker's sequential throughput (10 ms: 58 requests/s; 2 ms: ~105/s).
+        "producer_linger_ms": settings.producer_linger_ms,
         "producer_acks": -1,
         # Room for a dead letter of the largest record an input topic accepts (see infra.topics).
         "producer_max_request_size": DLQ_MAX_MESSAGE_BYTES,
