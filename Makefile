@@ -9,6 +9,21 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
+# The local servers' ports: `KAFKA_PORT=19092 REDIS_PORT=16379 make test` runs beside another broker.
+# KAFKA_BOOTSTRAP_SERVERS / REDIS_URL, when set, point at existing servers and nothing local starts.
+KAFKA_PORT ?= 9092
+KAFKA_CONTROLLER_PORT ?= $(shell expr $(KAFKA_PORT) + 1)
+REDIS_PORT ?= 6379
+ifeq ($(origin KAFKA_BOOTSTRAP_SERVERS),undefined)
+START_KAFKA := 1
+KAFKA_BOOTSTRAP_SERVERS := 127.0.0.1:$(KAFKA_PORT)
+endif
+ifeq ($(origin REDIS_URL),undefined)
+START_REDIS := 1
+REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
+endif
+export KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT KAFKA_BOOTSTRAP_SERVERS REDIS_URL
+
 .PHONY: help setup infra-up infra-down topics run test test-unit lint demo demo-stop bench faults clean
 
 help: ## list every target with one line each
@@ -23,8 +38,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv and install the project with its dev tools
 
 infra-up: setup ## start Kafka (KRaft) and Redis on 127.0.0.1, unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point elsewhere
-	@if [ -n "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "kafka: using $$KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVERS is set)"; else infra/kafka/kafka.sh up; fi
-	@if [ -n "$$REDIS_URL" ]; then echo "redis: using REDIS_URL from the environment"; else infra/redis.sh up; fi
+	@if [ -n "$(START_KAFKA)" ]; then infra/kafka/kafka.sh up; else echo "kafka: using $$KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVERS is set)"; fi
+	@if [ -n "$(START_REDIS)" ]; then infra/redis.sh up; else echo "redis: using REDIS_URL from the environment"; fi
 
 infra-down: ## stop the Kafka and Redis that infra-up started
 	@infra/kafka/kafka.sh down
