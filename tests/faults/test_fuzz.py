@@ -35,7 +35,6 @@ FULL = os.environ.get("GEODISPATCH_FAULTS_FULL") == "1"
 SEED = int(os.environ.get("GEODISPATCH_FUZZ_SEED", "20261125"))
 WAVES, BAD_PER_FAMILY = (8, 120) if FULL else (3, 25)
 GOOD_DRIVERS, GOOD_REQUESTS = 12, 5  # per run; good requests per wave
-READ_ALL = 10**9
 CONTRACT_HEADERS = (dl.ORIGINAL_TOPIC, dl.ORIGINAL_PARTITION, dl.ORIGINAL_OFFSET, dl.ORIGINAL_TIMESTAMP, dl.STAGE,
                     dl.ERROR_CLASS, dl.ERROR_MESSAGE, dl.ATTEMPTS, dl.FAILED_AT)
 CASE_HEADER = "fuzz-case"
@@ -173,7 +172,7 @@ def _healthy(worker: WorkerProcess, problems: list[str]) -> None:
 
 def _answers(dep: Deployment) -> list[AssignmentResponse]:
     codec = default_codec()
-    return [codec.decode(AssignmentResponse, r.value) for r in dep.read(dep.names.responses, READ_ALL, timeout=3)]
+    return [codec.decode(AssignmentResponse, r.value) for r in dep.read_all(dep.names.responses)]
 
 
 def _wait(worker: WorkerProcess, problems: list[str], done, timeout: float, what: str, stop: bool = True) -> None:
@@ -208,7 +207,7 @@ def _check_dead_letters(dep: Deployment, cases: list[Case], failures: list[str])
     by_coordinates = {(c.topic, c.partition, c.offset): c for c in cases}
     seen: Counter = Counter()
     classes: Counter = Counter()
-    for letter in dep.read(dep.names.dlq, READ_ALL, timeout=5):
+    for letter in dep.read_all(dep.names.dlq):
         headers = dl.header_dict(letter.headers)
         missing = [h for h in CONTRACT_HEADERS if h not in headers]
         if missing:
@@ -365,7 +364,7 @@ def test_bad_input_at_scale(deployment):
     expected_answers = sum(c.expect == ANSWERED for c in cases)
     expected_letters = sum(c.expect == DEAD_LETTERED for c in cases)
     _wait(worker, problems, lambda: len(_answers(dep)) >= expected_answers
-          and len(dep.read(dep.names.dlq, expected_letters, timeout=2)) >= expected_letters, 90,
+          and len(dep.read_all(dep.names.dlq)) >= expected_letters, 90,
           f"{expected_answers} answers and {expected_letters} dead letters", stop=False)
     positions = fuzz.final_positions(cases)
     _wait(worker, problems, lambda: all(
