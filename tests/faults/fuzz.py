@@ -62,6 +62,7 @@ class Case:
     ts_ms: int | None = None  # a ping's or status's time (staleness in sequence, heartbeat timeouts)
     headers: tuple[tuple[str, bytes], ...] = ()
     good: bool = False  # one of the interleaved good records
+    misrouted: bool = False  # sent to another partition than its key's
     # Filled in when sent.
     topic: str = ""
     partition: int = -1
