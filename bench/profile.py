@@ -96,6 +96,30 @@ def fold(raw: Path) -> dict[str, Any]:
     }
 
 
+def spy(pid: int, seconds: float, raw: Path) -> subprocess.Popen:
+    """py-spy sampling a running process for `seconds`, in the background."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [
+            binary,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 def profile(run) -> None:
     """Drains a backlog under py-spy; results in `run.results['profile']`."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -105,7 +129,7 @@ def profile(run) -> None:
     try:
         drivers = min(20_000, s.city_drivers)
         pings = s.profile_pings
-        dep.tool("bench.load", "city", "--drivers", str(drivers))
+        # Pings only (drivers unknown until their first ping): the ping path alone is profiled.
         dep.tool("bench.load", "pings", "--drivers", str(drivers), "--count", str(pings))
         worker = dep.start_worker("w1")
         worker.wait_ready()

@@ -205,6 +205,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4f} (1/{1 / value:,.0f})" if 0 < value < 0.1 else f"{value:.3f}"
     if isinstance(value, bool):
         return "yes" if value else "NO"
+    if isinstance(value, float) and value == float("inf"):
+        return "unanswered"
     if isinstance(value, float):
         return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -259,7 +261,13 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
     if r:
         out += [
             ("requests answered/s, 10k available drivers", r["rate_window"], ">= 1,500", r["rate_window"] >= 1500),
-            ("requests: every one answered exactly once", r["exactly_once"], "yes", r["exactly_once"]),
+            (
+                "requests: answered within the bound / sent",
+                f"{r['answered_orders']:,} / {r['sent']:,}",
+                "all",
+                r["unanswered"] == 0,
+            ),
+            ("requests: none answered twice", r["never_twice"], "yes", r["never_twice"]),
             ("requests: no driver assigned twice", r["no_double_assignment"], "yes", r["no_double_assignment"]),
         ]
     m = results.get("mixed")
@@ -267,13 +275,24 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
         q = m["latency_ms"]
         out += [
             ("mixed: request->response p50 / p95 (ms)", f"{_fmt(q['p50'])} / {_fmt(q['p95'])}", "", None),
-            ("mixed: request->response p99 (ms)", q["p99"], "<= 50", q["p99"] is not None and q["p99"] <= 50),
+            (
+                "mixed: request->response p99 (ms), unanswered = infinitely late",
+                m["latency_ms_all_sent"]["p99"],
+                "<= 50",
+                m["latency_ms_all_sent"]["p99"] <= 50,
+            ),
+            (
+                "mixed: answered within the bound / sent",
+                f"{m['answered_orders']:,} / {m['sent']:,}",
+                "all",
+                m["unanswered"] == 0,
+            ),
             ("mixed: request->response max (ms)", q["max"], "", None),
             (
-                "mixed: answered exactly once, no double assignment",
-                m["exactly_once"] and m["no_double_assignment"],
+                "mixed: none answered twice, no driver assigned twice",
+                m["never_twice"] and m["no_double_assignment"],
                 "yes",
-                m["exactly_once"] and m["no_double_assignment"],
+                m["never_twice"] and m["no_double_assignment"],
             ),
         ]
     a = results.get("api")
