@@ -101,8 +101,9 @@ async def process(runtime: Runtime, message) -> None:
     target = misrouted(order_key, message.partition, runtime.settings.partitions)
     if target is not None:
         headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
+        # The original's timestamp kept: answer latency and a dead letter count from when it was sent.
         await send_confirmed(runtime.topics.named(message.topic), key=order_key, value=message.value,
-                             partition=target, headers=headers)
+                             partition=target, headers=headers, timestamp=message.timestamp)
         runtime.metrics.rerouted.labels(stream=STAGE).inc()
         return
     region = message.topic.rsplit(".", 1)[-1]

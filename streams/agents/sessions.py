@@ -42,9 +42,9 @@ def _classify(runtime: Runtime, topic: str) -> tuple[str, str | None]:
 
 async def _reroute(runtime: Runtime, message, driver_key: bytes, partition: int) -> None:
     headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
-    await send_confirmed(
-        runtime.topics.named(message.topic), key=driver_key, value=message.value, partition=partition, headers=headers
-    )
+    # The original's timestamp kept: a dead letter of the copy then names when the record was sent.
+    await send_confirmed(runtime.topics.named(message.topic), key=driver_key, value=message.value,
+                         partition=partition, headers=headers, timestamp=message.timestamp)
     runtime.metrics.rerouted.labels(stream="sessions").inc()
 
 
