@@ -21,7 +21,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 SMALL = fuzz.MUTATIONS + fuzz.COORDINATE_MUTATIONS
 FAMILIES = [fuzz.LOCATIONS, fuzz.STATUS, fuzz.TRIPS, fuzz.REQUESTS]
-fuzzing = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+fuzzing = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _mutate(family: str, mutation, rng: random.Random) -> tuple:
