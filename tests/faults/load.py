@@ -52,12 +52,16 @@ class Load:
     _acked_seq: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _aiokafka_level: int = logging.NOTSET
     error: BaseException | None = None
 
     def start(self) -> None:
         # While a fault test stops the broker, aiokafka logs every failed reconnect: thousands of
         # lines that would bury the figures. The load's own failures are counted in send_failures.
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        # stop() gives the level back: later tests in this process read aiokafka's logs.
+        aiokafka_log = logging.getLogger("aiokafka")
+        self._aiokafka_level = aiokafka_log.level
+        aiokafka_log.setLevel(logging.CRITICAL)
         self._thread = threading.Thread(target=self._run, name="fault-load", daemon=True)
         self._thread.start()
 
@@ -65,6 +69,7 @@ class Load:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(60)
+        logging.getLogger("aiokafka").setLevel(self._aiokafka_level)
         if self.error is not None:
             raise self.error
 

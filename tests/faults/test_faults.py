@@ -76,7 +76,7 @@ BROKER_SIGNALS = ["SIGTERM", "SIGKILL"] if scenarios.FULL else ["SIGKILL"]
 def test_broker_restart(own_broker, deployment, sig):  # the workers stop before their broker
     deployment.bootstrap = own_broker.bootstrap
     _prepare(deployment)
-    duration = 90 if scenarios.FULL else 30
+    duration = 90 if scenarios.FULL else 21
     try:
         outcome = scenarios.broker_restart(deployment, own_broker, duration, signal.Signals[sig])
     except AssertionError:
@@ -99,7 +99,7 @@ CHURN_MAX_LATENCY_S = 30.0
 
 def test_rebalance_churn(deployment):
     _prepare(deployment)
-    duration, cycle = (180, 30) if scenarios.FULL else (60, 20)
+    duration, cycle = (180, 30) if scenarios.FULL else (48, 16)
     outcome = scenarios.rebalance_churn(deployment, duration, cycle)
     _assert_clean(outcome)
     latency = outcome.extra["max answer latency (s)"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -205,6 +206,7 @@ def test_sasl_ssl_client_from_the_settings_produces_and_consumes(broker):
 
 def test_plaintext_wrong_password_and_untrusted_clients_are_refused(broker, caplog):
     # aiokafka raises "Unable to bootstrap" for all of these and logs the reason, which we check.
+    caplog.set_level(logging.ERROR, logger="aiokafka")
     run(_refused(broker.sasl_bootstrap), timeout=60)
     caplog.clear()
     wrong = sasl_settings(broker, ALICE[0], "not-alices-password")
