@@ -54,7 +54,7 @@ run: topics ## start one worker (HTTP on :6066)
 test-unit: setup ## unit tests only: no broker, no Redis
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test: topics ## set up, start Kafka and Redis, run every test
+test: topics lint ## set up, start Kafka and Redis, lint, run every test
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 faults: topics ## the long fault-injection runs (worker kill, zombie, ...) with their figures

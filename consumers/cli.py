@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -141,7 +141,7 @@ def dlq_show(offset, partition):
     if letter is None:
         click.echo(f"error: no dead letter at {names.dlq}[{partition}]@{offset}", err=True)
         sys.exit(commandline.EXIT_FAILED)
-    click.echo(f"dead letter {letter.id}  (written {datetime.fromtimestamp(letter.timestamp_ms / 1000, timezone.utc)})")
+    click.echo(f"dead letter {letter.id}  (written {datetime.fromtimestamp(letter.timestamp_ms / 1000, UTC)})")
     click.echo("headers:")
     for name, value in letter.headers:
         click.echo(f"  {name}: {value_preview(value, 500)}")
@@ -208,7 +208,7 @@ def dlq_replay(topics, error_classes, stages, since, until, target, dry_run, lim
                             destination, letter.key, letter.value, dl.replay_headers(letter.headers, letter.id))
                         sent.append((letter, destination, future))
                 tally = await publisher.flush()
-            now = dl.iso_utc(datetime.now(timezone.utc))
+            now = dl.iso_utc(datetime.now(UTC))
             delivered = {letter.id: {"to": destination, "at": now, "fingerprint": letter.fingerprint}
                          for letter, destination, future in sent if _delivered(future)}
             await ledger.mark(delivered)

@@ -8,7 +8,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import structlog
@@ -88,7 +88,7 @@ class DeadLetter:
                 return datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
                 pass
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -102,7 +102,7 @@ class DeadLetter:
 
 def parse_moment(text: str, now: datetime | None = None) -> datetime:
     """ISO-8601 (a missing offset means UTC) or an age: '30s', '15m', '2h', '1d' ago."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     relative = RELATIVE.match(text.strip())
     if relative:
         return now - timedelta(seconds=float(relative.group(1)) * UNIT_SECONDS[relative.group(2)])
@@ -110,7 +110,7 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{text!r} is neither ISO-8601 nor an age like 15m, 2h, 1d") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -34,7 +34,7 @@ TS = click.option("--ts", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%
 
 
 def _now_or(ts: datetime | None) -> datetime:
-    return ts or datetime.now(timezone.utc)
+    return ts or datetime.now(UTC)
 
 
 def _coordinate_pair(_ctx, _param, value: str | None) -> tuple[float, float] | None:
@@ -176,7 +176,7 @@ def produce_request(order_id, restaurant, customer, prep_min, radius_km, geo_key
 
         return AssignmentRequested(
             eventId=f"{_fill(order_id, number)}:requested", eventType="AssignmentRequested",
-            occurredAt=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            occurredAt=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             orderId=_fill(order_id, number), geoKey=geo_key or region_key(*restaurant),
             restaurantLatitude=restaurant[0], restaurantLongitude=restaurant[1],
             customerLatitude=customer[0], customerLongitude=customer[1],
@@ -233,7 +233,7 @@ def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_p
         city=CITIES[city], drivers=drivers, orders_per_s=orders_per_s,
         ping_interval_s=ping_interval_s or settings.heartbeat_interval_s, dropout_per_hour=dropout_per_hour,
         malformed_fraction=malformed_fraction, speedup=speedup, seed=seed,
-        run_id=run_id if run_id is not None else datetime.now(timezone.utc).strftime("%H%M%S-"),
+        run_id=run_id if run_id is not None else datetime.now(UTC).strftime("%H%M%S-"),
     )
     report = commandline.run(run_simulation(
         settings, config, duration_s=duration_s, pace=pace, fmt=fmt, live=live, stats_url=stats_url,

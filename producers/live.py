@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,7 @@ async def run_simulation(
     tick_s: float = 0.5,
 ) -> Report:
     wall_start = time.monotonic()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # As fast as possible, event times are laid out so that the last one is now (never in the future).
     start = now if pace == "realtime" else now - timedelta(seconds=duration_s)
     sim = CitySimulation(config, start)

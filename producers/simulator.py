@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import orjson
@@ -194,7 +194,7 @@ class CitySimulation:
             raise ValueError("start must carry a time zone")
         self.config = config
         self.city = config.city
-        self.start = start.astimezone(timezone.utc)
+        self.start = start.astimezone(UTC)
         self.now_s = 0.0
         self.counts = Counts()
         # Independent streams: orders do not shift when a trip changes a driver's path, nor faults either.

@@ -145,7 +145,9 @@ class Deployment:
             timeout=timeout,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"geodispatch {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"geodispatch {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def apply_topics(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -17,7 +17,7 @@ KM_NORTH = 1 / 111.195  # degrees of latitude per kilometre
 
 
 def iso(offset_s: float = 0) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=offset_s)).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat()
 
 
 def request(order_id: str, lat: float = RESTAURANT[0], lng: float = RESTAURANT[1], **extra) -> bytes:

@@ -4,7 +4,7 @@ good record after it is still processed."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from schemas import dead_letter as dl
 from tests.integration.harness import wait_for
@@ -21,7 +21,7 @@ def test_poisoned_record_is_dead_lettered_and_the_next_one_processed(deployment)
     topic = deployment.names.locations("4_-7")
     poison = b"\x00\x00\x00\x00\x01\xff\xfe not avro"
     good = json.dumps({"driver_id": "drv_dlq", "lat": 40.7128, "lng": -74.006,
-                       "ts": datetime.now(timezone.utc).isoformat()}).encode()
+                       "ts": datetime.now(UTC).isoformat()}).encode()
     deployment.produce(topic, [(b"drv_dlq", poison)], headers=[("trace-id", b"abc")])
     deployment.produce(topic, [(b"drv_dlq", good)])
 

@@ -7,14 +7,14 @@ import os
 import signal
 import sqlite3
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from consumers.orders import transition
 from schemas.codec import default_codec
 from schemas.models import AssignmentResponse
 from tests.integration.harness import PYTHON, ROOT, wait_for
 
-AT = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+AT = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
 
 
 def answers(orders: int) -> list[AssignmentResponse]:

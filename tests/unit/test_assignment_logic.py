@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from schemas.models import AssignmentRequested
 from streams.logic import assignment as decide
 from streams.logic.scoring import ScoreWeights
 
-AT = datetime(2024, 1, 15, 10, 30, 5, tzinfo=timezone.utc)
+AT = datetime(2024, 1, 15, 10, 30, 5, tzinfo=UTC)
 GOOD = {"restaurantLatitude": 40.7128, "restaurantLongitude": -74.006, "customerLatitude": 40.7589,
         "customerLongitude": -73.9851}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +27,7 @@ from schemas import (
 from schemas.codec import AVRO_DIR
 from schemas.models import ALL_MESSAGES
 
-NOW = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
 EXAMPLES = [
     LocationPing(driver_id="drv_7", lat=40.7128, lng=-74.006, speed_mps=8.3, heading_deg=90.0, accuracy_m=5.0, ts=NOW),
     DriverStatus(driver_id="drv_7", online=True, eligibility="ACTIVE", ts=NOW),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,7 +10,7 @@ from consumers.dlq import DeadLetter, Selection, parse_moment, plan_replay
 from consumers.text import table
 from schemas import dead_letter as dl
 
-NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
 
 def letter(offset: int, topic: str | None = "p.driver_locations.4_-7", error_class: str = "InvalidMessage",
@@ -49,8 +49,8 @@ def test_moments_are_iso_or_ages():
     assert parse_moment("15m", now=NOW) == NOW - timedelta(minutes=15)
     assert parse_moment("2h", now=NOW) == NOW - timedelta(hours=2)
     assert parse_moment("1d", now=NOW) == NOW - timedelta(days=1)
-    assert parse_moment("2026-01-15T10:00:00Z") == datetime(2026, 1, 15, 10, tzinfo=timezone.utc)
-    assert parse_moment("2026-01-15T10:00:00") == datetime(2026, 1, 15, 10, tzinfo=timezone.utc)
+    assert parse_moment("2026-01-15T10:00:00Z") == datetime(2026, 1, 15, 10, tzinfo=UTC)
+    assert parse_moment("2026-01-15T10:00:00") == datetime(2026, 1, 15, 10, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_moment("yesterday")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from consumers.orders import transition
 from schemas.models import AssignmentResponse
 
-AT = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+AT = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
 
 
 def assigned(driver: str) -> AssignmentResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from infra.topics import TopicNames
 from producers.publisher import RecordTooLarge, destination, record_size
 from schemas.models import AssignmentRequested, DriverStatus, LocationPing, TripEvent
 
-TS = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+TS = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
 NAMES = TopicNames("p.")
 
 

@@ -3,7 +3,7 @@ exactly the malformed fraction it is asked for."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -20,7 +20,7 @@ from producers.simulator import (
 from schemas.codec import default_codec
 from schemas.models import AssignmentRequested, AssignmentResponse, DriverStatus, LocationPing, TripEvent
 
-START = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+START = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
 
 
 def run(config: SimulationConfig, seconds: float = 60, tick: float = 0.5) -> list:
