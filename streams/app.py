@@ -11,7 +11,7 @@ from streams.faust_fixes import install_ack_guard, install_gap_guard
 from streams.index import IndexWriter
 from streams.runtime import Runtime
 from streams.settings import Settings
-from streams.tables import DecisionStore, SessionStore, raw_table
+from streams.tables import DecisionStore, SessionStore, fenced_table, raw_table
 from streams.topics import Topics
 
 
@@ -74,7 +74,8 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(f"{settings.topic_prefix}{settings.app_id}", **faust_options(settings))
     runtime = Runtime.build(settings)
     runtime.topics = Topics(app, runtime.names, settings.regions)
-    runtime.sessions = SessionStore(raw_table(app, "driver_sessions", settings.partitions))
+    stale = runtime.metrics.fenced_writes.labels(store="changelog").inc
+    runtime.sessions = SessionStore(fenced_table(app, "driver_sessions", settings.partitions, stale), runtime.fence)
     runtime.decisions = DecisionStore(raw_table(app, "assignment_decisions", settings.partitions))
     runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
     runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)

@@ -22,10 +22,10 @@ from streams.logic.sessions import DriverSession, session_response
 # the index already holds a newer version of that driver, and moves the driver between its resolution-9
 # cell set and the GEO set of available drivers: it is in both only if assignable and not reserved
 # (Redis GEO stops at 85.05 degrees of latitude; no delivery fleet works beyond it).
-# Fencing: ARGV[12] is the writer's consumer-group generation. A write from an older generation than
-# the driver's last writer comes from a worker that lost the partition without noticing (paused,
-# cut off): it is refused (-1). A newer generation wins whatever the version, since a new owner
-# restarts from the changelog and may be behind the zombie's unflushed versions.
+# Fencing: ARGV[12] is the writer's fence token (streams.logic.fencing). A write with an older token
+# than the driver's last writer comes from a worker that lost the partition without noticing (paused,
+# cut off): it is refused (-1). A newer token wins whatever the version, since a new owner restarts
+# from the changelog and may be behind the zombie's unflushed versions.
 # A rebuild (ARGV[11] = '1') rewrites the same version too: a cell set may have been lost while the
 # driver's hash survived, and only rewriting the driver puts it back.
 UPSERT = """
@@ -35,11 +35,11 @@ if holder then
     if order == holder then redis.call('DEL', KEYS[2]) break end
   end
 end
-local cur = redis.call('HMGET', KEYS[1], 'ver', 'gen')
+local cur = redis.call('HMGET', KEYS[1], 'ver', 'fence')
 if cur[1] then
-  local gen, mine = tonumber(cur[2] or '0'), tonumber(ARGV[12])
-  if gen > mine then return -1 end
-  if gen == mine then
+  local fence, mine = tonumber(cur[2] or '0'), tonumber(ARGV[12])
+  if fence > mine then return -1 end
+  if fence == mine then
     local ver = tonumber(cur[1])
     local myver = tonumber(ARGV[1])
     if ver > myver or (ver == myver and ARGV[11] ~= '1') then return 0 end
@@ -55,7 +55,7 @@ if ARGV[7] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then avail = '1' end
 -- A driver on a trip (ARGV[13], the session's trip_id) holds that order: restore the reservation if
 -- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
 if ARGV[13] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[13]) end
-redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'gen', ARGV[12], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4],
+redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'fence', ARGV[12], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4],
            'ts', ARGV[5], 'c9', ARGV[6], 'avail', avail)
 if avail == '1' then
   redis.call('SADD', ARGV[8] .. 'c9:' .. ARGV[6], ARGV[9])
@@ -99,7 +99,7 @@ return ARGV[1]
 class WriteResult:
     applied: int = 0
     stale: int = 0  # the index already had this version or a newer one
-    fenced: int = 0  # refused: written by a newer consumer-group generation
+    fenced: int = 0  # refused: the driver's state was written by a newer owner (a higher fence token)
 
 
 @dataclass(frozen=True)
@@ -149,12 +149,11 @@ class RegionIndex:
     # -- writes from the sessions agent ---------------------------------------------------------
 
     async def write_sessions(
-        self, sessions: Iterable[DriverSession], generation: int, rebuild: bool = False
+        self, sessions: Iterable[DriverSession], fence: int, rebuild: bool = False
     ) -> WriteResult:
-        """Applies session changes in one pipelined round trip, fenced by the writer's
-        consumer-group generation."""
+        """Applies session changes in one pipelined round trip, fenced by the writer's token."""
         calls = [
-            (self._session_keys(session), [*self._session_args(session, rebuild), generation, session.trip_id or ""])
+            (self._session_keys(session), [*self._session_args(session, rebuild), fence, session.trip_id or ""])
             for session in sessions
         ]
         if not calls:
@@ -312,13 +311,13 @@ class IndexWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    async def flush(self, generation: int) -> WriteResult:
+    async def flush(self, fence: int) -> WriteResult:
         if not self._pending:
             return WriteResult()
         batch, self._pending = self._pending, {}
         started = time.perf_counter()
         try:
-            result = await self._index.write_sessions(batch.values(), generation)
+            result = await self._index.write_sessions(batch.values(), fence)
         except (aioredis.RedisError, OSError):
             # Put the batch back under anything newer that arrived meanwhile.
             for driver_id, change in batch.items():
@@ -328,5 +327,5 @@ class IndexWriter:
         self.failures = 0
         self._metrics.index_write_seconds.observe(time.perf_counter() - started)
         if result.fenced:
-            self._metrics.fenced_writes.inc(result.fenced)
+            self._metrics.fenced_writes.labels(store="index").inc(result.fenced)
         return result

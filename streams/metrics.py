@@ -96,7 +96,9 @@ class Metrics:
         )
         self.fenced_writes = Counter(
             "geodispatch_fenced_writes_total",
-            "Index writes refused because a newer consumer-group generation owns the driver now.",
+            "Writes of a worker that lost the driver's partition without noticing, refused: by the Redis "
+            "index (store=index) or skipped when a sessions table is restored (store=changelog).",
+            ["store"],
             registry=r,
         )
         self.index_write_seconds = Histogram(

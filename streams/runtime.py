@@ -9,6 +9,7 @@ from typing import Any
 from infra.topics import TopicNames
 from schemas.codec import Codec, default_codec
 from streams.index import RegionIndex
+from streams.logic.fencing import Fence
 from streams.logic.scoring import ScoreWeights
 from streams.logic.sessions import SessionRules
 from streams.metrics import Metrics
@@ -32,6 +33,8 @@ class Runtime:
     dead_letters: Any = None
     verifier: Any = None  # streams.auth.Verifier, or None when the API is open
     stats: dict[str, Any] = field(default_factory=dict)
+    # This worker's fencing token, advanced on every partition assignment (streams.agents.upkeep).
+    fence: Fence = field(default_factory=Fence)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

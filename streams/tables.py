@@ -6,13 +6,19 @@ have changed elsewhere before it comes back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import faust
 import orjson
+import structlog
 
+from streams.logic.fencing import Fence, Stamp, entries_to_keep
 from streams.logic.sessions import DriverSession
+
+log = structlog.get_logger(__name__)
+# The writer's fence token, stored beside the session's own fields in each changelog value.
+FENCE_FIELD = "fence"
 
 
 def raw_table(app: faust.App, name: str, partitions: int) -> Any:
@@ -25,12 +31,58 @@ def raw_table(app: faust.App, name: str, partitions: int) -> Any:
     )
 
 
+def session_stamp(raw: bytes | None) -> Stamp | None:
+    """The (fence, version) of a stored session; values written before fencing count as fence 0."""
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    return int(data.get(FENCE_FIELD, 0)), int(data.get("version", 0))
+
+
+class FencedTable(faust.Table):
+    """A sessions table whose restore from the changelog skips the late writes of a worker that had
+    lost the driver's partition (paused past its session timeout): Faust's changelog writes are plain
+    produce requests, so such a write can land after the new owner's and would otherwise win the
+    next restore, bringing back a finished trip and the reservation it held."""
+
+    def __init__(self, *args: Any, on_stale: Callable[[int], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_stale = on_stale
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        events = list(batch)
+        kept = entries_to_keep(
+            ((e.message.key, session_stamp(e.message.value)) for e in events),
+            lambda key: session_stamp(self.data.get(key)),
+        )
+        if len(kept) < len(events):
+            self._on_stale(len(events) - len(kept))
+            log.warning("changelog_stale_entries_skipped", table=self.name, skipped=len(events) - len(kept))
+        super().apply_changelog_batch([events[i] for i in kept])
+
+
+def fenced_table(app: faust.App, name: str, partitions: int, on_stale: Callable[[int], None]) -> Any:
+    table = FencedTable(
+        app,
+        name=name,
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        on_stale=on_stale,
+    )
+    return app.tables.add(table)
+
+
 class SessionStore:
     """Driver sessions by driver id. Writes must happen while processing the driver's own record
-    (Faust sends the changelog record to that record's partition)."""
+    (Faust sends the changelog record to that record's partition), and carry this worker's fence
+    token so that a restore can tell the owner's writes from a zombie's."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, fence: Fence) -> None:
         self.table = table
+        self.fence = fence
         self.cache: dict[str, DriverSession] = {}
 
     def get(self, driver_id: str) -> DriverSession | None:
@@ -44,7 +96,7 @@ class SessionStore:
 
     def put(self, session: DriverSession) -> None:
         self.cache[session.driver_id] = session
-        self.table[session.driver_id.encode()] = orjson.dumps(session.to_dict())
+        self.table[session.driver_id.encode()] = orjson.dumps({**session.to_dict(), FENCE_FIELD: self.fence.token})
 
     def forget_all(self) -> None:
         self.cache.clear()

@@ -24,7 +24,7 @@ INDEX_FLUSH_INTERVAL_S = 0.01
 async def flush_index() -> None:
     runtime: Runtime = app.runtime
     try:
-        await runtime.index_writer.flush(app.consumer_generation_id)
+        await runtime.index_writer.flush(runtime.fence.token)
     except (RedisError, OSError) as exc:
         if runtime.index_writer.failures in (1, 10) or runtime.index_writer.failures % 100 == 0:
             log.error("index_write_failed", error=str(exc), pending=runtime.index_writer.pending,
@@ -47,7 +47,7 @@ async def keep_index_whole() -> None:
         sessions = list(runtime.sessions.load_all())
         for start in range(0, len(sessions), REBUILD_CHUNK):
             chunk = sessions[start : start + REBUILD_CHUNK]
-            await runtime.index.write_sessions(chunk, app.consumer_generation_id, rebuild=True)
+            await runtime.index.write_sessions(chunk, runtime.fence.token, rebuild=True)
     except (RedisError, OSError) as exc:
         log.error("index_rebuild_failed", error=str(exc))
         return
@@ -80,6 +80,14 @@ async def check_heartbeats() -> None:
     for driver_id in due:
         command = DriverCommand(driver_id=driver_id, kind="heartbeat_check", ts=ts)
         await runtime.topics.driver_commands.send(key=driver_id.encode(), value=runtime.codec.encode(command))
+
+
+@app.on_partitions_assigned.connect
+async def advance_fence(sender, assigned, **kwargs) -> None:
+    """A new assignment makes this worker the newest owner of its partitions: before any of their
+    records is processed, its writes get a token newer than any earlier owner's."""
+    token = app.runtime.fence.advance(now_ms())
+    log.info("fence_advanced", token=token, partitions=len(assigned))
 
 
 @app.on_partitions_revoked.connect

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import time
 
+import orjson
+import redis
+
 from tests.integration.drivers import (
     NYC,
     cell9,
     delete_redis_keys,
     nearby,
+    send_assign,
     send_ping,
     send_status,
+    send_trip,
     session,
     wait_nearby,
 )
+from tests.integration.harness import REDIS_URL, wait_for
 
 DRIVERS = [f"drv_r{i}" for i in range(6)]
 PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "60"}
@@ -53,6 +59,43 @@ def test_restart_with_an_empty_data_dir_restores_from_the_changelog(deployment):
     worker = deployment.start_worker("w2", **PATIENT)  # a new data directory: only the changelog
     worker.wait_ready(timeout=90)
     wait_nearby(worker, cell9(), lambda d: sorted(d) == DRIVERS, k=2, timeout=60, message="fleet restored")
+
+
+def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore(deployment):
+    """A worker paused past its session timeout wakes up and writes the session it still holds (the
+    trip open, a higher version) to the changelog after the new owner's. A restore must keep the
+    owner's state: otherwise the finished trip, and its reservation in Redis, come back."""
+    driver, order = "drv_fenced", "ord_done"
+    changelog = f"{deployment.prefix}geodispatch-driver_sessions-changelog"
+    worker = deployment.start_worker("w1", **PATIENT)
+    worker.wait_ready()
+    send_status(deployment, driver)
+    send_ping(deployment, driver)
+    send_assign(deployment, driver, order)
+    send_trip(deployment, driver, order, "delivered")
+    wait_nearby(worker, cell9(), lambda d: d == [driver], k=2, message="the driver free after the delivery")
+
+    def owners_last_entry():
+        entries = [r for r in deployment.read_all(changelog) if r.key == driver.encode()]
+        last = entries[-1] if entries else None
+        return last if last is not None and order in orjson.loads(last.value)["closed_trips"] else None
+
+    last = wait_for(owners_last_entry, timeout=30, message="the delivery in the changelog")
+    worker.stop()
+    owner = orjson.loads(last.value)
+    assert owner["fence"] > 0 and owner["trip_id"] is None
+    zombie = {**owner, "trip_id": order, "closed_trips": [], "version": owner["version"] + 5,
+              "fence": owner["fence"] - 1}
+    deployment.produce(changelog, [(driver.encode(), orjson.dumps(zombie))], partition=last.partition)
+    assert delete_redis_keys(deployment.redis_prefix) > 0
+
+    worker = deployment.start_worker("w2", **PATIENT)  # a new data directory: only the changelog
+    worker.wait_ready(timeout=90)
+    wait_nearby(worker, cell9(), lambda d: d == [driver], k=2, timeout=60, message="the driver restored free")
+    assert session(worker, driver)[1]["trip_id"] is None
+    assert redis.Redis.from_url(REDIS_URL).get(f"{deployment.redis_prefix}r:{driver}") is None
+    _, metrics = worker.get("/metrics")
+    assert 'geodispatch_fenced_writes_total{store="changelog"} 1.0' in metrics
 
 
 def test_index_rebuild_command_restores_deleted_keys(deployment):
