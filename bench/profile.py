@@ -96,33 +96,20 @@ def fold(raw: Path) -> dict[str, Any]:
     }
 
 
-def spy(pid: int, seconds: float, raw: Path) -> subprocess.Popen:
-    """py-spy sampling a running process for `seconds`, in the background."""
+def spy_command(pid: int, seconds: float, raw: Path) -> list[str]:
+    """py-spy sampling a running process for `seconds` at 250 Hz, raw stacks into `raw`."""
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return subprocess.Popen(
-        [
-            binary,
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(int(seconds)),
-            "-r",
-            "250",
-            "-f",
-            "raw",
-            "-o",
-            str(raw),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return [binary, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250", "-f", "raw", "-o", str(raw),
+            "--nonblocking"]
+
+
+def spy(pid: int, seconds: float, raw: Path) -> subprocess.Popen:
+    """py-spy sampling a running process, in the background."""
+    return subprocess.Popen(spy_command(pid, seconds, raw), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def profile(run) -> None:
     """Drains a backlog under py-spy; results in `run.results['profile']`."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     s = run.sizes
     dep = run.deployment("prof")
     dep.apply_topics()
@@ -137,21 +124,7 @@ def profile(run) -> None:
         seen0, cpu0 = pings_seen(worker.stats()), cpu_seconds(worker.pid)
         t0 = time.time()
         result = subprocess.run(
-            [
-                spy,
-                "record",
-                "-p",
-                str(worker.pid),
-                "-d",
-                str(int(s.profile_seconds)),
-                "-r",
-                "250",
-                "-f",
-                "raw",
-                "-o",
-                str(raw),
-                "--nonblocking",
-            ],
+            spy_command(worker.pid, s.profile_seconds, raw),
             capture_output=True,
             text=True,
             timeout=s.profile_seconds + 60,
@@ -173,7 +146,8 @@ def profile(run) -> None:
             py_spy=result.stderr.strip().splitlines()[-2:] if result.stderr else [],
         )
         run.results["profile"] = folded
-        shutil.copy(raw, run.out / "profile.raw.txt") if getattr(run, "out", None) else None
+        if run.out is not None:
+            shutil.copy(raw, run.out / "profile.raw.txt")
         run.log(
             f"profile: {seen / elapsed:.0f} pings/s under py-spy, {us_per_ping:.0f} us CPU per ping; "
             f"self time by library: {dict(list(folded['self_by_library'].items())[:6])}"
