@@ -30,6 +30,10 @@ def worker(web_port: int | None) -> None:
     if web_port is not None:
         os.environ["GEODISPATCH_WEB_PORT"] = str(web_port)
     settings = _settings()
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")  # before faust creates the loop
     from streams.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -117,7 +121,7 @@ def index_rebuild() -> None:
     settings = _settings()
 
     async def run() -> str:
-        idx = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix)
+        idx = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
         try:
             return await idx.request_rebuild()
         finally:
