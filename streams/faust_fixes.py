@@ -36,34 +36,77 @@ def install_ack_guard() -> None:
 # faust-streaming treats a jump in the offsets it reads as a gap to skip (meant for compacted topics
 # and transaction markers) and marks the missing offsets acked, so the next commit moves past them.
 # Our acked topics are never compacted and our producers are not transactional, so a jump there
-# means faust skipped records it had fetched: around a rebalance after the broker came back, a
-# batch fetched under the old generation is cut off and the next fetch starts after it (faust
-# issues 216 and 221). Our broker-restart fault test lost 17 requests exactly this way. Instead of
-# acking the gap we ask the group to rebalance once: the commit stays before the gap, and the
-# rebalance seeks every partition back to its committed offset, so the skipped records are read
-# again (and those after them processed twice, which our idempotent effects allow). A gap seen
-# twice is filled as faust would, with an error logged, so that records really gone (deleted by
-# retention while a worker was down) cannot make the group rebalance forever.
+# means faust skipped records it had fetched: around a rebalance, a batch fetched under the old
+# generation is cut off and the next fetch starts after it (faust issues 216 and 221). Our
+# broker-restart fault test lost 17 requests exactly this way. The guard reads the skipped records
+# from the log itself and hands them to faust's own message callback, in order, before the record that
+# revealed the jump: they are then tracked, processed and acked like any other. (Asking the group to
+# rebalance instead, so that it would seek back, did not always bring them back: the long churn and
+# zombie runs each lost a request after such a rebalance.) When they cannot all be read (deleted by
+# retention while a worker was down, or the broker unreachable), the group is asked to rebalance
+# once, and the same gap seen again is filled as faust would, with an error logged, so that records
+# really gone cannot make the group rebalance forever.
 _GAP_FLAG = "_geodispatch_gap_guard"
+GAP_READ_TIMEOUT_S = 10.0
+
+
+async def read_skipped(consumer: Consumer, tp: Any, first: int, end: int) -> list[Any]:
+    """The records of one partition from `first` up to `end` (excluded), read with a consumer of
+    their own (no group) configured like the app's."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    settings = consumer.app.runtime.settings
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                              group_id=None, **settings.kafka_client_options())
+    await reader.start()
+    try:
+        partition = TopicPartition(tp.topic, tp.partition)
+        reader.assign([partition])
+        reader.seek(partition, first)
+        records: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + GAP_READ_TIMEOUT_S
+        while (not records or records[-1].offset < end - 1) and asyncio.get_running_loop().time() < deadline:
+            batch = await reader.getmany(partition, timeout_ms=500, max_records=end - first)
+            fetched = batch.get(partition, [])
+            records.extend(r for r in fetched if r.offset < end)
+            if any(r.offset >= end - 1 for r in fetched):
+                break
+        return records
+    finally:
+        await reader.stop()
 
 
 def install_gap_guard() -> None:
     if getattr(Consumer._add_gap, _GAP_FLAG, False):
         return
     import structlog
+    from aiokafka.errors import KafkaError
 
     log = structlog.get_logger(__name__)
     original = Consumer._add_gap
     refused: set[tuple[Any, int]] = set()
 
     async def _add_gap(self: Consumer, tp: Any, offset_from: int, offset_to: int) -> None:
+        where = {"topic": tp.topic, "partition": tp.partition, "first": offset_from, "last": offset_to - 1}
+        try:
+            records = await read_skipped(self, tp, offset_from, offset_to)
+        except (KafkaError, OSError) as exc:
+            log.error("offset_gap_unreadable", **where, error=str(exc))
+            records = []
+        if [r.offset for r in records] == list(range(offset_from, offset_to)):
+            log.warning("offset_gap_filled", **where, action="read from the log and processed in order")
+            for record in records:
+                await self.callback(self._to_message(tp, record))
+            return
         if (tp, offset_from) in refused:
-            log.error("offset_gap_skipped", topic=tp.topic, partition=tp.partition, first=offset_from,
-                      last=offset_to - 1)
+            log.error("offset_gap_skipped", **where)
             return await original(self, tp, offset_from, offset_to)
         refused.add((tp, offset_from))
-        log.error("offset_gap_refused", topic=tp.topic, partition=tp.partition, first=offset_from,
-                  last=offset_to - 1, action="rebalance to re-read from the committed offset")
+        log.error("offset_gap_refused", **where, read=len(records),
+                  action="rebalance to re-read from the committed offset")
         _request_rejoin(self)
 
     setattr(_add_gap, _GAP_FLAG, True)

@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError
 
 from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, session_response
+from streams.routing import key_partition
 
 # First releases the driver's reservation if it is held by an order the session has closed (delivered
 # or cancelled): always, even for a stale or fenced write, since a finished order must never keep a
@@ -28,6 +29,11 @@ from streams.logic.sessions import DriverSession, session_response
 # from the changelog and may be behind the zombie's unflushed versions.
 # A rebuild (ARGV[11] = '1') rewrites the same version too: a cell set may have been lost while the
 # driver's hash survived, and only rewriting the driver puts it back.
+# Readiness: KEYS[4] marks the driver's partition as rebuilt since Redis was last emptied. Without it,
+# any write but a rebuild is held (-2) and stays pending in the writer: a reservation lost with Redis
+# comes back only when the driver's session has heard of its trip, so until the owner has applied every
+# driver command sent before the wipe, no write may show one of its drivers as free (see
+# streams.agents.upkeep).
 UPSERT = """
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -35,6 +41,7 @@ if holder then
     if order == holder then redis.call('DEL', KEYS[2]) break end
   end
 end
+if ARGV[11] ~= '1' and redis.call('EXISTS', KEYS[4]) == 0 then return -2 end
 local cur = redis.call('HMGET', KEYS[1], 'ver', 'fence')
 if cur[1] then
   local fence, mine = tonumber(cur[2] or '0'), tonumber(ARGV[12])
@@ -100,6 +107,7 @@ class WriteResult:
     applied: int = 0
     stale: int = 0  # the index already had this version or a newer one
     fenced: int = 0  # refused: the driver's state was written by a newer owner (a higher fence token)
+    held: tuple[str, ...] = ()  # drivers whose partition is not ready yet: to be written again later
 
 
 @dataclass(frozen=True)
@@ -117,16 +125,17 @@ class Reservation:
 
 
 class RegionIndex:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, partitions: int) -> None:
         self.redis = client
         self.prefix = prefix
+        self.partitions = partitions
         self._upsert = client.register_script(UPSERT)
         self._reserve = client.register_script(RESERVE)
         self._record_failure = client.register_script(RECORD_FAILURE)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> RegionIndex:
-        return cls(aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30), prefix)
+    def from_url(cls, url: str, prefix: str, partitions: int) -> RegionIndex:
+        return cls(aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30), prefix, partitions)
 
     def driver_key(self, driver_id: str) -> str:
         return f"{self.prefix}d:{driver_id}"
@@ -146,12 +155,16 @@ class RegionIndex:
     def epoch_key(self) -> str:
         return f"{self.prefix}meta:epoch"
 
+    def ready_key(self, partition: int) -> str:
+        return f"{self.prefix}meta:ready:{partition}"
+
     # -- writes from the sessions agent ---------------------------------------------------------
 
     async def write_sessions(
         self, sessions: Iterable[DriverSession], fence: int, rebuild: bool = False
     ) -> WriteResult:
         """Applies session changes in one pipelined round trip, fenced by the writer's token."""
+        sessions = list(sessions)
         calls = [
             (self._session_keys(session), [*self._session_args(session, rebuild), fence, session.trip_id or ""])
             for session in sessions
@@ -164,7 +177,8 @@ class RegionIndex:
             # Redis restarted or was replaced and forgot the script: load it and send again.
             await self.redis.script_load(UPSERT)
             results = await self._upsert_many(calls)
-        return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1))
+        held = tuple(s.driver_id for s, result in zip(sessions, results, strict=True) if result == -2)
+        return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1), held=held)
 
     async def _upsert_many(self, calls: list[tuple[list[str], list[object]]]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -173,7 +187,9 @@ class RegionIndex:
         return await pipe.execute()
 
     def _session_keys(self, session: DriverSession) -> list[str]:
-        return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id), self.available_key]
+        partition = key_partition(session.driver_id.encode(), self.partitions)
+        return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id), self.available_key,
+                self.ready_key(partition)]
 
     def _session_args(self, session: DriverSession, rebuild: bool) -> list[object]:
         return [
@@ -199,6 +215,20 @@ class RegionIndex:
             await self.redis.set(self.epoch_key, uuid.uuid4().hex, nx=True)
             epoch = await self.redis.get(self.epoch_key)
         return epoch
+
+    async def unready(self, partitions: Iterable[int]) -> list[int]:
+        """Of these partitions, those not rebuilt since Redis was last emptied."""
+        wanted = sorted(partitions)
+        if not wanted:
+            return []
+        flags = await self.redis.mget([self.ready_key(p) for p in wanted])
+        return [p for p, flag in zip(wanted, flags, strict=True) if flag is None]
+
+    async def mark_ready(self, partitions: Iterable[int], epoch: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.set(self.ready_key(partition), epoch)
+        await pipe.execute()
 
     async def request_rebuild(self) -> str:
         """Starts a new epoch: every worker rebuilds its part of the index on its next check."""
@@ -303,6 +333,9 @@ class IndexWriter:
         # What this worker last rebuilt the index for: the index's epoch and the rebalance count.
         self.epoch: str | None = None
         self.rebalance = -1
+        # While partitions are not ready: which, and the driver-command offsets to apply first.
+        self.unready: set[int] = set()
+        self.catch_up: dict[int, int] | None = None
 
     def stage(self, session: DriverSession) -> None:
         self._pending[session.driver_id] = session
@@ -311,10 +344,23 @@ class IndexWriter:
     def pending(self) -> int:
         return len(self._pending)
 
+    def forget_all(self) -> None:
+        """Drops what waits: after a rebalance some of it may be another worker's now, and flushed
+        with this worker's new token it would fence the new owner out. The rebuild that follows every
+        rebalance rewrites this worker's sessions from its table."""
+        self._pending.clear()
+
     async def flush(self, fence: int) -> WriteResult:
         if not self._pending:
             return WriteResult()
         batch, self._pending = self._pending, {}
+        if self.unready:
+            # Redis would refuse them anyway: keep them back without a round trip each.
+            partitions = self._settings.partitions
+            for driver_id in [d for d in batch if key_partition(d.encode(), partitions) in self.unready]:
+                self._pending[driver_id] = batch.pop(driver_id)
+            if not batch:
+                return WriteResult()
         started = time.perf_counter()
         try:
             result = await self._index.write_sessions(batch.values(), fence)
@@ -325,6 +371,8 @@ class IndexWriter:
             self.failures += 1
             raise
         self.failures = 0
+        for driver_id in result.held:
+            self._pending.setdefault(driver_id, batch[driver_id])
         self._metrics.index_write_seconds.observe(time.perf_counter() - started)
         if result.fenced:
             self._metrics.fenced_writes.labels(store="index").inc(result.fenced)

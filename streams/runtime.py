@@ -33,6 +33,10 @@ class Runtime:
     dead_letters: Any = None
     verifier: Any = None  # streams.auth.Verifier, or None when the API is open
     stats: dict[str, Any] = field(default_factory=dict)
+    # The next driver-command offset to apply, by partition (streams.agents.sessions).
+    commands_applied: dict[int, int] = field(default_factory=dict)
+    # Heartbeat checks sent and not yet applied: driver id to when (streams.agents.upkeep).
+    heartbeat_checks: dict[str, int] = field(default_factory=dict)
     # This worker's fencing token, advanced on every partition assignment (streams.agents.upkeep).
     fence: Fence = field(default_factory=Fence)
 
@@ -43,7 +47,9 @@ class Runtime:
             names=TopicNames(settings.topic_prefix),
             metrics=Metrics(),
             codec=default_codec(),
-            index=RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix),
+            index=RegionIndex.from_url(
+                settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions
+            ),
             rules=SessionRules(
                 min_ping_interval_ms=int(settings.min_ping_interval_s * 1000),
                 max_future_skew_ms=int(settings.max_future_skew_s * 1000),

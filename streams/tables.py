@@ -13,7 +13,7 @@ import faust
 import orjson
 import structlog
 
-from streams.logic.fencing import Fence, Stamp, entries_to_keep
+from streams.logic.fencing import Fence, Stamp, advances_persisted_offset, entries_to_keep
 from streams.logic.sessions import DriverSession
 
 log = structlog.get_logger(__name__)
@@ -59,6 +59,24 @@ class FencedTable(faust.Table):
             self._on_stale(len(events) - len(kept))
             log.warning("changelog_stale_entries_skipped", table=self.name, skipped=len(events) - len(kept))
         super().apply_changelog_batch([events[i] for i in kept])
+        # Read up to the batch's end, skipped entries included: the next restore starts after them.
+        ends: dict[Any, int] = {}
+        for event in events:
+            tp = event.message.tp
+            ends[tp] = max(ends.get(tp, -1), event.message.offset)
+        for tp, offset in ends.items():
+            self.data.set_persisted_offset(tp, offset)
+
+    def _on_changelog_sent(self, fut: Any) -> None:
+        # Faust makes each acknowledged write of ours the store's persisted offset, and the next restore
+        # starts after it. A zombie's late write would then hide the new owner's entries from its restore.
+        written = fut.result()
+        persisted = self.data.persisted_offset(written.topic_partition)
+        if not advances_persisted_offset(persisted, written.offset):
+            log.warning("changelog_offset_kept", table=self.name, partition=written.topic_partition.partition,
+                        persisted=persisted, written=written.offset)
+            return
+        super()._on_changelog_sent(fut)
 
 
 def fenced_table(app: faust.App, name: str, partitions: int, on_stale: Callable[[int], None]) -> Any:

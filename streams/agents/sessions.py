@@ -58,6 +58,7 @@ def _apply(runtime: Runtime, kind: str, region: str | None, record, now: int) ->
         return apply_trip(session, record)
     if record.kind == "assign":
         return apply_assignment(session, record.driver_id, record.order_id)
+    runtime.heartbeat_checks.pop(record.driver_id, None)
     return check_heartbeat(session, now, runtime.rules) if session else Effects("unknown")
 
 
@@ -95,6 +96,9 @@ async def process(runtime: Runtime, message) -> None:
         if kind == "location":
             runtime.metrics.pings.labels(outcome=f"invalid_{exc.field or 'value'}").inc()
         raise
+    finally:
+        if kind == "command":  # applied, or dead-lettered by the caller: either way done with
+            runtime.commands_applied[message.partition] = message.offset + 1
 
 
 async def _process(runtime: Runtime, message, kind: str, region: str | None) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import structlog
+from faust.types import TP
 from redis.exceptions import RedisError
 
 from schemas.models import DriverCommand
 from streams.app import app
 from streams.index import now_ms
-from streams.logic.sessions import heartbeat_due
+from streams.logic.sessions import heartbeat_checks_due
 from streams.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -35,24 +36,53 @@ async def flush_index() -> None:
 @app.timer(interval=1.0, name="index_sync")
 async def keep_index_whole() -> None:
     """Rebuilds from the table when this worker's partitions changed or the index's epoch did
-    (Redis emptied or replaced, or `geodispatch index rebuild`)."""
+    (Redis emptied or replaced, or `geodispatch index rebuild`). A partition that is not ready (Redis
+    was emptied) is rebuilt and marked ready only once this worker has applied every driver command
+    sent to it before the loss was noticed: a lost reservation comes back from the session's trip,
+    and the session hears of the trip through such a command."""
     runtime: Runtime = app.runtime
     if app.rebalancing or app.in_recovery or not app.consumer.assignment():
         return
     writer = runtime.index_writer
+    commands = runtime.names.driver_commands
+    partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == commands}
     try:
         epoch = await runtime.index.current_epoch()
-        if epoch == writer.epoch and app.rebalancing_count == writer.rebalance:
+        unready = await runtime.index.unready(partitions)
+        writer.unready = set(unready)
+        if not unready and epoch == writer.epoch and app.rebalancing_count == writer.rebalance:
+            return
+        if unready and not await _commands_applied(runtime, commands, unready):
             return
         sessions = list(runtime.sessions.load_all())
         for start in range(0, len(sessions), REBUILD_CHUNK):
             chunk = sessions[start : start + REBUILD_CHUNK]
             await runtime.index.write_sessions(chunk, runtime.fence.token, rebuild=True)
+        await runtime.index.mark_ready(unready, epoch)
+        writer.unready = set()
     except (RedisError, OSError) as exc:
         log.error("index_rebuild_failed", error=str(exc))
         return
+    writer.catch_up = None
     writer.epoch, writer.rebalance = epoch, app.rebalancing_count
-    log.info("index_rebuilt", drivers=len(sessions), epoch=epoch, rebalance=app.rebalancing_count)
+    log.info("index_rebuilt", drivers=len(sessions), epoch=epoch, rebalance=app.rebalancing_count, readied=unready)
+
+
+async def _commands_applied(runtime: Runtime, topic: str, partitions: list[int]) -> bool:
+    """Whether this worker has applied the driver commands of these partitions up to their end
+    offsets as measured when it first found them not ready."""
+    writer = runtime.index_writer
+    if writer.catch_up is None or set(writer.catch_up) != set(partitions):
+        ends = await app.consumer.highwaters(*(TP(topic, p) for p in partitions))
+        writer.catch_up = {tp.partition: offset for tp, offset in ends.items()}
+        log.info("index_partitions_not_ready", partitions=partitions, apply_commands_up_to=writer.catch_up)
+    # The next offset faust would commit: everything before it is applied, even when this worker has
+    # applied no command of its own since it was assigned the partition.
+    committed = app.consumer._committed_offset
+    return all(
+        max(runtime.commands_applied.get(p, 0), committed.get(TP(topic, p)) or 0) >= end
+        for p, end in writer.catch_up.items()
+    )
 
 
 @app.timer(interval=max(0.2, app.runtime.settings.heartbeat_interval_s / 2), name="heartbeat_checks")
@@ -61,15 +91,13 @@ async def check_heartbeats() -> None:
     now = now_ms()
     online: dict[str, int] = {}
     available: dict[str, int] = {}
-    due = []
-    for session in list(runtime.sessions.cache.values()):
+    sessions = list(runtime.sessions.cache.values())
+    for session in sessions:
         region = session.region or "unknown"
         if session.online:
             online[region] = online.get(region, 0) + 1
             if session.assignable:
                 available[region] = available.get(region, 0) + 1
-        if heartbeat_due(session, now, runtime.rules):
-            due.append(session.driver_id)
     for region in set(online) | set(runtime.stats.get("regions", ())):
         runtime.metrics.drivers_online.labels(region=region).set(online.get(region, 0))
         runtime.metrics.drivers_available.labels(region=region).set(available.get(region, 0))
@@ -77,9 +105,10 @@ async def check_heartbeats() -> None:
     runtime.stats["drivers_online"] = sum(online.values())
     runtime.stats["drivers_available"] = sum(available.values())
     ts = datetime.now(UTC)
-    for driver_id in due:
+    for driver_id in heartbeat_checks_due(sessions, now, runtime.rules, runtime.heartbeat_checks):
         command = DriverCommand(driver_id=driver_id, kind="heartbeat_check", ts=ts)
         await runtime.topics.driver_commands.send(key=driver_id.encode(), value=runtime.codec.encode(command))
+        runtime.heartbeat_checks[driver_id] = now
 
 
 @app.on_partitions_assigned.connect
@@ -92,5 +121,9 @@ async def advance_fence(sender, assigned, **kwargs) -> None:
 
 @app.on_partitions_revoked.connect
 async def forget_revoked(sender, revoked, **kwargs) -> None:
-    """A partition given up may change elsewhere before it comes back: never trust its cache."""
+    """A partition given up may change elsewhere before it comes back: never trust its cache, nor
+    flush its index writes. Its drivers' heartbeat checks are now the new owner's to send."""
     app.runtime.sessions.forget_all()
+    app.runtime.index_writer.forget_all()
+    app.runtime.heartbeat_checks.clear()
+    app.runtime.commands_applied.clear()

@@ -26,6 +26,14 @@ class Fence:
         return self.token
 
 
+def advances_persisted_offset(persisted: int | None, written: int) -> bool:
+    """Whether this worker's own changelog write, acknowledged at offset `written`, may become the
+    store's persisted offset (where its next restore starts). Only if it directly follows: a gap means
+    another worker wrote to the partition meanwhile (this one was paused and lost it), and starting the
+    next restore after our write would skip theirs, so the fence filter could never judge them."""
+    return persisted is None or written == persisted + 1
+
+
 def entries_to_keep(
     entries: Iterable[tuple[bytes, Stamp | None]], stored: Callable[[bytes], Stamp | None]
 ) -> list[int]:

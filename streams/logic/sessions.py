@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -226,6 +227,22 @@ def check_heartbeat(session: DriverSession, now_ms: int, rules: SessionRules) ->
 def heartbeat_due(session: DriverSession, now_ms: int, rules: SessionRules) -> bool:
     seen = session.seen_ms
     return session.online and seen is not None and now_ms - seen >= rules.heartbeat_timeout_ms
+
+
+def heartbeat_checks_due(
+    sessions: Iterable[DriverSession], now_ms: int, rules: SessionRules, outstanding: Mapping[str, int]
+) -> list[str]:
+    """Drivers whose heartbeat is overdue and who have no check on its way (`outstanding`: driver id to
+    when its check was sent). One check per driver at a time: otherwise a worker that falls behind
+    queues another check for every overdue driver at every tick, and the checks bury the pings (the
+    benchmark's 100,000 silent drivers did exactly that). A check unanswered for a whole heartbeat
+    timeout is sent again."""
+    return [
+        s.driver_id
+        for s in sessions
+        if heartbeat_due(s, now_ms, rules)
+        and now_ms - outstanding.get(s.driver_id, now_ms - rules.heartbeat_timeout_ms) >= rules.heartbeat_timeout_ms
+    ]
 
 
 def session_response(session: DriverSession) -> dict[str, Any]:

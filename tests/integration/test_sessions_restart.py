@@ -3,11 +3,15 @@ when a worker starts, and on `geodispatch index rebuild` while workers run."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import UTC, datetime
 
 import orjson
 import redis
+from aiokafka import AIOKafkaProducer
 
+from streams.routing import key_partition
 from tests.integration.drivers import (
     NYC,
     cell9,
@@ -20,7 +24,7 @@ from tests.integration.drivers import (
     session,
     wait_nearby,
 )
-from tests.integration.harness import REDIS_URL, wait_for
+from tests.integration.harness import REDIS_URL, run, wait_for
 
 DRIVERS = [f"drv_r{i}" for i in range(6)]
 PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "60"}
@@ -98,13 +102,69 @@ def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore
     assert 'geodispatch_fenced_writes_total{store="changelog"} 1.0' in metrics
 
 
+def test_after_redis_is_emptied_no_driver_looks_free_before_the_commands_sent_before_are_applied(deployment):
+    """A reservation made just before Redis was emptied is lost with it; it comes back only when the
+    driver's session hears of the trip through the driver-commands topic. Until the worker has applied
+    every command sent before the loss, the index must not show that driver as free, or a second order
+    could take it. A backlog of other commands on the driver's partition makes the trip arrive late."""
+    driver, order = "drv_wiped", "ord_before_wipe"
+    worker = deployment.start_worker("w1", **PATIENT)
+    worker.wait_ready()
+    send_status(deployment, driver)
+    send_ping(deployment, driver)
+    wait_nearby(worker, cell9(), lambda d: d == [driver], k=2, message="the driver free")
+    worker.stop()
+
+    partition = key_partition(driver.encode(), deployment.partitions)
+    others = (f"drv_other{i}" for i in range(10**6))
+    backlog = [d for d in others if key_partition(d.encode(), deployment.partitions) == partition][:BACKLOG]
+    check = {"kind": "heartbeat_check", "ts": datetime.now(UTC).isoformat()}
+    records = [(d.encode(), orjson.dumps({**check, "driver_id": d})) for d in backlog]
+    records.append((driver.encode(), orjson.dumps({**check, "driver_id": driver, "kind": "assign", "order_id": order})))
+    produce_many(deployment, deployment.names.driver_commands, records)
+    assert delete_redis_keys(deployment.redis_prefix) > 0
+
+    worker = deployment.start_worker("w1", **PATIENT)  # same data directory: the session has no trip yet
+    seen_free = []
+
+    def trip_recorded():
+        try:  # from the moment the process starts, before its HTTP server listens
+            if driver in nearby(worker, cell9(), k=2)["drivers"]:
+                seen_free.append(time.monotonic())
+            status, body = session(worker, driver)
+        except OSError:
+            return False
+        return status == 200 and body["trip_id"] == order
+
+    wait_for(trip_recorded, timeout=120, interval=0.05, message="the trip to reach the session")
+    assert seen_free == [], "the driver was offered while its trip was still on its way"
+    assert redis.Redis.from_url(REDIS_URL).get(f"{deployment.redis_prefix}r:{driver}") == order.encode()
+
+
+BACKLOG = 8000
+
+
+def produce_many(deployment, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=deployment.bootstrap, acks="all", linger_ms=20)
+        await producer.start()
+        try:
+            await asyncio.gather(*[await producer.send(topic, value, key=key) for key, value in records])
+        finally:
+            await producer.stop()
+
+    run(send())
+
+
 def test_index_rebuild_command_restores_deleted_keys(deployment):
     worker = deployment.start_worker(**PATIENT)
     worker.wait_ready()
     _online_fleet(deployment, worker)
 
-    # Everything but the epoch: the worker cannot notice on its own, only the command repairs it.
-    assert delete_redis_keys(deployment.redis_prefix, keep=("meta:epoch",)) > 0
+    # Everything but the epoch and the partitions' readiness: the worker cannot notice on its own, only
+    # the command repairs it.
+    ready = tuple(f"meta:ready:{p}" for p in range(deployment.partitions))
+    assert delete_redis_keys(deployment.redis_prefix, keep=("meta:epoch", *ready)) > 0
     time.sleep(2.5)
     assert nearby(worker, cell9(), k=2)["drivers"] == []
     result = deployment.cli("index", "rebuild")

@@ -6,7 +6,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.logic.fencing import Fence, entries_to_keep
+from streams.logic.fencing import Fence, advances_persisted_offset, entries_to_keep
 from streams.logic.sessions import DriverSession
 from streams.tables import session_stamp
 
@@ -53,3 +53,10 @@ def test_a_stored_session_carries_its_writers_token_and_older_values_count_as_ze
     assert session_stamp(orjson.dumps(session.to_dict())) == (0, 7)
     assert session_stamp(None) is None
     assert DriverSession.from_dict(orjson.loads(orjson.dumps({**session.to_dict(), "fence": 1}))) == session
+
+
+def test_only_a_write_right_after_the_persisted_offset_moves_it():
+    assert advances_persisted_offset(None, 0) and advances_persisted_offset(None, 57)
+    assert advances_persisted_offset(170, 171)
+    # The zombie run: its store had 171; the new owner wrote 201-380; its own late write came back at 412.
+    assert not advances_persisted_offset(171, 412)

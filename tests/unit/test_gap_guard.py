@@ -10,6 +10,7 @@ import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
+from streams import faust_fixes
 from streams.faust_fixes import head_missing, install_commit_guard, install_gap_guard
 
 
@@ -25,23 +26,53 @@ def _fake_consumer() -> tuple[SimpleNamespace, _Loop, SimpleNamespace]:
     coordinator = SimpleNamespace(request_rejoin=lambda: None)
     loop = _Loop()
     thread = SimpleNamespace(thread_loop=loop, _ensure_consumer=lambda: SimpleNamespace(_coordinator=coordinator))
-    return SimpleNamespace(_thread=thread), loop, coordinator
+    delivered: list[int] = []
+
+    async def callback(message) -> None:
+        delivered.append(message)
+
+    consumer = SimpleNamespace(_thread=thread, callback=callback, delivered=delivered,
+                               _to_message=lambda tp, record: record.offset)
+    return consumer, loop, coordinator
 
 
-def test_a_gap_is_refused_once_with_a_rebalance_then_filled(monkeypatch):
+def _log_holding(offsets):
+    async def read(consumer, tp, first, end):
+        return [SimpleNamespace(offset=o) for o in offsets if first <= o < end]
+
+    return read
+
+
+def test_a_gap_is_read_from_the_log_and_processed_in_order(monkeypatch):
+    async def original(self, tp, offset_from, offset_to):
+        raise AssertionError("a gap that could be read must not be skipped")
+
+    monkeypatch.setattr(Consumer, "_add_gap", original)
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 100)))
+    install_gap_guard()
+    consumer, loop, _ = _fake_consumer()
+
+    # The broker-restart history: faust read offset 25, then 43.
+    asyncio.run(Consumer._add_gap(consumer, TP("t.requests", 0), 26, 43))
+    assert consumer.delivered == list(range(26, 43))  # handed on before 43, in order
+    assert loop.calls == []  # no rebalance needed
+
+
+def test_a_gap_that_cannot_be_read_is_refused_once_with_a_rebalance_then_filled(monkeypatch):
     filled: list[tuple] = []
 
     async def original(self, tp, offset_from, offset_to):
         filled.append((tp, offset_from, offset_to))
 
     monkeypatch.setattr(Consumer, "_add_gap", original)
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding([26, 27]))  # the rest deleted by retention
     install_gap_guard()
     consumer, loop, coordinator = _fake_consumer()
     tp = TP("t.requests", 0)
 
     asyncio.run(Consumer._add_gap(consumer, tp, 26, 43))
     assert loop.calls == [coordinator.request_rejoin]
-    assert filled == []
+    assert filled == [] and consumer.delivered == []  # nothing handed on out of order
 
     asyncio.run(Consumer._add_gap(consumer, tp, 26, 43))  # the same gap after the rebalance: really gone
     assert filled == [(tp, 26, 43)]

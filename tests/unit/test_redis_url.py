@@ -10,7 +10,7 @@ from streams.settings import Settings
 
 
 def _kwargs(url: str) -> tuple[type, dict]:
-    pool = RegionIndex.from_url(url, "gd:").redis.connection_pool
+    pool = RegionIndex.from_url(url, "gd:", 4).redis.connection_pool
     return pool.connection_class, pool.connection_kwargs
 
 

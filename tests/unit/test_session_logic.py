@@ -23,6 +23,7 @@ from streams.logic.sessions import (
     apply_status,
     apply_trip,
     check_heartbeat,
+    heartbeat_checks_due,
     heartbeat_due,
     session_response,
 )
@@ -194,6 +195,18 @@ def test_missed_heartbeats_take_an_online_driver_offline():
 def test_a_driver_offline_by_status_is_never_timed_out():
     s = apply_status(online_at(T0), status(T0 + 1, online=False), T0 + 1, RULES).session
     assert not heartbeat_due(s, T0 + 10**9, RULES)
+
+
+def test_one_heartbeat_check_per_overdue_driver_at_a_time():
+    silent = [replace(online_at(T0), driver_id=f"drv_{i}") for i in range(3)]
+    pinging = replace(online_at(T0 + 10_000), driver_id="drv_alive")
+    now = T0 + 15_000
+    assert heartbeat_checks_due([*silent, pinging], now, RULES, {}) == ["drv_0", "drv_1", "drv_2"]
+    outstanding = {"drv_0": now, "drv_1": now}
+    # The next ticks, while those two checks wait behind a backlog: only drv_2 is asked for again.
+    assert heartbeat_checks_due(silent, now + 2_500, RULES, outstanding) == ["drv_2"]
+    # A check unanswered for a whole heartbeat timeout is sent again.
+    assert heartbeat_checks_due(silent, now + 15_000, RULES, outstanding) == ["drv_0", "drv_1", "drv_2"]
 
 
 def test_a_timed_out_driver_comes_back_with_its_next_ping():
