@@ -110,7 +110,10 @@ async def process(runtime: Runtime, message) -> None:
     now = datetime.now(UTC)
     previous = runtime.decisions.get(order_id)
     if previous is not None and decide.reusable(previous, now_ms(), runtime.settings.failed_decision_ttl_s * 1000):
-        await _answer(runtime, message, region, previous, "repeated", {})
+        # The trip command again too: the worker that decided may have died after the decision reached
+        # the changelog but before the command did, and the driver's session would never hear of the
+        # trip. Applying it twice is a no-op (apply_assignment).
+        await _answer(runtime, message, region, previous, "repeated", {}, _trip_command(runtime, previous, now))
         return
     problem = decide.coordinates_problem(raw)
     if problem is not None:
@@ -123,12 +126,17 @@ async def process(runtime: Runtime, message) -> None:
         else:
             decision, context = await _choose(runtime, request, now)
     runtime.decisions.put(order_id, decision)
-    trip = []
-    if decision["status"] == "assigned":
-        command = DriverCommand(driver_id=decision["driverId"], kind="assign", order_id=order_id, ts=now)
-        driver_key = decision["driverId"].encode()
-        trip = [(runtime.topics.driver_commands, {"key": driver_key, "value": codec.encode(command)})]
+    trip = _trip_command(runtime, decision, now)
     await _answer(runtime, message, region, decision, decision["status"], context, trip)
+
+
+def _trip_command(runtime: Runtime, decision: dict, now: datetime) -> list:
+    """The `assign` command that tells an assigned driver's session of its trip (none for a failure)."""
+    if decision["status"] != "assigned":
+        return []
+    command = DriverCommand(driver_id=decision["driverId"], kind="assign", order_id=decision["orderId"], ts=now)
+    value = runtime.codec.encode(command)
+    return [(runtime.topics.driver_commands, {"key": decision["driverId"].encode(), "value": value})]
 
 
 async def _answer(

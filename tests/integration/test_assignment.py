@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from streams.routing import key_partition
 from tests.integration.harness import REDIS_URL, wait_for
 
 RESTAURANT = (40.7128, -74.006)
@@ -143,6 +144,28 @@ def test_the_same_request_three_times_gets_one_driver_three_identical_answers(ci
     holders = [key for key in client.scan_iter(f"{city.dep.redis_prefix}r:*") if client.get(key) == "order_once"]
     assert holders == [f"{city.dep.redis_prefix}r:only"]
     assert city.session("other")["trip_id"] is None
+
+
+def test_a_decision_whose_worker_died_before_the_trip_command_still_gives_the_driver_the_trip(city):
+    """A worker killed after its decision reached the decisions changelog, with the reservation made,
+    but before the answer and the driver's trip command were sent (seen in a worker-kill run). Its
+    successor answers the redelivered request from the table, and must tell the driver's session of
+    the trip too: otherwise the driver stays reserved while its session shows no trip, and the
+    rider gets no tracking."""
+    dep, order = city.dep, "order_cut_short"
+    city.driver("kept", 0.5)
+    city.worker.stop()
+    decision = {"orderId": order, "driverId": "kept", "eta": 3, "assignedAt": iso(), "status": "assigned"}
+    changelog = f"{dep.prefix}geodispatch-assignment_decisions-changelog"
+    dep.produce(changelog, [(order.encode(), json.dumps(decision).encode())],
+                partition=key_partition(order.encode(), dep.partitions))
+    redis.Redis.from_url(REDIS_URL).set(f"{dep.redis_prefix}r:kept", order)
+
+    city.worker = dep.start_worker("w2")  # a new data directory: the decision comes from the changelog
+    city.worker.wait_ready(timeout=90)
+    city.ask(order)
+    assert city.answer(order, 1)["driverId"] == "kept"
+    wait_for(lambda: city.session("kept").get("trip_id") == order, message="the driver's session hears of the trip")
 
 
 def test_a_delivered_driver_is_assignable_again(city):
