@@ -1,5 +1,6 @@
-"""The gap guard: a jump in the offsets faust reads asks the group to rebalance instead of acking the
-records skipped, once per gap; the same gap seen again is filled as faust would."""
+"""The gap and commit guards: records faust skipped (a jump in the offsets it reads, or a hole behind
+acked records) are read from the log and processed instead of committed past; when they cannot be,
+the group is asked to rebalance once."""
 
 from __future__ import annotations
 
@@ -115,16 +116,44 @@ def test_faust_alone_commits_past_one_unprocessed_record():
     assert Consumer._new_offset.__wrapped__(consumer, tp) == 20
 
 
-def test_the_commit_guard_holds_the_offset_at_an_unprocessed_record_and_asks_to_rebalance_once():
+async def test_the_commit_guard_holds_the_offset_at_an_unprocessed_record_and_processes_it_from_the_log(
+    monkeypatch,
+):
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 100)))
     install_commit_guard()
     consumer, loop, tp = _committing_consumer(17, [18, 19])
     assert Consumer._new_offset(consumer, tp) is None
-    assert Consumer._new_offset(consumer, tp) is None
-    assert len(loop.calls) == 1  # one rebalance per hole
+    assert Consumer._new_offset(consumer, tp) is None  # still held while it is read
+    await asyncio.sleep(0.01)
+    assert consumer.delivered == [17]  # handed on once, no rebalance
+    assert loop.calls == []
 
-    consumer._acked[tp].append(17)  # read again after the rebalance, and processed
+    consumer._acked[tp].append(17)  # processed
     consumer._acked_index[tp].add(17)
     assert Consumer._new_offset(consumer, tp) == 20
+
+
+async def test_a_hole_still_there_after_it_was_handed_on_asks_for_one_rebalance(monkeypatch):
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 100)))
+    install_commit_guard()
+    consumer, loop, tp = _committing_consumer(30, [31])
+    assert Consumer._new_offset(consumer, tp) is None
+    await asyncio.sleep(0.01)
+    assert consumer.delivered == [30]
+    for _ in range(3):  # the stream dropped it again
+        assert Consumer._new_offset(consumer, tp) is None
+    assert len(loop.calls) == 1 and consumer.delivered == [30]
+
+
+async def test_a_hole_that_cannot_be_read_asks_for_one_rebalance(monkeypatch):
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding([]))  # deleted, or the broker unreachable
+    install_commit_guard()
+    consumer, loop, tp = _committing_consumer(40, [42])
+    assert Consumer._new_offset(consumer, tp) is None
+    await asyncio.sleep(0.01)
+    assert consumer.delivered == [] and len(loop.calls) == 1
+    assert Consumer._new_offset(consumer, tp) is None
+    assert len(loop.calls) == 1
 
 
 def test_the_commit_guard_lets_contiguous_acks_and_gaps_through():
