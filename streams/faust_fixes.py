@@ -80,11 +80,13 @@ async def read_skipped(consumer: Consumer, tp: Any, first: int, end: int) -> lis
 
 async def process_from_log(consumer: Consumer, tp: Any, first: int, end: int) -> bool:
     """Reads the records `first` to `end` (excluded) of a partition and hands them to faust's message
-    callback in order, so they are processed and acked like any other; False (nothing handed on) when
-    they cannot all be read."""
+    callback in order, so they are processed and acked like any other. False when they cannot all be
+    read (nothing handed on), or when the group rebalanced meanwhile (the partition may be another
+    worker's now, and its owner reads them from the committed offset)."""
     import structlog
     from aiokafka.errors import KafkaError
 
+    generation = consumer.app.consumer_generation_id
     try:
         records = await read_skipped(consumer, tp, first, end)
     except (KafkaError, OSError) as exc:
@@ -94,6 +96,8 @@ async def process_from_log(consumer: Consumer, tp: Any, first: int, end: int) ->
     if [r.offset for r in records] != list(range(first, end)):
         return False
     for record in records:
+        if consumer.app.consumer_generation_id != generation:
+            return False
         await consumer.callback(consumer._to_message(tp, record))
     return True
 

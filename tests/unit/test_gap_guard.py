@@ -33,7 +33,8 @@ def _fake_consumer() -> tuple[SimpleNamespace, _Loop, SimpleNamespace]:
         delivered.append(message)
 
     consumer = SimpleNamespace(_thread=thread, callback=callback, delivered=delivered,
-                               _to_message=lambda tp, record: record.offset)
+                               _to_message=lambda tp, record: record.offset,
+                               app=SimpleNamespace(consumer_generation_id=3))
     return consumer, loop, coordinator
 
 
@@ -81,6 +82,19 @@ def test_a_gap_that_cannot_be_read_is_refused_once_with_a_rebalance_then_filled(
 
     asyncio.run(Consumer._add_gap(consumer, TP("t.requests", 1), 5, 9))  # another partition: refused again
     assert len(loop.calls) == 2
+
+
+def test_records_are_not_handed_on_once_the_group_has_rebalanced(monkeypatch):
+    consumer, _, _ = _fake_consumer()
+
+    async def callback(message) -> None:
+        consumer.delivered.append(message)
+        consumer.app.consumer_generation_id += 1  # a rebalance while the records are handed on
+
+    consumer.callback = callback
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
+    assert not asyncio.run(faust_fixes.process_from_log(consumer, TP("t.requests", 0), 2, 6))
+    assert consumer.delivered == [2]
 
 
 def test_installing_twice_wraps_once(monkeypatch):
