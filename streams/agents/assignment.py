@@ -44,10 +44,14 @@ async def _retrying(runtime: Runtime, action):
     return await with_retries(action, STAGE, runtime.metrics, s.retry_attempts, s.retry_base_s, s.retry_max_s)
 
 
-async def _choose(runtime: Runtime, request: AssignmentRequested, now: datetime) -> tuple[dict, dict[str, Any]]:
+async def _choose(runtime: Runtime, request: AssignmentRequested) -> tuple[dict, dict[str, Any]]:
     """Reserves the best candidate still free; returns the decision and what the log line needs.
     The score never rises with distance, so the nearest few drivers hold the best; when other orders
-    take all of them first, the search widens to more."""
+    take all of them first, the search widens to more.
+
+    A decision is stamped when it is made, after the search found its driver free, not when the
+    request arrived: retries across a Redis outage can take seconds, in which the driver may finish
+    an earlier trip, and an assignedAt from before that would claim the driver held two orders at once."""
     settings = runtime.settings
     fresh_since = now_ms() - int(settings.location_max_age_s * 1000)
     count, tried = settings.candidates_wanted, set[str]()
@@ -64,10 +68,14 @@ async def _choose(runtime: Runtime, request: AssignmentRequested, now: datetime)
         context["candidates"] += len(ranked)
         for position, candidate in enumerate(ranked):
             tried.add(candidate.driver_id)
-            decision = decide.assigned(request.orderId, candidate.driver_id, eta_minutes(candidate), now)
             reservation = await _retrying(
                 runtime,
-                lambda c=candidate, d=decision: runtime.index.reserve(c.driver_id, request.orderId, d, fresh_since),
+                lambda c=candidate: runtime.index.reserve(
+                    c.driver_id,
+                    request.orderId,
+                    decide.assigned(request.orderId, c.driver_id, eta_minutes(c), datetime.now(UTC)),
+                    fresh_since,
+                ),
             )
             if reservation.outcome == "reserved":
                 runner_up = ranked[position + 1] if position + 1 < len(ranked) else None
@@ -75,7 +83,7 @@ async def _choose(runtime: Runtime, request: AssignmentRequested, now: datetime)
                                runner_up=runner_up.driver_id if runner_up else None,
                                runner_up_score=round(runner_up.score, 2) if runner_up else None)
                 runtime.metrics.assignment_candidates.observe(context["candidates"])
-                return decision, context
+                return reservation.decision, context
             if reservation.outcome == "existing":
                 # This order was decided before (a redelivery after a crash, or another worker): keep it.
                 context["reused"] = True
@@ -85,7 +93,7 @@ async def _choose(runtime: Runtime, request: AssignmentRequested, now: datetime)
             break
         count *= 4
     runtime.metrics.assignment_candidates.observe(context["candidates"])
-    failure = decide.failed(request.orderId, decide.NO_DRIVERS, now)
+    failure = decide.failed(request.orderId, decide.NO_DRIVERS, datetime.now(UTC))
     ttl = settings.failed_decision_ttl_s
     recorded = await _retrying(runtime, lambda: runtime.index.record_failure(request.orderId, failure, ttl))
     return recorded, context
@@ -124,7 +132,7 @@ async def process(runtime: Runtime, message) -> None:
         except InvalidMessage as exc:
             decision, context = decide.failed(order_id, f"Invalid request: {exc}", now), {"problem": str(exc)}
         else:
-            decision, context = await _choose(runtime, request, now)
+            decision, context = await _choose(runtime, request)
     runtime.decisions.put(order_id, decision)
     trip = _trip_command(runtime, decision, now)
     await _answer(runtime, message, region, decision, decision["status"], context, trip)

@@ -179,6 +179,23 @@ def test_a_delivered_driver_is_assignable_again(city):
     assert city.answer("trip_b", 2)["driverId"] == "loop"
 
 
+def test_an_answer_is_stamped_when_its_driver_was_reserved_not_when_the_request_arrived(city):
+    """Seen in a Redis-restart run: a request that arrived while Redis was away was decided after its
+    retries, once the driver had finished its earlier trip, but its assignedAt was the arrival time,
+    from before that trip ended, so the answer claimed the driver held two orders at once. Redis
+    paused here holds the decision back the same way."""
+    city.driver("patient", 0.5)
+    client = redis.Redis.from_url(REDIS_URL)
+    paused_until = datetime.now(UTC) + timedelta(seconds=3)
+    client.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    city.ask("order_held_back")
+    answer = city.answer("order_held_back", 1)
+    assert answer["driverId"] == "patient"
+    assert datetime.fromisoformat(answer["assignedAt"].replace("Z", "+00:00")) >= paused_until - timedelta(
+        seconds=0.05
+    )
+
+
 def test_two_workers_never_give_one_driver_two_open_orders(deployment):
     deployment.partitions = 2
     deployment.extra_env.update(GEODISPATCH_MISSED_HEARTBEATS="1000")
