@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 
 def iso_utc(moment: datetime) -> str:
@@ -20,7 +20,16 @@ Timestamp = Annotated[AwareDatetime, PlainSerializer(iso_utc, return_type=str)]
 Latitude = Annotated[float, Field(strict=True, ge=-90.0, le=90.0, allow_inf_nan=False)]
 Longitude = Annotated[float, Field(strict=True, ge=-180.0, le=180.0, allow_inf_nan=False)]
 OptionalFinite = Annotated[float | None, Field(default=None, allow_inf_nan=False)]
-NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is blank (whitespace only)")
+    return value
+
+
+# An id: a whitespace-only one would name a driver or order nobody can look up or tell apart.
+NonEmpty = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_not_blank)]
 
 Eligibility = Literal["ACTIVE", "SUSPENDED", "INACTIVE"]
 TripStatus = Literal["picked_up", "delivered", "cancelled"]

@@ -78,6 +78,7 @@ def test_json_field_names_are_the_contracts():
         (b"not json", "value"),
         (b"[1, 2]", "value"),
         (b'{"lat": 1, "lng": 2, "ts": "2026-01-01T00:00:00Z"}', "driver_id"),
+        (b'{"driver_id": " \\t ", "lat": 1, "lng": 2, "ts": "2026-01-01T00:00:00Z"}', "driver_id"),
         (b'{"driver_id": "d", "lat": 91, "lng": 2, "ts": "2026-01-01T00:00:00Z"}', "lat"),
         (b'{"driver_id": "d", "lat": "40.1", "lng": 2, "ts": "2026-01-01T00:00:00Z"}', "lat"),
         (b'{"driver_id": "d", "lat": 1, "lng": 2, "ts": "2026-01-01T00:00:00"}', "ts"),
