@@ -178,9 +178,12 @@ class Deployment:
             GEODISPATCH_PARTITIONS=str(self.partitions),
             GEODISPATCH_REGIONS=",".join(self.regions),
             GEODISPATCH_LOG_FORMAT="json",
-            # The scenarios leave pauses between load phases; a city that pinged a minute ago must
+            # The scenarios leave pauses between load phases; a city that pinged minutes ago must
             # stay online and offered (production drivers ping every few seconds without pause).
+            # 20 minutes covers the pings scenario, whose 100,000-driver city alone takes 4-5 minutes
+            # to load: with 6 the ping ramp ran while the worker timed out most of the city.
             GEODISPATCH_HEARTBEAT_INTERVAL_S="120",
+            GEODISPATCH_MISSED_HEARTBEATS="10",
             GEODISPATCH_LOCATION_MAX_AGE_S="3600",
         )
         env.update(self.extra_env)

@@ -37,10 +37,10 @@ class Sizes:
     """How big each scenario is; `quick` is for trying the suite, `full` is what `make bench` runs."""
 
     city_drivers: int = 100_000
-    drain_pings: int = 40_000
+    drain_pings: int = 30_000
     ramp_rates: tuple[int, ...] = (500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000)
     ramp_step_s: float = 6.0
-    scale_pings: int = 40_000
+    scale_pings: int = 30_000
     scale_drivers: int = 20_000
     assign_drivers: int = 10_000
     api_seconds: float = 10.0
