@@ -50,9 +50,11 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     log_format: Literal["auto", "json", "console"] = "auto"
-    # The worker's event loop: uvloop is faust's recommended loop. Measured against the stdlib loop on
-    # the ping profile it made no difference (bench/README.md); `asyncio` is there to compare again.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # The worker's event loop. The stdlib loop by default: uvloop made no difference on the ping
+    # profile (bench/README.md), and under it a write to a connection the broker had dropped raises
+    # a RuntimeError that aiokafka does not catch (aio-libs/aiokafka#1038), which crashed a worker
+    # when the broker was SIGKILLed (docs/RELIABILITY.md). `uvloop` is there to compare again.
+    event_loop: Literal["uvloop", "asyncio"] = "asyncio"
     log_level: str = "INFO"
 
     # -- driver sessions ------------------------------------------------------------------------
