@@ -17,61 +17,81 @@ from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, session_response
 from streams.routing import key_partition
 
+# Writes drivers' sessions to the index. ARGV[1] is the key prefix, ARGV[2] the writer's fence token,
+# ARGV[3] '1' for a rebuild; then one JSON array per driver (see RegionIndex._session_entry): one call
+# and one reply for a whole batch, and one argument per driver, where redis-py spent more packing
+# seventeen arguments per driver than Redis spent running the script. Keys are built here from the
+# prefix, in the formats of RegionIndex.driver_key, reservation_key, available_key and ready_key.
+# For each driver, in order, one result:
 # First releases the driver's reservation if it is held by an order the session has closed (delivered
 # or cancelled): always, even for a stale or fenced write, since a finished order must never keep a
 # driver, and also on a rebuild, which mends a release lost in a crash. Then applies the change unless
 # the index already holds a newer version of that driver, and moves the driver between its resolution-9
 # cell set and the GEO set of available drivers: it is in both only if assignable and not reserved
 # (Redis GEO stops at 85.05 degrees of latitude; no delivery fleet works beyond it).
-# Fencing: ARGV[12] is the writer's fence token (streams.logic.fencing). A write with an older token
-# than the driver's last writer comes from a worker that lost the partition without noticing (paused,
-# cut off): it is refused (-1). A newer token wins whatever the version, since a new owner restarts
-# from the changelog and may be behind the zombie's unflushed versions.
-# A rebuild (ARGV[11] = '1') rewrites the same version too: a cell set may have been lost while the
-# driver's hash survived, and only rewriting the driver puts it back.
-# Readiness: KEYS[4] marks the driver's partition as rebuilt since Redis was last emptied. Without it,
-# any write but a rebuild is held (-2) and stays pending in the writer: a reservation lost with Redis
-# comes back only when the driver's session has heard of its trip, so until the owner has applied every
-# driver command sent before the wipe, no write may show one of its drivers as free (see
-# streams.agents.upkeep).
+# Fencing (streams.logic.fencing): a write with an older token than the driver's last writer comes
+# from a worker that lost the partition without noticing (paused, cut off): it is refused (-1). A
+# newer token wins whatever the version, since a new owner restarts from the changelog and may be
+# behind the zombie's unflushed versions.
+# A rebuild rewrites the same version too: a cell set may have been lost while the driver's hash
+# survived, and only rewriting the driver puts it back.
+# Readiness: `meta:ready:<partition>` marks the driver's partition as rebuilt since Redis was last
+# emptied. Without it, any write but a rebuild is held (-2) and stays pending in the writer: a
+# reservation lost with Redis comes back only when the driver's session has heard of its trip, so until
+# the owner has applied every driver command sent before the wipe, no write may show one of its
+# drivers as free (see streams.agents.upkeep).
 UPSERT = """
-local holder = redis.call('GET', KEYS[2])
-if holder then
-  for _, order in ipairs(cjson.decode(ARGV[10])) do
-    if order == holder then redis.call('DEL', KEYS[2]) break end
+local prefix, mine, rebuild = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local available = prefix .. 'geo:available'
+
+local function upsert(id, partition, ver, doc, lat, lng, ts, c9, assignable, closed, trip)
+  local driver, reservation = prefix .. 'd:' .. id, prefix .. 'r:' .. id
+  local holder = redis.call('GET', reservation)
+  if holder then
+    for _, order in ipairs(closed) do
+      if order == holder then redis.call('DEL', reservation) break end
+    end
   end
-end
-if ARGV[11] ~= '1' and redis.call('EXISTS', KEYS[4]) == 0 then return -2 end
-local cur = redis.call('HMGET', KEYS[1], 'ver', 'fence')
-if cur[1] then
-  local fence, mine = tonumber(cur[2] or '0'), tonumber(ARGV[12])
-  if fence > mine then return -1 end
-  if fence == mine then
-    local ver = tonumber(cur[1])
-    local myver = tonumber(ARGV[1])
-    if ver > myver or (ver == myver and ARGV[11] ~= '1') then return 0 end
+  if not rebuild and redis.call('EXISTS', prefix .. 'meta:ready:' .. partition) == 0 then return -2 end
+  local cur = redis.call('HMGET', driver, 'ver', 'fence')
+  if cur[1] then
+    local fence = tonumber(cur[2] or '0')
+    if fence > mine then return -1 end
+    if fence == mine then
+      local current, myver = tonumber(cur[1]), tonumber(ver)
+      if current > myver or (current == myver and not rebuild) then return 0 end
+    end
   end
-end
-local old = redis.call('HMGET', KEYS[1], 'avail', 'c9')
-if old[1] == '1' then
-  redis.call('SREM', ARGV[8] .. 'c9:' .. old[2], ARGV[9])
-  redis.call('ZREM', KEYS[3], ARGV[9])
-end
-local avail = '0'
-if ARGV[7] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then avail = '1' end
--- A driver on a trip (ARGV[13], the session's trip_id) holds that order: restore the reservation if
--- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
-if ARGV[13] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[13]) end
-redis.call('HSET', KEYS[1], 'ver', ARGV[1], 'fence', ARGV[12], 'doc', ARGV[2], 'lat', ARGV[3], 'lng', ARGV[4],
-           'ts', ARGV[5], 'c9', ARGV[6], 'avail', avail)
-if avail == '1' then
-  redis.call('SADD', ARGV[8] .. 'c9:' .. ARGV[6], ARGV[9])
-  if math.abs(tonumber(ARGV[3])) <= 85.05112878 then
-    redis.call('GEOADD', KEYS[3], ARGV[4], ARGV[3], ARGV[9])
+  local old = redis.call('HMGET', driver, 'avail', 'c9')
+  if old[1] == '1' then
+    redis.call('SREM', prefix .. 'c9:' .. old[2], id)
+    redis.call('ZREM', available, id)
   end
+  local avail = '0'
+  if assignable == '1' and redis.call('EXISTS', reservation) == 0 then avail = '1' end
+  -- A driver on a trip (`trip`, the session's trip_id) holds that order: restore the reservation if
+  -- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
+  if trip ~= '' and redis.call('EXISTS', reservation) == 0 then redis.call('SET', reservation, trip) end
+  redis.call('HSET', driver, 'ver', ver, 'fence', ARGV[2], 'doc', doc, 'lat', lat, 'lng', lng, 'ts', ts, 'c9', c9,
+             'avail', avail)
+  if avail == '1' then
+    redis.call('SADD', prefix .. 'c9:' .. c9, id)
+    if math.abs(tonumber(lat)) <= 85.05112878 then
+      redis.call('GEOADD', available, lng, lat, id)
+    end
+  end
+  return 1
 end
-return 1
+
+local results = {}
+for i = 4, #ARGV do
+  results[i - 3] = upsert(unpack(cjson.decode(ARGV[i])))
+end
+return results
 """
+# Drivers per UPSERT call: Redis serves no other client while a script runs, and 500 drivers took
+# 40 ms here; 100 keep a reservation from waiting more than a few ms behind an index rebuild.
+UPSERT_BATCH = 100
 
 # Reserves a driver for an order: succeeds only if the driver is still available and fresh, and
 # returns the order's existing decision instead when there is one (a redelivered request, or a
@@ -90,6 +110,39 @@ redis.call('HSET', KEYS[1], 'avail', '0')
 redis.call('SREM', ARGV[3] .. 'c9:' .. d[2], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[4])
 return {'reserved', ARGV[2]}
+"""
+
+# The drivers among a list of ids that are available with a position at least as fresh as ARGV[2],
+# as flat (id, lat, lng, ts) quadruples: searches read them inside Redis, one round trip in all,
+# instead of one read per driver from the worker (redis-py spends more on each call than Redis does).
+LOCATE_AVAILABLE = """
+local function locate(ids, driver_prefix, min_ts)
+  local out = {}
+  for _, id in ipairs(ids) do
+    local d = redis.call('HMGET', driver_prefix .. id, 'lat', 'lng', 'ts', 'avail')
+    local ts = tonumber(d[3])
+    if d[4] == '1' and d[1] and d[1] ~= '' and ts and ts >= min_ts then
+      out[#out + 1] = id
+      out[#out + 1] = d[1]
+      out[#out + 1] = d[2]
+      out[#out + 1] = d[3]
+    end
+  end
+  return out
+end
+"""
+
+# The sessions API's search: the k-ring's cell sets (KEYS) united, then located.
+NEARBY = LOCATE_AVAILABLE + """
+return locate(redis.call('SUNION', unpack(KEYS)), ARGV[1], tonumber(ARGV[2]))
+"""
+
+# The assignment's search: up to ARGV[6] drivers of the GEO set within ARGV[5] km of (ARGV[3], ARGV[4]),
+# nearest first, located; and how many the GEO search found (when it found the count, more may lie beyond).
+CANDIDATES = LOCATE_AVAILABLE + """
+local ids = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[3], ARGV[4], 'BYRADIUS', ARGV[5], 'km', 'ASC',
+                       'COUNT', ARGV[6])
+return {#ids, locate(ids, ARGV[1], tonumber(ARGV[2]))}
 """
 
 # Records a failed decision unless the order already has one; failures expire so a later retry of
@@ -132,6 +185,8 @@ class RegionIndex:
         self._upsert = client.register_script(UPSERT)
         self._reserve = client.register_script(RESERVE)
         self._record_failure = client.register_script(RECORD_FAILURE)
+        self._nearby = client.register_script(NEARBY)
+        self._candidates = client.register_script(CANDIDATES)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, partitions: int) -> RegionIndex:
@@ -163,48 +218,45 @@ class RegionIndex:
     async def write_sessions(
         self, sessions: Iterable[DriverSession], fence: int, rebuild: bool = False
     ) -> WriteResult:
-        """Applies session changes in one pipelined round trip, fenced by the writer's token."""
+        """Applies session changes in one pipelined round trip, UPSERT_BATCH drivers per script call,
+        fenced by the writer's token."""
         sessions = list(sessions)
-        calls = [
-            (self._session_keys(session), [*self._session_args(session, rebuild), fence, session.trip_id or ""])
-            for session in sessions
+        batches = [
+            [fence, "1" if rebuild else "0", *map(self._session_entry, sessions[start : start + UPSERT_BATCH])]
+            for start in range(0, len(sessions), UPSERT_BATCH)
         ]
-        if not calls:
+        if not batches:
             return WriteResult()
         try:
-            results = await self._upsert_many(calls)
+            results = await self._upsert_batches(batches)
         except NoScriptError:
             # Redis restarted or was replaced and forgot the script: load it and send again.
             await self.redis.script_load(UPSERT)
-            results = await self._upsert_many(calls)
+            results = await self._upsert_batches(batches)
         held = tuple(s.driver_id for s, result in zip(sessions, results, strict=True) if result == -2)
         return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1), held=held)
 
-    async def _upsert_many(self, calls: list[tuple[list[str], list[object]]]) -> list[int]:
+    async def _upsert_batches(self, batches: list[list[object]]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self._upsert.sha, len(keys), *keys, *args)
-        return await pipe.execute()
+        for args in batches:
+            pipe.evalsha(self._upsert.sha, 0, self.prefix, *args)
+        return [result for batch in await pipe.execute() for result in batch]
 
-    def _session_keys(self, session: DriverSession) -> list[str]:
-        partition = key_partition(session.driver_id.encode(), self.partitions)
-        return [self.driver_key(session.driver_id), self.reservation_key(session.driver_id), self.available_key,
-                self.ready_key(partition)]
-
-    def _session_args(self, session: DriverSession, rebuild: bool) -> list[object]:
-        return [
-            session.version,
-            orjson.dumps(session_response(session)),
-            "" if session.lat is None else session.lat,
-            "" if session.lng is None else session.lng,
-            session.loc_ts_ms or 0,
+    def _session_entry(self, session: DriverSession) -> bytes:
+        """One driver's arguments of UPSERT, all strings (Lua would print numbers with 14 digits)."""
+        return orjson.dumps([
+            session.driver_id,
+            str(key_partition(session.driver_id.encode(), self.partitions)),
+            str(session.version),
+            orjson.dumps(session_response(session)).decode(),
+            "" if session.lat is None else repr(session.lat),
+            "" if session.lng is None else repr(session.lng),
+            str(session.loc_ts_ms or 0),
             session.h3_res9 or "",
             "1" if session.assignable else "0",
-            self.prefix,
-            session.driver_id,
-            orjson.dumps(list(session.closed_trips)) if session.closed_trips else "[]",
-            "1" if rebuild else "0",
-        ]
+            list(session.closed_trips),
+            session.trip_id or "",
+        ])
 
     # -- the index's generation: lets every worker notice Redis was emptied or replaced ---------
 
@@ -244,8 +296,9 @@ class RegionIndex:
     async def nearby(self, origin: str, k: int, limit: int, min_loc_ts_ms: int) -> tuple[list[str], list[str]]:
         """Available drivers in the k-ring of a resolution-9 cell, nearest to its centre first."""
         cells = list(h3.grid_disk(origin, k))
-        members = await self._members(NEARBY_RESOLUTION, cells)
-        located = await self._locate(members, min_loc_ts_ms)
+        prefix = f"{self.prefix}c{NEARBY_RESOLUTION}:"
+        located = _located(await self._nearby(keys=[prefix + c for c in cells],
+                                              args=[self.driver_key(""), min_loc_ts_ms]))
         lat, lng = h3.cell_to_latlng(origin)
         ordered = nearest_first({d.driver_id: (d.lat, d.lng) for d in located}, lat, lng)
         return ordered[:limit], cells
@@ -258,33 +311,14 @@ class RegionIndex:
         reads only the drivers near the point, never the fleet."""
         # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
         # so that a driver exactly radius_km away qualifies.
-        nearest = await self.redis.geosearch(
-            self.available_key, longitude=lng, latitude=lat, radius=radius_km * 1.001 + 0.001, unit="km",
-            sort="ASC", count=count,
+        searched, flat = await self._candidates(
+            keys=[self.available_key],
+            args=[self.driver_key(""), min_loc_ts_ms, lng, lat, radius_km * 1.001 + 0.001, count],
         )
-        located = await self._locate(list(nearest), min_loc_ts_ms)
-        found = [(d, haversine_km(lat, lng, d.lat, d.lng)) for d in located]
+        found = [(d, haversine_km(lat, lng, d.lat, d.lng)) for d in _located(flat)]
         return sorted(((d, km) for d, km in found if km <= radius_km + 1e-9), key=lambda pair: pair[1]), (
-            len(nearest) >= count
+            searched >= count
         )
-
-    async def _members(self, resolution: int, cells: list[str]) -> list[str]:
-        prefix = f"{self.prefix}c{resolution}:"
-        if len(cells) == 1:
-            return list(await self.redis.smembers(prefix + cells[0]))
-        return list(await self.redis.sunion([prefix + c for c in cells]))
-
-    async def _locate(self, driver_ids: list[str], min_loc_ts_ms: int) -> list[Located]:
-        if not driver_ids:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for driver_id in driver_ids:
-            pipe.hmget(self.driver_key(driver_id), "lat", "lng", "ts", "avail")
-        located = []
-        for driver_id, (lat, lng, ts, avail) in zip(driver_ids, await pipe.execute(), strict=True):
-            if avail == "1" and lat and ts and int(ts) >= min_loc_ts_ms:
-                located.append(Located(driver_id, float(lat), float(lng), int(ts)))
-        return located
 
     # -- reservations and decisions -----------------------------------------------------------
 
@@ -315,12 +349,19 @@ class RegionIndex:
         return bool(await self.redis.ping())
 
 
+def _located(flat: list[str]) -> list[Located]:
+    """The (id, lat, lng, ts) quadruples of LOCATE_AVAILABLE."""
+    return [
+        Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)
+    ]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
 class IndexWriter:
-    """Collects session changes and writes them to the index in pipelined batches. Only the newest
+    """Collects session changes and writes them to the index in batches. Only the newest
     version of each driver is kept while waiting; the index is derived state, rebuilt from the
     table when Redis is emptied, so a batch that keeps failing waits and is tried again."""
 

@@ -103,7 +103,7 @@ class Metrics:
         )
         self.index_write_seconds = Histogram(
             "geodispatch_index_write_seconds",
-            "One pipelined write of session changes to the Redis index.",
+            "One batched write of session changes to the Redis index.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -1,0 +1,112 @@
+"""The index's two searches, run inside the real Redis by one script each: `nearby` (the sessions API)
+and `candidates` (assignment) return only available drivers with a fresh position, nearest first."""
+
+from __future__ import annotations
+
+import uuid
+
+import h3
+import pytest
+
+from streams.index import RegionIndex, now_ms
+from streams.logic.sessions import DriverSession
+from tests.integration.harness import REDIS_URL
+
+CENTRE = h3.cell_to_latlng("892a100d2c3ffff")
+FENCE = 1
+
+
+def located(driver_id: str, dlat: float, dlng: float, age_ms: int = 0, **fields) -> DriverSession:
+    lat, lng = CENTRE[0] + dlat, CENTRE[1] + dlng
+    defaults = {"online": True, "lat": lat, "lng": lng, "h3_res9": h3.latlng_to_cell(lat, lng, 9),
+                "loc_ts_ms": now_ms() - age_ms, "version": 1}
+    return DriverSession(driver_id=driver_id, **{**defaults, **fields})
+
+
+@pytest.fixture
+async def index():
+    prefix = f"gd:t{uuid.uuid4().hex[:8]}:"
+    regions = RegionIndex.from_url(REDIS_URL, prefix, partitions=4)
+    yield regions
+    keys = [key async for key in regions.redis.scan_iter(match=prefix + "*")]
+    if keys:
+        await regions.redis.delete(*keys)
+    await regions.redis.aclose()
+
+
+async def test_nearby_offers_only_available_freshly_located_drivers_nearest_first(index):
+    await index.write_sessions(
+        [
+            located("drv_far", 0.004, 0),
+            located("drv_near", 0.0005, 0),
+            located("drv_mid", 0, 0.002),
+            located("drv_stale", 0.0001, 0, age_ms=120_000),
+            located("drv_offline", 0.0002, 0, online=False),
+            located("drv_on_trip", 0.0003, 0, trip_id="ord_busy"),
+            DriverSession(driver_id="drv_unlocated", online=True, version=1),
+        ],
+        FENCE,
+        rebuild=True,
+    )
+    origin = h3.latlng_to_cell(*CENTRE, 9)
+    fresh_since = now_ms() - 60_000
+
+    drivers, cells = await index.nearby(origin, 2, 50, fresh_since)
+    assert drivers == ["drv_near", "drv_mid", "drv_far"]
+    assert sorted(cells) == sorted(h3.grid_disk(origin, 2))
+    assert (await index.nearby(origin, 2, 2, fresh_since))[0] == ["drv_near", "drv_mid"]
+    assert (await index.nearby(origin, 0, 50, fresh_since))[0] == [
+        d for d in ("drv_near", "drv_mid") if h3.latlng_to_cell(*_position(d), 9) == origin
+    ]
+    # The stale driver is offered again once the bound allows its age.
+    assert "drv_stale" in (await index.nearby(origin, 2, 50, now_ms() - 600_000))[0]
+
+
+async def test_a_reserved_driver_leaves_both_searches(index):
+    await index.write_sessions([located("drv_a", 0.0005, 0), located("drv_b", 0.001, 0)], FENCE, rebuild=True)
+    fresh_since = now_ms() - 60_000
+    reservation = await index.reserve("drv_a", "ord_1", {"orderId": "ord_1"}, fresh_since)
+    assert reservation.outcome == "reserved"
+
+    origin = h3.latlng_to_cell(*CENTRE, 9)
+    assert (await index.nearby(origin, 2, 50, fresh_since))[0] == ["drv_b"]
+    found, _ = await index.candidates(*CENTRE, 5.0, 8, fresh_since)
+    assert [d.driver_id for d, _ in found] == ["drv_b"]
+
+
+async def test_candidates_are_the_nearest_within_the_radius_with_their_distance(index):
+    await index.write_sessions(
+        [
+            located("drv_1km", 0.009, 0),
+            located("drv_100m", 0.0009, 0),
+            located("drv_3km", 0.027, 0),
+            located("drv_stale", 0.0001, 0, age_ms=120_000),
+        ],
+        FENCE,
+        rebuild=True,
+    )
+    fresh_since = now_ms() - 60_000
+
+    found, maybe_more = await index.candidates(*CENTRE, 2.0, 8, fresh_since)
+    assert [d.driver_id for d, _ in found] == ["drv_100m", "drv_1km"]
+    assert [round(km, 1) for _, km in found] == [0.1, 1.0]
+    assert found[0][0].loc_ts_ms >= fresh_since
+    assert maybe_more is False
+
+    # Asked for two, the search found two (the nearest is stale, so only one is offered) and says more
+    # may lie beyond them: the caller widens the search.
+    found, maybe_more = await index.candidates(*CENTRE, 5.0, 2, fresh_since)
+    assert [d.driver_id for d, _ in found] == ["drv_100m"]
+    assert maybe_more is True
+
+
+async def test_searches_of_an_empty_area_find_nobody(index):
+    origin = h3.latlng_to_cell(*CENTRE, 9)
+    assert await index.nearby(origin, 1, 50, 0) == ([], list(h3.grid_disk(origin, 1)))
+    assert await index.candidates(*CENTRE, 5.0, 8, 0) == ([], False)
+
+
+def _position(driver_id: str) -> tuple[float, float]:
+    offsets = {"drv_near": (0.0005, 0), "drv_mid": (0, 0.002)}
+    dlat, dlng = offsets[driver_id]
+    return CENTRE[0] + dlat, CENTRE[1] + dlng
