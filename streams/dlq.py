@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,11 +57,12 @@ class DeadLetters:
         )
 
 
-async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: Any) -> None:
-    """Runs one record's processing; whatever it raises sends the record to the dead-letter topic
-    instead of stopping the agent (Faust would ack it and move on, losing it silently)."""
+async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: Any) -> Any:
+    """Runs one record's processing and returns its result; whatever it raises sends the record to the
+    dead-letter topic instead of stopping the agent (Faust would ack it and move on, losing it
+    silently), and the result is then None."""
     try:
-        await action()
+        return await action()
     except (InvalidMessage, InvalidEvent) as exc:
         await dead_letters.send(source_of(message), stage, exc)
     except GaveUp as exc:
@@ -67,6 +70,13 @@ async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: A
     except Exception as exc:  # a bug or an unforeseen input: keep the record, keep the agent alive
         log.exception("processing_failed", stage=stage, topic=message.topic, offset=message.offset)
         await dead_letters.send(source_of(message), stage, exc)
+    return None
+
+
+def _bound(message: Any) -> Any:
+    """The record's coordinates in every log line written while it is handled."""
+    return structlog.contextvars.bound_contextvars(topic=message.topic, partition=message.partition,
+                                                   offset=message.offset)
 
 
 async def process_each(stream: Any, dead_letters: DeadLetters, stage: str, process: Any) -> None:
@@ -74,7 +84,43 @@ async def process_each(stream: Any, dead_letters: DeadLetters, stage: str, proce
     by `process(message)`, and dead-lettered instead if that fails."""
     async for event in stream.events():
         message = event.message
-        with structlog.contextvars.bound_contextvars(
-            topic=message.topic, partition=message.partition, offset=message.offset
-        ):
+        with _bound(message):
             await guarded(dead_letters, message, stage, functools.partial(process, message))
+
+
+Completion = Callable[[], Awaitable[None]]
+
+
+async def process_overlapping(
+    stream: Any, dead_letters: DeadLetters, stage: str, process: Callable[[Any], Awaitable[Completion | None]],
+    depth: int,
+) -> None:
+    """process_each for records whose handling ends by waiting for the broker to take what they
+    produced. `process(message)` does the work and sends, and returns that wait (or None). The next
+    records are processed meanwhile, up to `depth` waits at once, instead of one broker round trip
+    after another. Each record is acked, and so committable, only when its wait is over, and in the
+    order the records came: a crash leaves only records to process again, never one skipped."""
+    manual = stream.noack()
+    waiting: asyncio.Queue[tuple[Any, Completion | None]] = asyncio.Queue(maxsize=depth)
+    finisher = asyncio.ensure_future(_complete_in_order(manual, waiting, dead_letters, stage))
+    try:
+        async for event in manual.events():
+            if finisher.done():
+                finisher.result()  # raises what stopped it: no record may wait for an ack that never comes
+            message = event.message
+            with _bound(message):
+                completion = await guarded(dead_letters, message, stage, functools.partial(process, message))
+            await waiting.put((event, completion))
+    finally:
+        finisher.cancel()
+
+
+async def _complete_in_order(
+    stream: Any, waiting: asyncio.Queue[tuple[Any, Completion | None]], dead_letters: DeadLetters, stage: str
+) -> None:
+    while True:
+        event, completion = await waiting.get()
+        if completion is not None:
+            with _bound(event.message):
+                await guarded(dead_letters, event.message, stage, completion)
+        await stream.ack(event)

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     candidates_wanted: int = Field(8, ge=1, le=1000)
     # A failed answer is given again for this long, then a retry of the order is a fresh attempt.
     failed_decision_ttl_s: int = Field(60, ge=1)
+    # Answers sent and not yet acknowledged by the broker while the next requests are decided; their
+    # requests are committed only once acknowledged (1: nearly one request after another).
+    answers_in_flight: int = Field(64, ge=1, le=10_000)
 
     # -- failures -------------------------------------------------------------------------------
     retry_attempts: int = Field(4, ge=1)

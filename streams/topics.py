@@ -57,7 +57,11 @@ async def send_confirmed(topic: Any, **message: Any) -> Any:
     return metadata
 
 
+async def send_all(messages: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
+    """Sends now, like send_confirmed, and returns each record's acknowledgement to wait for."""
+    return [await topic.send(force=True, **message) for topic, message in messages]
+
+
 async def send_all_confirmed(messages: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
     """Like send_confirmed for several records, waiting once for all their acknowledgements."""
-    pending = [await topic.send(force=True, **message) for topic, message in messages]
-    return [await acknowledgement for acknowledgement in pending]
+    return [await acknowledgement for acknowledgement in await send_all(messages)]

@@ -12,14 +12,14 @@ import structlog
 from schemas.codec import InvalidMessage
 from schemas.models import AssignmentRequested, DriverCommand
 from streams.app import app
-from streams.dlq import process_each
+from streams.dlq import Completion, process_overlapping
 from streams.index import now_ms
 from streams.logic import assignment as decide
 from streams.logic.scoring import eta_minutes
 from streams.retry import with_retries
 from streams.routing import REROUTED_FROM, misrouted
 from streams.runtime import Runtime
-from streams.topics import send_all_confirmed, send_confirmed
+from streams.topics import send_all, send_confirmed
 
 log = structlog.get_logger(__name__)
 STAGE = "assignment"
@@ -99,7 +99,7 @@ async def _choose(runtime: Runtime, request: AssignmentRequested) -> tuple[dict,
     return recorded, context
 
 
-async def process(runtime: Runtime, message) -> None:
+async def process(runtime: Runtime, message) -> Completion | None:
     codec = runtime.codec
     raw = codec.decode_raw(AssignmentRequested, message.value)
     order_id = _order_id(raw)
@@ -113,7 +113,7 @@ async def process(runtime: Runtime, message) -> None:
         await send_confirmed(runtime.topics.named(message.topic), key=order_key, value=message.value,
                              partition=target, headers=headers, timestamp=message.timestamp)
         runtime.metrics.rerouted.labels(stream=STAGE).inc()
-        return
+        return None
     region = message.topic.rsplit(".", 1)[-1]
     now = datetime.now(UTC)
     previous = runtime.decisions.get(order_id)
@@ -121,8 +121,7 @@ async def process(runtime: Runtime, message) -> None:
         # The trip command again too: the worker that decided may have died after the decision reached
         # the changelog but before the command did, and the driver's session would never hear of the
         # trip. Applying it twice is a no-op (apply_assignment).
-        await _answer(runtime, message, region, previous, "repeated", {}, _trip_command(runtime, previous, now))
-        return
+        return await _answer(runtime, message, region, previous, "repeated", {}, _trip_command(runtime, previous, now))
     problem = decide.coordinates_problem(raw)
     if problem is not None:
         decision, context = decide.failed(order_id, decide.INVALID_COORDINATES, now), {"problem": problem}
@@ -135,7 +134,7 @@ async def process(runtime: Runtime, message) -> None:
             decision, context = await _choose(runtime, request)
     runtime.decisions.put(order_id, decision)
     trip = _trip_command(runtime, decision, now)
-    await _answer(runtime, message, region, decision, decision["status"], context, trip)
+    return await _answer(runtime, message, region, decision, decision["status"], context, trip)
 
 
 def _trip_command(runtime: Runtime, decision: dict, now: datetime) -> list:
@@ -149,24 +148,32 @@ def _trip_command(runtime: Runtime, decision: dict, now: datetime) -> list:
 
 async def _answer(
     runtime: Runtime, message, region: str, decision: dict, outcome: str, context: dict, also: list | None = None
-) -> None:
-    """Publishes the answer (and `also`, the driver's trip) and waits for the broker to take both."""
+) -> Completion:
+    """Publishes the answer (and `also`, the driver's trip) and returns the wait for the broker to take
+    both, after which the answer is counted and logged."""
     response = decide.response_of(decision)
     answer = (runtime.topics.responses, {"key": response.orderId.encode(), "value": runtime.codec.encode(response)})
-    await send_all_confirmed([*(also or ()), answer])
-    latency = max(0.0, time.time() - message.timestamp)  # Faust gives the record time in seconds
-    m = runtime.metrics
-    m.assignment_latency.observe(latency)
-    m.assignment_latency_window.observe(latency)
-    m.assignment_requests.labels(region=region, outcome=outcome).inc()
-    if response.status == "failed":
-        m.assignment_failures.labels(reason=response.error.split(":")[0]).inc()
-    log.info("assignment_decided", orderId=response.orderId, outcome=outcome, status=response.status,
-             driverId=response.driverId, eta=response.eta, error=response.error,
-             latency_ms=round(latency * 1000, 2), **context)
+    acknowledgements = await send_all([*(also or ()), answer])
+
+    async def taken() -> None:
+        for acknowledgement in acknowledgements:
+            await acknowledgement
+        latency = max(0.0, time.time() - message.timestamp)  # Faust gives the record time in seconds
+        m = runtime.metrics
+        m.assignment_latency.observe(latency)
+        m.assignment_latency_window.observe(latency)
+        m.assignment_requests.labels(region=region, outcome=outcome).inc()
+        if response.status == "failed":
+            m.assignment_failures.labels(reason=response.error.split(":")[0]).inc()
+        log.info("assignment_decided", orderId=response.orderId, outcome=outcome, status=response.status,
+                 driverId=response.driverId, eta=response.eta, error=response.error,
+                 latency_ms=round(latency * 1000, 2), **context)
+
+    return taken
 
 
 @app.agent(app.runtime.topics.requests, name="assignments")
 async def assignments(stream) -> None:
     runtime: Runtime = app.runtime
-    await process_each(stream, runtime.dead_letters, STAGE, functools.partial(process, runtime))
+    await process_overlapping(stream, runtime.dead_letters, STAGE, functools.partial(process, runtime),
+                              runtime.settings.answers_in_flight)
