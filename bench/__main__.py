@@ -51,7 +51,8 @@ def main() -> None:
 
     started = datetime.now(UTC)
     cores = os.cpu_count() or 1
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{started:%Y-%m-%dT%H%M}Z-{cores}cores"
+    default_out = ROOT / "bench" / "results" / f"{started:%Y-%m-%dT%H%M}Z-{cores}cores"
+    out = Path(args.out).resolve() if args.out else default_out
     out.mkdir(parents=True, exist_ok=True)
     run_id = f"bench{started:%H%M%S}{uuid.uuid4().hex[:4]}"
     run = Run(run_id=run_id, run_dir=ROOT / ".cache" / "bench" / run_id, sizes=Sizes.quick() if args.quick else Sizes())
@@ -98,10 +99,12 @@ def main() -> None:
     machine["table"] = text.splitlines()
     report.write_json(out, "machine", machine)
     (out / "table.txt").write_text(text + "\n")
+    # --out may name a folder outside the repository.
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     print()
     print(
         f"geodispatch bench, {started:%Y-%m-%d %H:%M} UTC, {cores} cores, {machine['seconds']:.0f} s, "
-        f"load average {machine['loadavg_at_start'][0]:.2f} at start; results in {out.relative_to(ROOT)}"
+        f"load average {machine['loadavg_at_start'][0]:.2f} at start; results in {shown}"
     )
     print(text)
     if failed:

