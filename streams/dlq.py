@@ -12,6 +12,7 @@ import structlog
 
 from schemas.codec import InvalidMessage
 from schemas.dead_letter import SourceRecord, dead_letter_headers
+from streams.faust_fixes import acking_processed
 from streams.logic import InvalidEvent
 from streams.metrics import Metrics
 from streams.retry import GaveUp
@@ -111,6 +112,7 @@ async def process_overlapping(
             with _bound(message):
                 completion = await guarded(dead_letters, message, stage, functools.partial(process, message))
             await waiting.put((event, completion))
+            del event, message, completion  # see _complete_in_order
     finally:
         finisher.cancel()
 
@@ -123,4 +125,9 @@ async def _complete_in_order(
         if completion is not None:
             with _bound(event.message):
                 await guarded(dead_letters, event.message, stage, completion)
-        await stream.ack(event)
+        with acking_processed():
+            await stream.ack(event)
+        # Nothing may hold a record past its ack while waiting for the next: a refused ack (a record
+        # of an earlier generation) leaves the message among the consumer's unacked ones for as long
+        # as it is referenced, and the next rebalance waits for those with the stream paused.
+        del event, completion

@@ -4,7 +4,10 @@ streams.app: each keeps faust from committing past a record it never processed."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 from faust.transport.consumer import Consumer
@@ -16,7 +19,25 @@ from faust.transport.consumer import Consumer
 # fault test lost requests exactly this way. Refusing those acks leaves the offset uncommitted, so the
 # record is fetched again under the new generation and processed then (at-least-once; every effect of
 # ours is idempotent).
+# An agent that acks records itself, after they were processed to the end (streams.dlq's
+# process_overlapping acks a request once its answer is acknowledged), acks inside `acking_processed()`:
+# those acks are let through while flow control is paused for a rebalance, since such a record is
+# done, not skipped. Refused, its message would stay among the consumer's unacked ones, and the
+# rebalance waits for those (`stream_wait_empty`) with the stream paused: the worker hung there until
+# the group expelled it (a full churn fault run). A record of an earlier generation is still refused:
+# its partition may be another worker's now, and it is answered again, identically, wherever it is.
 _INSTALLED_FLAG = "_geodispatch_ack_guard"
+_ACKING_PROCESSED: contextvars.ContextVar[bool] = contextvars.ContextVar("geodispatch_acking_processed",
+                                                                         default=False)
+
+
+@contextlib.contextmanager
+def acking_processed() -> Iterator[None]:
+    token = _ACKING_PROCESSED.set(True)
+    try:
+        yield
+    finally:
+        _ACKING_PROCESSED.reset(token)
 
 
 def install_ack_guard() -> None:
@@ -26,7 +47,9 @@ def install_ack_guard() -> None:
 
     def ack(self: Consumer, message: Any) -> bool:
         app = self.app
-        if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+        if message.generation_id != app.consumer_generation_id:
+            return False
+        if not app.flow_control.is_active() and not _ACKING_PROCESSED.get():
             return False
         return original(self, message)
 

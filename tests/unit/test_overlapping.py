@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+from streams import faust_fixes
 from streams.dlq import process_overlapping
 
 
@@ -15,6 +16,7 @@ class Stream:
     def __init__(self, count: int) -> None:
         self.events_in = [SimpleNamespace(message=_message(offset)) for offset in range(count)]
         self.acked: list[int] = []
+        self.acked_as_processed: list[bool] = []
         self.manual = False
 
     def noack(self) -> Stream:
@@ -29,6 +31,8 @@ class Stream:
 
     async def ack(self, event) -> None:
         self.acked.append(event.message.offset)
+        # Acked as done, so that the ack guard lets it through while a rebalance pauses the stream.
+        self.acked_as_processed.append(faust_fixes._ACKING_PROCESSED.get())
 
 
 class DeadLetters:
@@ -73,6 +77,7 @@ async def test_acks_follow_the_records_order_and_each_waits_for_its_answer():
     released[0].set()
     await runner
     assert stream.manual and stream.acked == [0, 1, 2] and dead.sent == []
+    assert stream.acked_as_processed == [True, True, True]
 
 
 async def test_no_more_than_depth_answers_wait_while_records_are_processed():
