@@ -60,7 +60,7 @@ test: topics lint ## set up, start Kafka and Redis, lint, run every test
 faults: topics ## the long fault-injection runs (worker kill, zombie, ...) with their figures
 	GEODISPATCH_REQUIRE_INFRA=1 GEODISPATCH_FAULTS_FULL=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
 
-# `make bench`: about 14 minutes on 2 cores; BENCH_ARGS=--quick tries the suite in about 3.
+# `make bench`: 11-14 minutes on 2 cores; BENCH_ARGS=--quick tries the suite in about 3.
 BENCH_ARGS ?=
 
 bench: infra-up ## the benchmark suite on its own topics and Redis keys: JSON + PNG in bench/results, one table
