@@ -17,11 +17,11 @@ from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, session_response
 from streams.routing import key_partition
 
-# Writes drivers' sessions to the index. ARGV[1] is the key prefix, ARGV[2] the writer's fence token,
-# ARGV[3] '1' for a rebuild; then one JSON array per driver (see RegionIndex._session_entry): one call
-# and one reply for a whole batch, and one argument per driver, where redis-py spent more packing
-# seventeen arguments per driver than Redis spent running the script. Keys are built here from the
-# prefix, in the formats of RegionIndex.driver_key, reservation_key, available_key and ready_key.
+# Writes drivers' sessions to the index. ARGV[1..4] are the prefixes of driver and reservation keys,
+# the GEO set of available drivers and the prefix of the cell sets (RegionIndex builds all four),
+# ARGV[5] the writer's fence token, ARGV[6] '1' for a rebuild; then one JSON array per driver (see
+# RegionIndex._session_entry): one call and one reply for a whole batch, and one argument per driver,
+# where redis-py spent more packing seventeen arguments per driver than Redis spent running the script.
 # For each driver, in order, one result:
 # First releases the driver's reservation if it is held by an order the session has closed (delivered
 # or cancelled): always, even for a stale or fenced write, since a finished order must never keep a
@@ -35,24 +35,24 @@ from streams.routing import key_partition
 # behind the zombie's unflushed versions.
 # A rebuild rewrites the same version too: a cell set may have been lost while the driver's hash
 # survived, and only rewriting the driver puts it back.
-# Readiness: `meta:ready:<partition>` marks the driver's partition as rebuilt since Redis was last
+# Readiness: the driver's ready key (RegionIndex.ready_key) marks its partition as rebuilt since Redis was last
 # emptied. Without it, any write but a rebuild is held (-2) and stays pending in the writer: a
 # reservation lost with Redis comes back only when the driver's session has heard of its trip, so until
 # the owner has applied every driver command sent before the wipe, no write may show one of its
 # drivers as free (see streams.agents.upkeep).
 UPSERT = """
-local prefix, mine, rebuild = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local available = prefix .. 'geo:available'
+local drivers, reservations, available, cells = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local mine, rebuild = tonumber(ARGV[5]), ARGV[6] == '1'
 
-local function upsert(id, partition, ver, doc, lat, lng, ts, c9, assignable, closed, trip)
-  local driver, reservation = prefix .. 'd:' .. id, prefix .. 'r:' .. id
+local function upsert(id, ready, ver, doc, lat, lng, ts, c9, assignable, closed, trip)
+  local driver, reservation = drivers .. id, reservations .. id
   local holder = redis.call('GET', reservation)
   if holder then
     for _, order in ipairs(closed) do
       if order == holder then redis.call('DEL', reservation) break end
     end
   end
-  if not rebuild and redis.call('EXISTS', prefix .. 'meta:ready:' .. partition) == 0 then return -2 end
+  if not rebuild and redis.call('EXISTS', ready) == 0 then return -2 end
   local cur = redis.call('HMGET', driver, 'ver', 'fence')
   if cur[1] then
     local fence = tonumber(cur[2] or '0')
@@ -64,7 +64,7 @@ local function upsert(id, partition, ver, doc, lat, lng, ts, c9, assignable, clo
   end
   local old = redis.call('HMGET', driver, 'avail', 'c9')
   if old[1] == '1' then
-    redis.call('SREM', prefix .. 'c9:' .. old[2], id)
+    redis.call('SREM', cells .. old[2], id)
     redis.call('ZREM', available, id)
   end
   local avail = '0'
@@ -72,10 +72,10 @@ local function upsert(id, partition, ver, doc, lat, lng, ts, c9, assignable, clo
   -- A driver on a trip (`trip`, the session's trip_id) holds that order: restore the reservation if
   -- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
   if trip ~= '' and redis.call('EXISTS', reservation) == 0 then redis.call('SET', reservation, trip) end
-  redis.call('HSET', driver, 'ver', ver, 'fence', ARGV[2], 'doc', doc, 'lat', lat, 'lng', lng, 'ts', ts, 'c9', c9,
+  redis.call('HSET', driver, 'ver', ver, 'fence', ARGV[5], 'doc', doc, 'lat', lat, 'lng', lng, 'ts', ts, 'c9', c9,
              'avail', avail)
   if avail == '1' then
-    redis.call('SADD', prefix .. 'c9:' .. c9, id)
+    redis.call('SADD', cells .. c9, id)
     if math.abs(tonumber(lat)) <= 85.05112878 then
       redis.call('GEOADD', available, lng, lat, id)
     end
@@ -84,8 +84,8 @@ local function upsert(id, partition, ver, doc, lat, lng, ts, c9, assignable, clo
 end
 
 local results = {}
-for i = 4, #ARGV do
-  results[i - 3] = upsert(unpack(cjson.decode(ARGV[i])))
+for i = 7, #ARGV do
+  results[i - 6] = upsert(unpack(cjson.decode(ARGV[i])))
 end
 return results
 """
@@ -107,7 +107,7 @@ if tonumber(d[3]) < tonumber(ARGV[5]) then return {'stale', ''} end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[1], 'avail', '0')
-redis.call('SREM', ARGV[3] .. 'c9:' .. d[2], ARGV[4])
+redis.call('SREM', ARGV[3] .. d[2], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[4])
 return {'reserved', ARGV[2]}
 """
@@ -213,6 +213,11 @@ class RegionIndex:
     def ready_key(self, partition: int) -> str:
         return f"{self.prefix}meta:ready:{partition}"
 
+    @property
+    def cell_prefix(self) -> str:
+        """Of the sets of available drivers per resolution-9 cell (the `nearby` API's)."""
+        return f"{self.prefix}c{NEARBY_RESOLUTION}:"
+
     # -- writes from the sessions agent ---------------------------------------------------------
 
     async def write_sessions(
@@ -239,14 +244,15 @@ class RegionIndex:
     async def _upsert_batches(self, batches: list[list[object]]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
         for args in batches:
-            pipe.evalsha(self._upsert.sha, 0, self.prefix, *args)
+            pipe.evalsha(self._upsert.sha, 0, self.driver_key(""), self.reservation_key(""), self.available_key,
+                         self.cell_prefix, *args)
         return [result for batch in await pipe.execute() for result in batch]
 
     def _session_entry(self, session: DriverSession) -> bytes:
         """One driver's arguments of UPSERT, all strings (Lua would print numbers with 14 digits)."""
         return orjson.dumps([
             session.driver_id,
-            str(key_partition(session.driver_id.encode(), self.partitions)),
+            self.ready_key(key_partition(session.driver_id.encode(), self.partitions)),
             str(session.version),
             orjson.dumps(session_response(session)).decode(),
             "" if session.lat is None else repr(session.lat),
@@ -296,8 +302,7 @@ class RegionIndex:
     async def nearby(self, origin: str, k: int, limit: int, min_loc_ts_ms: int) -> tuple[list[str], list[str]]:
         """Available drivers in the k-ring of a resolution-9 cell, nearest to its centre first."""
         cells = list(h3.grid_disk(origin, k))
-        prefix = f"{self.prefix}c{NEARBY_RESOLUTION}:"
-        located = _located(await self._nearby(keys=[prefix + c for c in cells],
+        located = _located(await self._nearby(keys=[self.cell_prefix + c for c in cells],
                                               args=[self.driver_key(""), min_loc_ts_ms]))
         lat, lng = h3.cell_to_latlng(origin)
         ordered = nearest_first({d.driver_id: (d.lat, d.lng) for d in located}, lat, lng)
@@ -329,7 +334,7 @@ class RegionIndex:
             self.decision_key(order_id),
             self.available_key,
         ]
-        args = [order_id, orjson.dumps(decision), self.prefix, driver_id, min_loc_ts_ms]
+        args = [order_id, orjson.dumps(decision), self.cell_prefix, driver_id, min_loc_ts_ms]
         outcome, payload = await self._reserve(keys=keys, args=args)
         # 'taken' carries the holder's order id, not a decision.
         return Reservation(outcome, orjson.loads(payload) if outcome in ("reserved", "existing") else None)

@@ -53,15 +53,10 @@ async def send_confirmed(topic: Any, **message: Any) -> Any:
     """Sends now and waits for the broker's acknowledgement, bypassing Faust's attachments (which
     publish only at commit time and are dropped with a revoked partition): an answer or a dead
     letter must be on the broker before the record that caused it can count as done."""
-    (metadata,) = await send_all_confirmed([(topic, message)])
-    return metadata
+    (acknowledgement,) = await send_all([(topic, message)])
+    return await acknowledgement
 
 
 async def send_all(messages: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
     """Sends now, like send_confirmed, and returns each record's acknowledgement to wait for."""
     return [await topic.send(force=True, **message) for topic, message in messages]
-
-
-async def send_all_confirmed(messages: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
-    """Like send_confirmed for several records, waiting once for all their acknowledgements."""
-    return [await acknowledgement for acknowledgement in await send_all(messages)]
