@@ -11,7 +11,7 @@ from streams.faust_fixes import install_ack_guard, install_commit_guard, install
 from streams.index import IndexWriter
 from streams.runtime import Runtime
 from streams.settings import Settings
-from streams.tables import DecisionStore, SessionStore, fenced_table, raw_table
+from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
 from streams.topics import Topics
 
 
@@ -75,9 +75,14 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(f"{settings.topic_prefix}{settings.app_id}", **faust_options(settings))
     runtime = Runtime.build(settings)
     runtime.topics = Topics(app, runtime.names, settings.regions)
-    stale = runtime.metrics.fenced_writes.labels(store="changelog").inc
-    runtime.sessions = SessionStore(fenced_table(app, "driver_sessions", settings.partitions, stale), runtime.fence)
-    runtime.decisions = DecisionStore(raw_table(app, "assignment_decisions", settings.partitions))
+    m = runtime.metrics
+    sessions = fenced_table(app, "driver_sessions", settings.partitions,
+                            m.changelog_write_failures.labels(table="driver_sessions").inc,
+                            m.fenced_writes.labels(store="changelog").inc)
+    runtime.sessions = SessionStore(sessions, runtime.fence)
+    decisions = direct_table(app, "assignment_decisions", settings.partitions,
+                             m.changelog_write_failures.labels(table="assignment_decisions").inc)
+    runtime.decisions = DecisionStore(decisions)
     runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
     runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)
     # Built here so that access settings that cannot work stop the worker at start-up.

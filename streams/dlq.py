@@ -13,6 +13,7 @@ import structlog
 from schemas.codec import InvalidMessage
 from schemas.dead_letter import SourceRecord, dead_letter_headers
 from streams.faust_fixes import acking_processed
+from streams.logging import handling_record
 from streams.logic import InvalidEvent
 from streams.metrics import Metrics
 from streams.retry import GaveUp
@@ -74,18 +75,12 @@ async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: A
     return None
 
 
-def _bound(message: Any) -> Any:
-    """The record's coordinates in every log line written while it is handled."""
-    return structlog.contextvars.bound_contextvars(topic=message.topic, partition=message.partition,
-                                                   offset=message.offset)
-
-
 async def process_each(stream: Any, dead_letters: DeadLetters, stage: str, process: Any) -> None:
     """The body of every agent: each record bound to the log context by its coordinates, processed
     by `process(message)`, and dead-lettered instead if that fails."""
     async for event in stream.events():
         message = event.message
-        with _bound(message):
+        with handling_record(message):
             await guarded(dead_letters, message, stage, functools.partial(process, message))
 
 
@@ -109,7 +104,7 @@ async def process_overlapping(
             if finisher.done():
                 finisher.result()  # raises what stopped it: no record may wait for an ack that never comes
             message = event.message
-            with _bound(message):
+            with handling_record(message):
                 completion = await guarded(dead_letters, message, stage, functools.partial(process, message))
             await waiting.put((event, completion))
             del event, message, completion  # see _complete_in_order
@@ -123,7 +118,7 @@ async def _complete_in_order(
     while True:
         event, completion = await waiting.get()
         if completion is not None:
-            with _bound(event.message):
+            with handling_record(event.message):
                 await guarded(dead_letters, event.message, stage, completion)
         with acking_processed():
             await stream.ack(event)

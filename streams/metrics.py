@@ -94,6 +94,12 @@ class Metrics:
             ["region"],
             registry=r,
         )
+        self.changelog_write_failures = Counter(
+            "geodispatch_changelog_write_failures_total",
+            "Table writes whose changelog record the broker did not take (a restore elsewhere misses them).",
+            ["table"],
+            registry=r,
+        )
         self.fenced_writes = Counter(
             "geodispatch_fenced_writes_total",
             "Writes of a worker that lost the driver's partition without noticing, refused: by the Redis "

@@ -115,7 +115,7 @@ async def _process(runtime: Runtime, message, kind: str, region: str | None) -> 
     effects = _apply(runtime, kind, region, record, now)
     _count(runtime, kind, effects, record, now)
     if effects.session is not None:
-        runtime.sessions.put(effects.session)
+        await runtime.sessions.put(effects.session)
         runtime.index_writer.stage(effects.session)
     codec = runtime.codec
     if effects.presence is not None:

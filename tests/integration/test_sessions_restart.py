@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import orjson
 import redis
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rocksdict import AccessType, Options, Rdict
 
 from streams.routing import key_partition
 from tests.integration.drivers import (
@@ -24,10 +25,25 @@ from tests.integration.drivers import (
     session,
     wait_nearby,
 )
-from tests.integration.harness import REDIS_URL, run, wait_for
+from tests.integration.harness import BOOTSTRAP, REDIS_URL, run, wait_for
 
 DRIVERS = [f"drv_r{i}" for i in range(6)]
 PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "60"}
+# Where faust's RocksDB store keeps a partition's persisted offset (faust/stores/rocksdb.py).
+PERSISTED_OFFSET_KEY = b"__faust\0offset__"
+
+
+def end_offsets(topic: str, partitions: int) -> dict[int, int]:
+    async def read() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+        await consumer.start()
+        try:
+            wanted = [TopicPartition(topic, p) for p in range(partitions)]
+            return {tp.partition: end for tp, end in (await consumer.end_offsets(wanted)).items()}
+        finally:
+            await consumer.stop()
+
+    return run(read())
 
 
 def _online_fleet(deployment, worker) -> None:
@@ -63,6 +79,27 @@ def test_restart_with_an_empty_data_dir_restores_from_the_changelog(deployment):
     worker = deployment.start_worker("w2", **PATIENT)  # a new data directory: only the changelog
     worker.wait_ready(timeout=90)
     wait_nearby(worker, cell9(), lambda d: sorted(d) == DRIVERS, k=2, timeout=60, message="fleet restored")
+
+
+def test_a_stopped_worker_has_persisted_the_offset_of_every_changelog_write_it_made(deployment):
+    """A warm restart reads only the changelog records its store lacks: those after each partition's
+    persisted offset, which the acknowledgement of each of the worker's writes advances."""
+    worker = deployment.start_worker("w1", **PATIENT)
+    worker.wait_ready()
+    _online_fleet(deployment, worker)
+    worker.stop()
+
+    changelog = f"{deployment.prefix}geodispatch-driver_sessions-changelog"
+    ends = end_offsets(changelog, deployment.partitions)
+    assert sum(ends.values()) >= 2 * len(DRIVERS)  # a status and a ping each, at least
+    for partition, end in ends.items():
+        (path,) = (deployment.tmp / "worker-w1").glob(f"**/driver_sessions-{partition}.db")
+        store = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            persisted = store.get(PERSISTED_OFFSET_KEY)
+        finally:
+            store.close()
+        assert (int(persisted) if persisted is not None else -1) == end - 1, partition
 
 
 def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore(deployment):
