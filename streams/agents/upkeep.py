@@ -35,14 +35,21 @@ async def flush_index() -> None:
 
 @app.timer(interval=1.0, name="index_sync")
 async def keep_index_whole() -> None:
+    await sync_index(app.runtime)
+
+
+async def sync_index(runtime: Runtime) -> None:
     """Rebuilds from the table when this worker's partitions changed or the index's epoch did
     (Redis emptied or replaced, or `geodispatch index rebuild`). A partition that is not ready (Redis
     was emptied) is rebuilt and marked ready only once this worker has applied every driver command
     sent to it before the loss was noticed: a lost reservation comes back from the session's trip,
     and the session hears of the trip through such a command."""
-    runtime: Runtime = app.runtime
-    if app.rebalancing or app.in_recovery or not app.consumer.assignment():
+    if _rebalance_began_since(None):
         return
+    # What this rebuild is for. A rebalance can begin while it waits for Redis (faust starts one from
+    # its consumer thread): it then must neither load sessions from a table not yet restored, nor
+    # count as the rebuild of that rebalance (a zombie fault run lost a trip to exactly that).
+    rebalance, token = app.rebalancing_count, runtime.fence.token
     writer = runtime.index_writer
     commands = runtime.names.driver_commands
     partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == commands}
@@ -50,22 +57,32 @@ async def keep_index_whole() -> None:
         epoch = await runtime.index.current_epoch()
         unready = await runtime.index.unready(partitions)
         writer.unready = set(unready)
-        if not unready and epoch == writer.epoch and app.rebalancing_count == writer.rebalance:
+        if not unready and epoch == writer.epoch and rebalance == writer.rebalance:
             return
         if unready and not await _commands_applied(runtime, commands, unready):
+            return
+        if _rebalance_began_since(rebalance):
             return
         sessions = list(runtime.sessions.load_all())
         for start in range(0, len(sessions), REBUILD_CHUNK):
             chunk = sessions[start : start + REBUILD_CHUNK]
-            await runtime.index.write_sessions(chunk, runtime.fence.token, rebuild=True)
+            await runtime.index.write_sessions(chunk, token, rebuild=True)
         await runtime.index.mark_ready(unready, epoch)
         writer.unready = set()
     except (RedisError, OSError) as exc:
         log.error("index_rebuild_failed", error=str(exc))
         return
     writer.catch_up = None
-    writer.epoch, writer.rebalance = epoch, app.rebalancing_count
-    log.info("index_rebuilt", drivers=len(sessions), epoch=epoch, rebalance=app.rebalancing_count, readied=unready)
+    writer.epoch, writer.rebalance = epoch, rebalance
+    log.info("index_rebuilt", drivers=len(sessions), epoch=epoch, rebalance=rebalance, readied=unready)
+
+
+def _rebalance_began_since(rebalance: int | None) -> bool:
+    """Whether this worker is between assignments (rebalancing, restoring, or with none), or, given
+    the rebalance count seen earlier, a rebalance began after it."""
+    if app.rebalancing or app.in_recovery or not app.consumer.assignment():
+        return True
+    return rebalance is not None and app.rebalancing_count != rebalance
 
 
 async def _commands_applied(runtime: Runtime, topic: str, partitions: list[int]) -> bool:
@@ -117,6 +134,14 @@ async def advance_fence(sender, assigned, **kwargs) -> None:
     records is processed, its writes get a token newer than any earlier owner's."""
     token = app.runtime.fence.advance(now_ms())
     log.info("fence_advanced", token=token, partitions=len(assigned))
+
+
+@app.on_rebalance_complete.connect
+async def forget_unrestored(sender, **kwargs) -> None:
+    """Sessions read while the tables were restored (an HTTP request, a rebuild that began before the
+    rebalance) came from a store that did not yet hold the restored changelog: drop them before the
+    agents resume. Dropping is always safe: every write goes to the table as well as the cache."""
+    app.runtime.sessions.forget_all()
 
 
 @app.on_partitions_revoked.connect
