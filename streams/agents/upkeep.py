@@ -44,7 +44,7 @@ async def sync_index(runtime: Runtime) -> None:
     was emptied) is rebuilt and marked ready only once this worker has applied every driver command
     sent to it before the loss was noticed: a lost reservation comes back from the session's trip,
     and the session hears of the trip through such a command."""
-    if _rebalance_began_since(None):
+    if _between_assignments():
         return
     # What this rebuild is for. A rebalance can begin while it waits for Redis (faust starts one from
     # its consumer thread): it then must neither load sessions from a table not yet restored, nor
@@ -61,7 +61,7 @@ async def sync_index(runtime: Runtime) -> None:
             return
         if unready and not await _commands_applied(runtime, commands, unready):
             return
-        if _rebalance_began_since(rebalance):
+        if _between_assignments() or app.rebalancing_count != rebalance:
             return
         sessions = list(runtime.sessions.load_all())
         for start in range(0, len(sessions), REBUILD_CHUNK):
@@ -77,12 +77,9 @@ async def sync_index(runtime: Runtime) -> None:
     log.info("index_rebuilt", drivers=len(sessions), epoch=epoch, rebalance=rebalance, readied=unready)
 
 
-def _rebalance_began_since(rebalance: int | None) -> bool:
-    """Whether this worker is between assignments (rebalancing, restoring, or with none), or, given
-    the rebalance count seen earlier, a rebalance began after it."""
-    if app.rebalancing or app.in_recovery or not app.consumer.assignment():
-        return True
-    return rebalance is not None and app.rebalancing_count != rebalance
+def _between_assignments() -> bool:
+    """Whether this worker is rebalancing, restoring its tables, or without partitions."""
+    return app.rebalancing or app.in_recovery or not app.consumer.assignment()
 
 
 async def _commands_applied(runtime: Runtime, topic: str, partitions: list[int]) -> bool:

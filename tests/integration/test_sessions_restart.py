@@ -33,6 +33,10 @@ PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "60"}
 PERSISTED_OFFSET_KEY = b"__faust\0offset__"
 
 
+def sessions_changelog(deployment) -> str:
+    return f"{deployment.prefix}geodispatch-driver_sessions-changelog"
+
+
 def end_offsets(topic: str, partitions: int) -> dict[int, int]:
     async def read() -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
@@ -89,7 +93,7 @@ def test_a_stopped_worker_has_persisted_the_offset_of_every_changelog_write_it_m
     _online_fleet(deployment, worker)
     worker.stop()
 
-    changelog = f"{deployment.prefix}geodispatch-driver_sessions-changelog"
+    changelog = sessions_changelog(deployment)
     ends = end_offsets(changelog, deployment.partitions)
     assert sum(ends.values()) >= 2 * len(DRIVERS)  # a status and a ping each, at least
     for partition, end in ends.items():
@@ -107,7 +111,7 @@ def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore
     trip open, a higher version) to the changelog after the new owner's. A restore must keep the
     owner's state: otherwise the finished trip, and its reservation in Redis, come back."""
     driver, order = "drv_fenced", "ord_done"
-    changelog = f"{deployment.prefix}geodispatch-driver_sessions-changelog"
+    changelog = sessions_changelog(deployment)
     worker = deployment.start_worker("w1", **PATIENT)
     worker.wait_ready()
     send_status(deployment, driver)
