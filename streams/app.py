@@ -9,6 +9,8 @@ from streams.auth import Verifier
 from streams.dlq import DeadLetters
 from streams.faust_fixes import install_ack_guard, install_commit_guard, install_gap_guard
 from streams.index import IndexWriter
+from streams.metrics import Metrics
+from streams.restore import BulkRestore
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
@@ -68,6 +70,10 @@ def _credentials(settings: Settings, security: dict[str, object]) -> object:
     return faust.SSLCredentials(ssl_context)
 
 
+def _bulk_restore(settings: Settings, metrics: Metrics, table: str) -> BulkRestore:
+    return BulkRestore(settings, metrics.changelog_restored_in_bulk.labels(table=table).inc)
+
+
 def create_app(settings: Settings) -> faust.App:
     install_ack_guard()
     install_gap_guard()
@@ -78,10 +84,12 @@ def create_app(settings: Settings) -> faust.App:
     m = runtime.metrics
     sessions = fenced_table(app, "driver_sessions", settings.partitions,
                             m.changelog_write_failures.labels(table="driver_sessions").inc,
+                            _bulk_restore(settings, m, "driver_sessions"),
                             m.fenced_writes.labels(store="changelog").inc)
     runtime.sessions = SessionStore(sessions, runtime.fence)
     decisions = direct_table(app, "assignment_decisions", settings.partitions,
-                             m.changelog_write_failures.labels(table="assignment_decisions").inc)
+                             m.changelog_write_failures.labels(table="assignment_decisions").inc,
+                             _bulk_restore(settings, m, "assignment_decisions"))
     runtime.decisions = DecisionStore(decisions)
     runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
     runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)

@@ -100,6 +100,12 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.changelog_restored_in_bulk = Counter(
+            "geodispatch_changelog_restored_in_bulk_total",
+            "Changelog records applied to a table by the bulk catch-up before faust's recovery.",
+            ["table"],
+            registry=r,
+        )
         self.fenced_writes = Counter(
             "geodispatch_fenced_writes_total",
             "Writes of a worker that lost the driver's partition without noticing, refused: by the Redis "

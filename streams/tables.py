@@ -14,9 +14,11 @@ import faust
 import orjson
 import structlog
 from faust.streams import current_event
+from faust.types import TP
 
 from streams.logic.fencing import Fence, Stamp, advances_persisted_offset, entries_to_keep
 from streams.logic.sessions import DriverSession
+from streams.restore import BulkRestore
 
 log = structlog.get_logger(__name__)
 # The writer's fence token, stored beside the session's own fields in each changelog value.
@@ -32,9 +34,21 @@ class DirectTable(faust.Table):
     producer first), and its acknowledgement advances the store's persisted offset
     (`_on_changelog_sent`)."""
 
-    def __init__(self, *args: Any, on_write_failed: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_write_failed: Callable[[], None], bulk_restore: BulkRestore, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._on_write_failed = on_write_failed
+        self._bulk_restore = bulk_restore
+
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                           generation_id: int = 0) -> None:
+        """Opens the stores of the assigned partitions (faust), then catches up in bulk those far
+        behind their changelog, before faust's recovery reads the rest (streams/restore.py)."""
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        standbys = self.app.assignor.assigned_standbys()
+        actives = {tp for tp in assigned if tp.topic == self._changelog_name and tp not in standbys}
+        await self._bulk_restore.catch_up(self, actives, lambda: self.app.consumer_generation_id == generation_id)
 
     async def write(self, key: bytes, value: bytes) -> None:
         partition = current_event().message.partition
@@ -63,8 +77,9 @@ def _table(cls: type[DirectTable], app: faust.App, name: str, partitions: int, *
     return app.tables.add(table)
 
 
-def direct_table(app: faust.App, name: str, partitions: int, on_write_failed: Callable[[], None]) -> Any:
-    return _table(DirectTable, app, name, partitions, on_write_failed=on_write_failed)
+def direct_table(app: faust.App, name: str, partitions: int, on_write_failed: Callable[[], None],
+                 bulk_restore: BulkRestore) -> Any:
+    return _table(DirectTable, app, name, partitions, on_write_failed=on_write_failed, bulk_restore=bulk_restore)
 
 
 def session_stamp(raw: bytes | None) -> Stamp | None:
@@ -116,9 +131,11 @@ class FencedTable(DirectTable):
 
 
 def fenced_table(
-    app: faust.App, name: str, partitions: int, on_write_failed: Callable[[], None], on_stale: Callable[[int], None]
+    app: faust.App, name: str, partitions: int, on_write_failed: Callable[[], None], bulk_restore: BulkRestore,
+    on_stale: Callable[[int], None],
 ) -> Any:
-    return _table(FencedTable, app, name, partitions, on_write_failed=on_write_failed, on_stale=on_stale)
+    return _table(FencedTable, app, name, partitions, on_write_failed=on_write_failed, bulk_restore=bulk_restore,
+                  on_stale=on_stale)
 
 
 class SessionStore:

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rocksdict import AccessType, Options, Rdict
@@ -72,7 +73,21 @@ def test_restart_with_an_emptied_redis_brings_every_driver_back(deployment):
     assert status == 200 and body["online"] is True
 
 
-def test_restart_with_an_empty_data_dir_restores_from_the_changelog(deployment):
+# A store restored from the changelog by faust's recovery alone, or first caught up in bulk
+# (streams/restore.py): both must give the same state.
+RESTORE_PATHS = pytest.mark.parametrize("restore", ["faust", "bulk"])
+
+
+def _restoring(restore: str) -> dict[str, str]:
+    return {**PATIENT, "GEODISPATCH_BULK_RESTORE_MIN_RECORDS": "1" if restore == "bulk" else "0"}
+
+
+def _assert_restored_by(worker, restore: str) -> None:
+    assert ("changelog_bulk_restore_done" in worker.log()) is (restore == "bulk")
+
+
+@RESTORE_PATHS
+def test_restart_with_an_empty_data_dir_restores_from_the_changelog(deployment, restore):
     worker = deployment.start_worker("w1", **PATIENT)
     worker.wait_ready()
     _online_fleet(deployment, worker)
@@ -80,9 +95,12 @@ def test_restart_with_an_empty_data_dir_restores_from_the_changelog(deployment):
     worker.stop()
     assert delete_redis_keys(deployment.redis_prefix) > 0
 
-    worker = deployment.start_worker("w2", **PATIENT)  # a new data directory: only the changelog
+    worker = deployment.start_worker("w2", **_restoring(restore))  # a new data directory: only the changelog
     worker.wait_ready(timeout=90)
     wait_nearby(worker, cell9(), lambda d: sorted(d) == DRIVERS, k=2, timeout=60, message="fleet restored")
+    status, body = session(worker, DRIVERS[-1])
+    assert status == 200 and body["online"] is True and body["last_loc"]
+    _assert_restored_by(worker, restore)
 
 
 def test_a_stopped_worker_has_persisted_the_offset_of_every_changelog_write_it_made(deployment):
@@ -106,7 +124,8 @@ def test_a_stopped_worker_has_persisted_the_offset_of_every_changelog_write_it_m
         assert (int(persisted) if persisted is not None else -1) == end - 1, partition
 
 
-def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore(deployment):
+@RESTORE_PATHS
+def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore(deployment, restore):
     """A worker paused past its session timeout wakes up and writes the session it still holds (the
     trip open, a higher version) to the changelog after the new owner's. A restore must keep the
     owner's state: otherwise the finished trip, and its reservation in Redis, come back."""
@@ -134,9 +153,10 @@ def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore
     deployment.produce(changelog, [(driver.encode(), orjson.dumps(zombie))], partition=last.partition)
     assert delete_redis_keys(deployment.redis_prefix) > 0
 
-    worker = deployment.start_worker("w2", **PATIENT)  # a new data directory: only the changelog
+    worker = deployment.start_worker("w2", **_restoring(restore))  # a new data directory: only the changelog
     worker.wait_ready(timeout=90)
     wait_nearby(worker, cell9(), lambda d: d == [driver], k=2, timeout=60, message="the driver restored free")
+    _assert_restored_by(worker, restore)
     assert session(worker, driver)[1]["trip_id"] is None
     assert redis.Redis.from_url(REDIS_URL).get(f"{deployment.redis_prefix}r:{driver}") is None
     _, metrics = worker.get("/metrics")
