@@ -83,44 +83,48 @@ class BulkRestore:
 
     async def catch_up(self, table: Any, tps: Iterable[TP], still_current: Callable[[], bool]) -> None:
         """Reads `tps` (changelog partitions of `table`) to their current ends, while `still_current()`
-        holds (a new rebalance stops it: what was applied stays, with its persisted offsets)."""
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
+        holds (a new rebalance stops it: what was applied stays, with its persisted offsets). The
+        log's offsets come from faust's own consumer (this runs on every rebalance, and a client of
+        our own costs ~0.1 s to start); one is started only when there is something to read."""
         tps = list(tps)
         if not tps or self._settings.bulk_restore_min_records <= 0:
             return
+        spans = spans_to_restore(
+            {tp: table.data.persisted_offset(tp) for tp in tps},
+            await table.app.consumer.earliest_offsets(*tps),
+            await table.app.consumer.highwaters(*tps),
+            self._settings.bulk_restore_min_records,
+        )
+        if spans and still_current():
+            await self._read(table, spans, still_current)
+
+    async def _read(self, table: Any, spans: dict[TP, Span], still_current: Callable[[], bool]) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
             max_partition_fetch_bytes=8 * 2**20, fetch_max_bytes=32 * 2**20, **self._settings.kafka_client_options(),
         )
         await consumer.start()
         try:
-            partitions = {tp: TopicPartition(tp.topic, tp.partition) for tp in tps}
-            starts = await consumer.beginning_offsets(list(partitions.values()))
-            ends = await consumer.end_offsets(list(partitions.values()))
-            spans = spans_to_restore(
-                {tp: table.data.persisted_offset(tp) for tp in tps},
-                {tp: starts[p] for tp, p in partitions.items()},
-                {tp: ends[p] for tp, p in partitions.items()},
-                self._settings.bulk_restore_min_records,
-            )
-            if spans:
-                await self._read(consumer, table, {partitions[tp]: (tp, span) for tp, span in spans.items()},
-                                 still_current)
+            pending = {TopicPartition(tp.topic, tp.partition): (tp, span) for tp, span in spans.items()}
+            consumer.assign(list(pending))
+            for partition, (_, span) in pending.items():
+                consumer.seek(partition, span.first)
+            # aiokafka 0.14 starts a task on assign(); stopped before that task first runs, stop()
+            # raises its CancelledError (into faust's rebalance, were a rebalance to stop us at once).
+            await asyncio.sleep(0)
+            await self._apply_all(consumer, table, pending, still_current)
         finally:
             await consumer.stop()
 
-    async def _read(self, consumer: Any, table: Any, spans: dict[Any, tuple[TP, Span]],
-                    still_current: Callable[[], bool]) -> None:
-        consumer.assign(list(spans))
-        for partition, (_, span) in spans.items():
-            consumer.seek(partition, span.first)
-        total = sum(span.records for _, span in spans.values())
+    async def _apply_all(self, consumer: Any, table: Any, pending: dict[Any, tuple[TP, Span]],
+                         still_current: Callable[[], bool]) -> None:
+        total = sum(span.records for _, span in pending.values())
         started = last_report = time.monotonic()
         applied = 0
-        log.info("changelog_bulk_restore_started", table=table.name, partitions=len(spans), records=total)
-        pending = dict(spans)
+        log.info("changelog_bulk_restore_started", table=table.name, partitions=len(pending), records=total)
         while pending:
             if not still_current():
                 log.warning("changelog_bulk_restore_stopped", table=table.name, applied=applied, records=total,

@@ -7,18 +7,18 @@ import asyncio
 import uuid
 from types import SimpleNamespace
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from streams.restore import BulkRestore
+from streams.restore import FETCH_RECORDS, BulkRestore
 from streams.settings import Settings
 from tests.integration.harness import BOOTSTRAP
 
 PER_PARTITION = 3_000
 
 
-async def _changelog(partitions: int) -> str:
+async def _changelog(partitions: int, per_partition: int = PER_PARTITION) -> str:
     topic = f"bulk.{uuid.uuid4().hex[:10]}-changelog"
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     await admin.start()
@@ -29,7 +29,7 @@ async def _changelog(partitions: int) -> str:
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
     await producer.start()
     try:
-        for i in range(PER_PARTITION):
+        for i in range(per_partition):
             for partition in range(partitions):
                 await producer.send(topic, f"v{i}".encode(), key=f"k{i % 50}".encode(), partition=partition)
         await producer.flush()
@@ -38,9 +38,29 @@ async def _changelog(partitions: int) -> str:
     return topic
 
 
+class _BrokerOffsets:
+    """The two questions the catch-up asks faust's consumer, answered by the real broker."""
+
+    async def _ask(self, question: str, tps) -> dict[TP, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+        await consumer.start()
+        try:
+            answers = await getattr(consumer, question)([TopicPartition(tp.topic, tp.partition) for tp in tps])
+            return {TP(tp.topic, tp.partition): offset for tp, offset in answers.items()}
+        finally:
+            await consumer.stop()
+
+    async def earliest_offsets(self, *tps) -> dict[TP, int]:
+        return await self._ask("beginning_offsets", tps)
+
+    async def highwaters(self, *tps) -> dict[TP, int]:
+        return await self._ask("end_offsets", tps)
+
+
 class _Table:
     def __init__(self, persisted: dict[TP, int | None]) -> None:
         self.name = "test_table"
+        self.app = SimpleNamespace(consumer=_BrokerOffsets())
         self.data = SimpleNamespace(persisted_offset=persisted.get)
         self.applied: list[tuple[int, int, bytes]] = []
 
@@ -69,8 +89,15 @@ def test_each_partition_is_read_after_its_persisted_offset_to_its_end_in_order()
     assert sum(counted) == len(table.applied)
 
 
-def test_a_rebalance_stops_the_catch_up_before_anything_more_is_applied():
-    topic = asyncio.run(_changelog(1))
-    table = _Table({})
-    assert _restore(table, [TP(topic, 0)], still_current=lambda: False) == []
-    assert table.applied == []
+def test_a_rebalance_stops_the_catch_up_between_fetches():
+    topic = asyncio.run(_changelog(1, per_partition=FETCH_RECORDS + 5_000))
+
+    def stopping_after(answers: list[bool]) -> list:
+        table = _Table({})
+        replies = iter(answers)
+        _restore(table, [TP(topic, 0)], still_current=lambda: next(replies))
+        return table.applied
+
+    assert stopping_after([False]) == []  # before the reader starts
+    assert stopping_after([True, False]) == []  # the reader started, stopped before its first fetch
+    assert 0 < len(stopping_after([True, True, False])) <= FETCH_RECORDS  # after one fetch
