@@ -80,9 +80,12 @@ def summary() -> str:
 
 
 def fault_env(dep: Deployment) -> None:
-    """Short group timeouts so a dead worker's partitions move on quickly; heartbeat checks off."""
+    """Short group timeouts so a dead worker's partitions move on quickly; heartbeat checks off. A
+    store more than a few changelog records behind is caught up in bulk (streams/restore.py), so the
+    faults meet that path (a production cold start's) and not only faust's recovery."""
     dep.partitions = 4
     dep.extra_env.update(
+        GEODISPATCH_BULK_RESTORE_MIN_RECORDS="20",
         GEODISPATCH_KAFKA_SESSION_TIMEOUT_S="6",
         GEODISPATCH_MISSED_HEARTBEATS="100000",
         GEODISPATCH_LOCATION_MAX_AGE_S="600",
