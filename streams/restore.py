@@ -84,31 +84,33 @@ class BulkRestore:
     async def catch_up(self, table: Any, tps: Iterable[TP], still_current: Callable[[], bool]) -> None:
         """Reads `tps` (changelog partitions of `table`) to their current ends, while `still_current()`
         holds (a new rebalance stops it: what was applied stays, with its persisted offsets). The
-        log's offsets come from faust's own consumer (this runs on every rebalance, and a client of
-        our own costs ~0.1 s to start); one is started only when there is something to read."""
-        tps = list(tps)
-        if not tps or self._settings.bulk_restore_min_records <= 0:
-            return
-        spans = spans_to_restore(
-            {tp: table.data.persisted_offset(tp) for tp in tps},
-            await table.app.consumer.earliest_offsets(*tps),
-            await table.app.consumer.highwaters(*tps),
-            self._settings.bulk_restore_min_records,
-        )
-        if spans and still_current():
-            await self._read(table, spans, still_current)
-
-    async def _read(self, table: Any, spans: dict[TP, Span], still_current: Callable[[], bool]) -> None:
+        log's offsets are asked with the reader's own client: faust's consumer answered the same
+        questions in up to 3 s while its rebalance was under way, against ~0.1 s for a client of our
+        own, started and stopped (a cold start, bench/README.md)."""
         from aiokafka import AIOKafkaConsumer
         from aiokafka.structs import TopicPartition
 
+        tps = list(tps)
+        if not tps or self._settings.bulk_restore_min_records <= 0:
+            return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
             max_partition_fetch_bytes=8 * 2**20, fetch_max_bytes=32 * 2**20, **self._settings.kafka_client_options(),
         )
         await consumer.start()
         try:
-            pending = {TopicPartition(tp.topic, tp.partition): (tp, span) for tp, span in spans.items()}
+            partitions = {tp: TopicPartition(tp.topic, tp.partition) for tp in tps}
+            starts = await consumer.beginning_offsets(list(partitions.values()))
+            ends = await consumer.end_offsets(list(partitions.values()))
+            spans = spans_to_restore(
+                {tp: table.data.persisted_offset(tp) for tp in tps},
+                {tp: starts[p] for tp, p in partitions.items()},
+                {tp: ends[p] for tp, p in partitions.items()},
+                self._settings.bulk_restore_min_records,
+            )
+            if not spans or not still_current():
+                return
+            pending = {partitions[tp]: (tp, span) for tp, span in spans.items()}
             consumer.assign(list(pending))
             for partition, (_, span) in pending.items():
                 consumer.seek(partition, span.first)

@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from types import SimpleNamespace
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
@@ -38,29 +38,9 @@ async def _changelog(partitions: int, per_partition: int = PER_PARTITION) -> str
     return topic
 
 
-class _BrokerOffsets:
-    """The two questions the catch-up asks faust's consumer, answered by the real broker."""
-
-    async def _ask(self, question: str, tps) -> dict[TP, int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
-        await consumer.start()
-        try:
-            answers = await getattr(consumer, question)([TopicPartition(tp.topic, tp.partition) for tp in tps])
-            return {TP(tp.topic, tp.partition): offset for tp, offset in answers.items()}
-        finally:
-            await consumer.stop()
-
-    async def earliest_offsets(self, *tps) -> dict[TP, int]:
-        return await self._ask("beginning_offsets", tps)
-
-    async def highwaters(self, *tps) -> dict[TP, int]:
-        return await self._ask("end_offsets", tps)
-
-
 class _Table:
     def __init__(self, persisted: dict[TP, int | None]) -> None:
         self.name = "test_table"
-        self.app = SimpleNamespace(consumer=_BrokerOffsets())
         self.data = SimpleNamespace(persisted_offset=persisted.get)
         self.applied: list[tuple[int, int, bytes]] = []
 
@@ -98,6 +78,6 @@ def test_a_rebalance_stops_the_catch_up_between_fetches():
         _restore(table, [TP(topic, 0)], still_current=lambda: next(replies))
         return table.applied
 
-    assert stopping_after([False]) == []  # before the reader starts
-    assert stopping_after([True, False]) == []  # the reader started, stopped before its first fetch
+    assert stopping_after([False]) == []  # before the reader is given its partitions
+    assert stopping_after([True, False]) == []  # given them, stopped before its first fetch
     assert 0 < len(stopping_after([True, True, False])) <= FETCH_RECORDS  # after one fetch
