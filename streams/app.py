@@ -71,7 +71,8 @@ def _credentials(settings: Settings, security: dict[str, object]) -> object:
 
 
 def _bulk_restore(settings: Settings, metrics: Metrics, table: str) -> BulkRestore:
-    return BulkRestore(settings, metrics.changelog_restored_in_bulk.labels(table=table).inc)
+    return BulkRestore(settings, metrics.changelog_restored_in_bulk.labels(table=table).inc,
+                       metrics.changelog_bulk_restore_failures.labels(table=table).inc)
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -106,6 +106,12 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.changelog_bulk_restore_failures = Counter(
+            "geodispatch_changelog_bulk_restore_failures_total",
+            "Bulk catch-ups of a table that failed (the broker unreachable): faust's recovery read the rest.",
+            ["table"],
+            registry=r,
+        )
         self.fenced_writes = Counter(
             "geodispatch_fenced_writes_total",
             "Writes of a worker that lost the driver's partition without noticing, refused: by the Redis "

@@ -77,22 +77,35 @@ def spans_to_restore(
 class BulkRestore:
     """Catches a table's active changelog partitions up before faust's recovery (see the module)."""
 
-    def __init__(self, settings: Settings, on_restored: Callable[[int], None]) -> None:
+    def __init__(self, settings: Settings, on_restored: Callable[[int], None], on_failed: Callable[[], None]) -> None:
         self._settings = settings
         self._on_restored = on_restored
+        self._on_failed = on_failed
 
     async def catch_up(self, table: Any, tps: Iterable[TP], still_current: Callable[[], bool]) -> None:
         """Reads `tps` (changelog partitions of `table`) to their current ends, while `still_current()`
-        holds (a new rebalance stops it: what was applied stays, with its persisted offsets). The
-        log's offsets are asked with the reader's own client: faust's consumer answered the same
+        holds (a new rebalance stops it: what was applied stays, with its persisted offsets). It runs
+        inside faust's rebalance, so a failure is logged and counted, not raised: faust's recovery
+        then reads whatever is left, as it would without this."""
+        from aiokafka.errors import KafkaError
+
+        tps = list(tps)
+        if not tps or self._settings.bulk_restore_min_records <= 0:
+            return
+        try:
+            await self._catch_up(table, tps, still_current)
+        except (KafkaError, OSError) as exc:
+            self._on_failed()
+            log.error("changelog_bulk_restore_failed", table=table.name, error=repr(exc),
+                      action="faust's recovery reads the rest")
+
+    async def _catch_up(self, table: Any, tps: list[TP], still_current: Callable[[], bool]) -> None:
+        """The log's offsets are asked with the reader's own client: faust's consumer answered the same
         questions in up to 3 s while its rebalance was under way, against ~0.1 s for a client of our
         own, started and stopped (a cold start, bench/README.md)."""
         from aiokafka import AIOKafkaConsumer
         from aiokafka.structs import TopicPartition
 
-        tps = list(tps)
-        if not tps or self._settings.bulk_restore_min_records <= 0:
-            return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
             max_partition_fetch_bytes=8 * 2**20, fetch_max_bytes=32 * 2**20, **self._settings.kafka_client_options(),

@@ -4,6 +4,7 @@ persisted offset up to the log's end as the catch-up began, in order, each recor
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from types import SimpleNamespace
 
@@ -38,6 +39,10 @@ async def _changelog(partitions: int, per_partition: int = PER_PARTITION) -> str
     return topic
 
 
+def _not_expected() -> None:
+    raise AssertionError("the catch-up failed")
+
+
 class _Table:
     def __init__(self, persisted: dict[TP, int | None]) -> None:
         self.name = "test_table"
@@ -50,7 +55,8 @@ class _Table:
 
 def _restore(table: _Table, tps: list[TP], still_current=lambda: True) -> list[int]:
     counted: list[int] = []
-    restore = BulkRestore(Settings(kafka_bootstrap_servers=BOOTSTRAP, bulk_restore_min_records=1_000), counted.append)
+    restore = BulkRestore(Settings(kafka_bootstrap_servers=BOOTSTRAP, bulk_restore_min_records=1_000),
+                          counted.append, on_failed=_not_expected)
     asyncio.run(asyncio.wait_for(restore.catch_up(table, tps, still_current), 60))
     return counted
 
@@ -81,3 +87,15 @@ def test_a_rebalance_stops_the_catch_up_between_fetches():
     assert stopping_after([False]) == []  # before the reader is given its partitions
     assert stopping_after([True, False]) == []  # given them, stopped before its first fetch
     assert 0 < len(stopping_after([True, True, False])) <= FETCH_RECORDS  # after one fetch
+
+
+def test_a_catch_up_that_cannot_reach_the_broker_is_counted_and_left_to_faust():
+    """It runs inside faust's rebalance: raising there would stop the worker's rebalance."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody_listens = f"127.0.0.1:{closed.getsockname()[1]}"
+    failures: list[None] = []
+    restore = BulkRestore(Settings(kafka_bootstrap_servers=nobody_listens), lambda n: None,
+                          lambda: failures.append(None))
+    asyncio.run(asyncio.wait_for(restore.catch_up(_Table({}), [TP("t-changelog", 0)], lambda: True), 30))
+    assert failures == [None]

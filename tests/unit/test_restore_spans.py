@@ -33,3 +33,4 @@ def test_an_entry_reads_as_the_faust_event_apply_changelog_batch_takes():
     entry = ChangelogEntry(B, 7, b"k", b"v")
     assert (entry.message.tp, entry.message.offset, entry.message.partition) == (B, 7, 1)
     assert (entry.message.key, entry.message.value) == (b"k", b"v")
+
