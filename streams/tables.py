@@ -43,11 +43,13 @@ class DirectTable(faust.Table):
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
                            generation_id: int = 0) -> None:
-        """Opens the stores of the assigned partitions (faust), then catches up in bulk those far
-        behind their changelog, before faust's recovery reads the rest (streams/restore.py)."""
+        """Opens the stores of the assigned partitions (faust), then catches up in bulk those newly
+        assigned and far behind their changelog, before faust's recovery reads the rest
+        (streams/restore.py). A partition this worker kept was current a moment ago: asking its
+        offsets would only lengthen the rebalance."""
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         standbys = self.app.assignor.assigned_standbys()
-        actives = {tp for tp in assigned if tp.topic == self._changelog_name and tp not in standbys}
+        actives = {tp for tp in newly_assigned if tp.topic == self._changelog_name and tp not in standbys}
         await self._bulk_restore.catch_up(self, actives, lambda: self.app.consumer_generation_id == generation_id)
 
     async def write(self, key: bytes, value: bytes) -> None:
