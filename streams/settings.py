@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     # when the broker was SIGKILLed (docs/RELIABILITY.md). `uvloop` is there to compare again.
     event_loop: Literal["uvloop", "asyncio"] = "asyncio"
     log_level: str = "INFO"
-    # A table partition whose store lacks at least this many changelog records (a wiped or new data
-    # directory, a long stop) is read in bulk before faust's recovery (streams/restore.py); 0: never.
+    # A newly assigned table partition whose store lacks at least this many changelog records (a wiped
+    # or new data directory, a long stop) is read in bulk before faust's recovery (streams/restore.py);
+    # 0: never.
     bulk_restore_min_records: int = Field(1000, ge=0)
 
     # -- driver sessions ------------------------------------------------------------------------
