@@ -103,13 +103,11 @@ class BulkRestore:
         """The log's offsets are asked with the reader's own client: faust's consumer answered the same
         questions in up to 3 s while its rebalance was under way, against ~0.1 s for a client of our
         own, started and stopped (a cold start, bench/README.md)."""
-        from aiokafka import AIOKafkaConsumer
         from aiokafka.structs import TopicPartition
 
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
-            max_partition_fetch_bytes=8 * 2**20, fetch_max_bytes=32 * 2**20, **self._settings.kafka_client_options(),
-        )
+        from consumers.reading import new_consumer
+
+        consumer = new_consumer(self._settings, max_partition_fetch_bytes=8 * 2**20, fetch_max_bytes=32 * 2**20)
         await consumer.start()
         try:
             partitions = {tp: TopicPartition(tp.topic, tp.partition) for tp in tps}
