@@ -7,7 +7,7 @@ import faust
 from infra.topics import DLQ_MAX_MESSAGE_BYTES
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
-from streams.faust_fixes import install_ack_guard, install_commit_guard, install_gap_guard
+from streams.faust_fixes import install_ack_guard, install_commit_guard, install_gap_guard, install_seek_guard
 from streams.index import IndexWriter
 from streams.metrics import Metrics
 from streams.restore import BulkRestore
@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> faust.App:
     install_ack_guard()
     install_gap_guard()
     install_commit_guard()
+    install_seek_guard()
     app = faust.App(f"{settings.topic_prefix}{settings.app_id}", **faust_options(settings))
     runtime = Runtime.build(settings)
     runtime.topics = Topics(app, runtime.names, settings.regions)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from faust.transport.consumer import Consumer
@@ -181,6 +181,18 @@ def head_missing(committed: int | None, acked: set[int], gaps: Any) -> bool:
     return committed is not None and bool(acked) and committed not in acked and not gaps.at(committed)
 
 
+def commit_base(consumer: Consumer, tp: Any) -> int | None:
+    """The offset the next commit of a partition must start at: its committed offset, or, before this
+    assignment's first commit, where the seek guard below started the partition in this generation."""
+    committed = consumer._committed_offset[tp]
+    if committed is not None:
+        return committed
+    start = getattr(consumer, _STARTS, {}).get(tp)
+    if start is not None and start[0] == consumer.app.consumer_generation_id:
+        return start[1]
+    return None
+
+
 def install_commit_guard() -> None:
     if getattr(Consumer._new_offset, _COMMIT_FLAG, False):
         return
@@ -202,7 +214,7 @@ def install_commit_guard() -> None:
 
     @functools.wraps(original)
     def _new_offset(self: Consumer, tp: Any) -> int | None:
-        committed = self._committed_offset[tp]
+        committed = commit_base(self, tp)
         acked = self._acked_index[tp]
         if not head_missing(committed, acked, self._gap[tp]):
             return original(self, tp)
@@ -221,3 +233,53 @@ def install_commit_guard() -> None:
 
     setattr(_new_offset, _COMMIT_FLAG, True)
     Consumer._new_offset = _new_offset
+
+
+# aiokafka's `seek_to_committed` leaves a partition that has no committed offset (or offset 0) where it
+# is (`if offset and offset > 0`). faust-streaming relies on that seek to bring back what it fetched and
+# then dropped around a rebalance (records returned while flow was paused, a batch cut off by the
+# generation change): a partition whose first records had not been committed yet resumed after them.
+# The full churn fault run lost a trip event exactly this way: trip_events partition 0 had records 0-3
+# and no commit when a worker joined; the owner dropped the batch fetched during the rebalance, kept
+# its position after it, and its first commit (9) passed offset 3, unseen by the commit guard, which
+# knew no committed offset to hold. The seek guard seeks such partitions to the beginning of their log
+# (where the app's `earliest` reset policy starts a group without commits) and records, per generation,
+# where each partition starts, which the commit guard holds the first commit to. Only the partitions of
+# acked topics: faust reads changelog partitions from positions of its own (standbys, recovery), and
+# commits nothing for them.
+_SEEK_FLAG = "_geodispatch_seek_guard"
+_STARTS = "_geodispatch_starts"
+
+
+async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[Any]) -> dict[Any, int | None]:
+    """aiokafka's `seek_to_committed`, and the partitions of `rewindable` it leaves where they are
+    sought to the beginning of their log. Returns where each of those partitions now starts, and the
+    committed offset (or None) of the others."""
+    offsets = await consumer.seek_to_committed()
+    uncommitted = [tp for tp, offset in offsets.items() if not offset and tp in rewindable]
+    if uncommitted:
+        await consumer.seek_to_beginning(*uncommitted)
+        for tp in uncommitted:
+            offsets[tp] = await consumer.position(tp)
+    return offsets
+
+
+def install_seek_guard() -> None:
+    from faust.transport.consumer import ThreadDelegateConsumer
+    from faust.types import TP
+
+    if getattr(ThreadDelegateConsumer.seek_to_committed, _SEEK_FLAG, False):
+        return
+
+    async def seek_to_committed(self: Any) -> dict[Any, int | None]:
+        generation = self.app.consumer_generation_id
+        acked = {tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)}
+        thread = self._thread
+        offsets = await thread.call_thread(seek_to_committed_or_beginning, thread._ensure_consumer(), acked)
+        starts = self.__dict__.setdefault(_STARTS, {})
+        starts.update({TP(tp.topic, tp.partition): (generation, offset) for tp, offset in offsets.items()
+                       if tp in acked and offset is not None})
+        return offsets
+
+    setattr(seek_to_committed, _SEEK_FLAG, True)
+    ThreadDelegateConsumer.seek_to_committed = seek_to_committed

@@ -14,11 +14,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from infra.topics import TopicNames
@@ -27,6 +29,26 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PYTHON = sys.executable
+
+
+async def topic_with(name: str, partitions: int, records: Iterable[tuple[int, bytes, bytes]]) -> str:
+    """Creates the topic `name` with `partitions` partitions and writes `records` (partition, key,
+    value) to it, in order; returns its name."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for partition, key, value in records:
+            await producer.send(name, value, key=key, partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return name
 
 
 def free_port() -> int:

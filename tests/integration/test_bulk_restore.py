@@ -8,35 +8,19 @@ import socket
 import uuid
 from types import SimpleNamespace
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
 from streams.restore import FETCH_RECORDS, BulkRestore
 from streams.settings import Settings
-from tests.integration.harness import BOOTSTRAP
+from tests.integration.harness import BOOTSTRAP, topic_with
 
 PER_PARTITION = 3_000
 
 
 async def _changelog(partitions: int, per_partition: int = PER_PARTITION) -> str:
-    topic = f"bulk.{uuid.uuid4().hex[:10]}-changelog"
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        for i in range(per_partition):
-            for partition in range(partitions):
-                await producer.send(topic, f"v{i}".encode(), key=f"k{i % 50}".encode(), partition=partition)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return topic
+    records = ((partition, f"k{i % 50}".encode(), f"v{i}".encode())
+               for i in range(per_partition) for partition in range(partitions))
+    return await topic_with(f"bulk.{uuid.uuid4().hex[:10]}-changelog", partitions, records)
 
 
 def _not_expected() -> None:

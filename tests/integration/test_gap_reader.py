@@ -6,36 +6,16 @@ import asyncio
 import uuid
 from types import SimpleNamespace
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
 from streams.faust_fixes import read_skipped
 from streams.settings import Settings
-from tests.integration.harness import BOOTSTRAP
-
-
-async def _topic_with(values: list[bytes]) -> str:
-    topic = f"gap.{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(topic, value, key=b"k")
-    finally:
-        await producer.stop()
-    return topic
+from tests.integration.harness import BOOTSTRAP, topic_with
 
 
 def test_the_skipped_records_are_read_back_in_order():
     async def scenario():
-        topic = await _topic_with([f"r{i}".encode() for i in range(8)])
+        topic = await topic_with(f"gap.{uuid.uuid4().hex[:10]}", 1, ((0, b"k", f"r{i}".encode()) for i in range(8)))
         consumer = SimpleNamespace(app=SimpleNamespace(runtime=SimpleNamespace(
             settings=Settings(kafka_bootstrap_servers=BOOTSTRAP))))
         middle = await read_skipped(consumer, TP(topic, 0), 2, 6)

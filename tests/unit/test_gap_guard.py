@@ -188,3 +188,15 @@ def test_head_missing(committed, acked, missing):
     from intervaltree import IntervalTree
 
     assert head_missing(committed, acked, IntervalTree()) is missing
+
+
+@pytest.mark.parametrize(
+    ("committed", "start", "base"),
+    [(17, (3, 0), 17), (None, (3, 0), 0), (None, (2, 0), None), (None, None, None)],
+    ids=["committed", "started this generation", "started in an earlier one", "never sought"],
+)
+def test_the_commit_base_is_the_committed_offset_or_where_this_generation_started(committed, start, base):
+    consumer, _, tp = _committing_consumer(committed, [])  # the app is in generation 3
+    if start is not None:
+        setattr(consumer, faust_fixes._STARTS, {tp: start})
+    assert faust_fixes.commit_base(consumer, tp) == base
