@@ -251,34 +251,56 @@ _SEEK_FLAG = "_geodispatch_seek_guard"
 _STARTS = "_geodispatch_starts"
 
 
-async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[Any]) -> dict[Any, int | None]:
+async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[Any]) -> tuple[dict[Any, int | None],
+                                                                                              list[Any]]:
     """aiokafka's `seek_to_committed`, and the partitions of `rewindable` it leaves where they are
-    sought to the beginning of their log. Returns where each of those partitions now starts, and the
-    committed offset (or None) of the others."""
+    sought to the beginning of their log. Returns where each of those partitions now starts (the
+    committed offset, or None, of the others), and which partitions were sought to their beginning."""
+    from aiokafka.errors import IllegalStateError
+
     offsets = await consumer.seek_to_committed()
     uncommitted = [tp for tp, offset in offsets.items() if not offset and tp in rewindable]
-    if uncommitted:
-        await consumer.seek_to_beginning(*uncommitted)
+    try:
+        if uncommitted:
+            await consumer.seek_to_beginning(*uncommitted)
         for tp in uncommitted:
             offsets[tp] = await consumer.position(tp)
-    return offsets
+    except IllegalStateError as exc:
+        # The group took the partitions back meanwhile; faust seeks again after the rebalance, and the
+        # commit guard knows no start for these until then.
+        import structlog
+
+        structlog.get_logger(__name__).info("seek_to_beginning_interrupted", error=str(exc),
+                                            partitions=[f"{tp.topic}:{tp.partition}" for tp in uncommitted])
+        return offsets, []
+    return offsets, uncommitted
 
 
 def install_seek_guard() -> None:
+    import structlog
     from faust.transport.consumer import ThreadDelegateConsumer
     from faust.types import TP
 
     if getattr(ThreadDelegateConsumer.seek_to_committed, _SEEK_FLAG, False):
         return
+    log = structlog.get_logger(__name__)
 
     async def seek_to_committed(self: Any) -> dict[Any, int | None]:
         generation = self.app.consumer_generation_id
         acked = {tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)}
+        read = {tp: self._read_offset.get(TP(tp.topic, tp.partition)) for tp in acked}
         thread = self._thread
-        offsets = await thread.call_thread(seek_to_committed_or_beginning, thread._ensure_consumer(), acked)
+        offsets, rewound = await thread.call_thread(seek_to_committed_or_beginning, thread._ensure_consumer(),
+                                                    acked)
         starts = self.__dict__.setdefault(_STARTS, {})
         starts.update({TP(tp.topic, tp.partition): (generation, offset) for tp, offset in offsets.items()
                        if tp in acked and offset is not None})
+        for tp in rewound:
+            # faust's read offset is the last offset it handed on (the next one to read right after a seek):
+            # past the start, this worker read records there that are read again, and may have dropped some.
+            if read[tp] is not None and read[tp] > offsets[tp]:
+                log.info("uncommitted_partition_read_again", topic=tp.topic, partition=tp.partition,
+                         first=offsets[tp], read_offset=read[tp])
         return offsets
 
     setattr(seek_to_committed, _SEEK_FLAG, True)

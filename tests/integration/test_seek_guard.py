@@ -16,6 +16,7 @@ from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
+from structlog.testing import capture_logs
 
 from streams.faust_fixes import install_commit_guard, install_seek_guard
 from streams.settings import Settings
@@ -84,7 +85,10 @@ def test_a_partition_without_a_commit_is_read_again_from_its_beginning_and_its_f
             await _read_all(client, tps)
 
             consumer = _faust_consumer(client, acked_topics={name})
-            await Consumer.perform_seek(consumer)  # faust's own, which calls the guarded seek
+            for partition in (0, 1):
+                consumer._read_offset[TP(name, partition)] = RECORDS - 1
+            with capture_logs() as logs:
+                await Consumer.perform_seek(consumer)  # faust's own, which calls the guarded seek
             guarded = await _positions(client, tps)
 
             # The stream then processes 2 and 3 but not 0 and 1 (dropped again): nothing may be committed.
@@ -96,14 +100,16 @@ def test_a_partition_without_a_commit_is_read_again_from_its_beginning_and_its_f
                 if consumer.delivered:
                     break
                 await asyncio.sleep(0.05)
-            return name, aiokafka_alone, guarded, consumer, held
+            return name, aiokafka_alone, guarded, consumer, held, logs
         finally:
             await client.stop()
 
-    name, aiokafka_alone, guarded, consumer, held = asyncio.run(asyncio.wait_for(scenario(), 60))
+    name, aiokafka_alone, guarded, consumer, held, logs = asyncio.run(asyncio.wait_for(scenario(), 60))
     # If aiokafka starts seeking partitions without a commit, the first figure changes and the guard can go.
     assert aiokafka_alone == [RECORDS, 3, RECORDS]
     assert guarded == [0, 3, RECORDS]  # the changelog partition left where faust's recovery put it
     assert consumer._read_offset[TP(name, 0)] == 0 and consumer._read_offset[TP(name, 1)] == 3
+    assert [(e["event"], e["partition"], e["first"], e["read_offset"]) for e in logs] == [
+        ("uncommitted_partition_read_again", 0, 0, RECORDS - 1)]
     assert held is None
     assert consumer.delivered == [0, 1]  # the records before the first acked one, read from the log

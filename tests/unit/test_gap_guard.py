@@ -200,3 +200,17 @@ def test_the_commit_base_is_the_committed_offset_or_where_this_generation_starte
     if start is not None:
         setattr(consumer, faust_fixes._STARTS, {tp: start})
     assert faust_fixes.commit_base(consumer, tp) == base
+
+
+async def test_a_rebalance_during_the_seek_leaves_the_partitions_it_took_without_a_start():
+    from aiokafka.errors import IllegalStateError
+
+    class Client:
+        async def seek_to_committed(self):
+            return {TP("t.trips", 0): None, TP("t.trips", 1): 7}
+
+        async def seek_to_beginning(self, *tps):
+            raise IllegalStateError("not assigned")
+
+    offsets, rewound = await faust_fixes.seek_to_committed_or_beginning(Client(), {TP("t.trips", 0), TP("t.trips", 1)})
+    assert offsets == {TP("t.trips", 0): None, TP("t.trips", 1): 7} and rewound == []
