@@ -249,10 +249,10 @@ def install_commit_guard() -> None:
 # commits nothing for them.
 _SEEK_FLAG = "_geodispatch_seek_guard"
 _STARTS = "_geodispatch_starts"
+Offsets = dict[Any, int | None]
 
 
-async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[Any]) -> tuple[dict[Any, int | None],
-                                                                                              list[Any]]:
+async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[Any]) -> tuple[Offsets, list[Any]]:
     """aiokafka's `seek_to_committed`, and the partitions of `rewindable` it leaves where they are
     sought to the beginning of their log. Returns where each of those partitions now starts (the
     committed offset, or None, of the others), and which partitions were sought to their beginning."""
@@ -285,7 +285,7 @@ def install_seek_guard() -> None:
         return
     log = structlog.get_logger(__name__)
 
-    async def seek_to_committed(self: Any) -> dict[Any, int | None]:
+    async def seek_to_committed(self: Any) -> Offsets:
         generation = self.app.consumer_generation_id
         acked = {tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)}
         read = {tp: self._read_offset.get(TP(tp.topic, tp.partition)) for tp in acked}
