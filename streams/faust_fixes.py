@@ -10,7 +10,15 @@ import functools
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from faust.transport.consumer import Consumer
+import structlog
+from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.structs import TopicPartition
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+from faust.types import TP
+
+from consumers.reading import new_consumer
+
+log = structlog.get_logger(__name__)
 
 # faust-streaming's Stream skips a message fetched under an older consumer-group generation, or while
 # flow control is paused for a rebalance, and then *acks* it unprocessed ("we want to ack the filtered
@@ -77,12 +85,7 @@ GAP_READ_TIMEOUT_S = 10.0
 async def read_skipped(consumer: Consumer, tp: Any, first: int, end: int) -> list[Any]:
     """The records of one partition from `first` up to `end` (excluded), read with a consumer of
     their own (no group) configured like the app's."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    settings = consumer.app.runtime.settings
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
-                              group_id=None, **settings.kafka_client_options())
+    reader = new_consumer(consumer.app.runtime.settings)
     await reader.start()
     try:
         partition = TopicPartition(tp.topic, tp.partition)
@@ -106,15 +109,12 @@ async def process_from_log(consumer: Consumer, tp: Any, first: int, end: int) ->
     callback in order, so they are processed and acked like any other. False when they cannot all be
     read (nothing handed on), or when the group rebalanced meanwhile (the partition may be another
     worker's now, and its owner reads them from the committed offset)."""
-    import structlog
-    from aiokafka.errors import KafkaError
-
     generation = consumer.app.consumer_generation_id
     try:
         records = await read_skipped(consumer, tp, first, end)
     except (KafkaError, OSError) as exc:
-        structlog.get_logger(__name__).error("skipped_records_unreadable", topic=tp.topic, partition=tp.partition,
-                                             first=first, last=end - 1, error=str(exc))
+        log.error("skipped_records_unreadable", topic=tp.topic, partition=tp.partition, first=first,
+                  last=end - 1, error=str(exc))
         return False
     if [r.offset for r in records] != list(range(first, end)):
         return False
@@ -128,9 +128,6 @@ async def process_from_log(consumer: Consumer, tp: Any, first: int, end: int) ->
 def install_gap_guard() -> None:
     if getattr(Consumer._add_gap, _GAP_FLAG, False):
         return
-    import structlog
-
-    log = structlog.get_logger(__name__)
     original = Consumer._add_gap
     refused: set[tuple[Any, int]] = set()
 
@@ -196,9 +193,6 @@ def commit_base(consumer: Consumer, tp: Any) -> int | None:
 def install_commit_guard() -> None:
     if getattr(Consumer._new_offset, _COMMIT_FLAG, False):
         return
-    import structlog
-
-    log = structlog.get_logger(__name__)
     original = Consumer._new_offset
     # Per hole (partition, committed offset): FILLING while its records are read and handed on, FILLED
     # after, REJOINED once the fallback rebalance was asked for.
@@ -256,8 +250,6 @@ async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[A
     """aiokafka's `seek_to_committed`, and the partitions of `rewindable` it leaves where they are
     sought to the beginning of their log. Returns where each of those partitions now starts (the
     committed offset, or None, of the others), and which partitions were sought to their beginning."""
-    from aiokafka.errors import IllegalStateError
-
     offsets = await consumer.seek_to_committed()
     uncommitted = [tp for tp, offset in offsets.items() if not offset and tp in rewindable]
     try:
@@ -268,22 +260,15 @@ async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[A
     except IllegalStateError as exc:
         # The group took the partitions back meanwhile; faust seeks again after the rebalance, and the
         # commit guard knows no start for these until then.
-        import structlog
-
-        structlog.get_logger(__name__).info("seek_to_beginning_interrupted", error=str(exc),
-                                            partitions=[f"{tp.topic}:{tp.partition}" for tp in uncommitted])
+        log.info("seek_to_beginning_interrupted", error=str(exc),
+                 partitions=[f"{tp.topic}:{tp.partition}" for tp in uncommitted])
         return offsets, []
     return offsets, uncommitted
 
 
 def install_seek_guard() -> None:
-    import structlog
-    from faust.transport.consumer import ThreadDelegateConsumer
-    from faust.types import TP
-
     if getattr(ThreadDelegateConsumer.seek_to_committed, _SEEK_FLAG, False):
         return
-    log = structlog.get_logger(__name__)
 
     async def seek_to_committed(self: Any) -> Offsets:
         generation = self.app.consumer_generation_id

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from faust.types import TP
 
+from consumers.reading import new_consumer
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -87,8 +90,6 @@ class BulkRestore:
         holds (a new rebalance stops it: what was applied stays, with its persisted offsets). It runs
         inside faust's rebalance, so a failure is logged and counted, not raised: faust's recovery
         then reads whatever is left, as it would without this."""
-        from aiokafka.errors import KafkaError
-
         tps = list(tps)
         if not tps or self._settings.bulk_restore_min_records <= 0:
             return
@@ -103,10 +104,6 @@ class BulkRestore:
         """The log's offsets are asked with the reader's own client: faust's consumer answered the same
         questions in up to 3 s while its rebalance was under way, against ~0.1 s for a client of our
         own, started and stopped (a cold start, bench/README.md)."""
-        from aiokafka.structs import TopicPartition
-
-        from consumers.reading import new_consumer
-
         consumer = new_consumer(self._settings, max_partition_fetch_bytes=8 * 2**20, fetch_max_bytes=32 * 2**20)
         await consumer.start()
         try:
