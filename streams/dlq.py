@@ -22,13 +22,19 @@ from streams.topics import send_confirmed
 log = structlog.get_logger(__name__)
 
 
+def timestamp_ms(message: Any) -> int:
+    """A record's timestamp in milliseconds: faust gives it in seconds (a float), aiokafka in
+    milliseconds (an int)."""
+    return int(message.timestamp * 1000) if isinstance(message.timestamp, float) else int(message.timestamp)
+
+
 def source_of(message: Any) -> SourceRecord:
     """A Faust/aiokafka message's coordinates and raw bytes."""
     return SourceRecord(
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
-        timestamp_ms=int(message.timestamp * 1000) if isinstance(message.timestamp, float) else int(message.timestamp),
+        timestamp_ms=timestamp_ms(message),
         key=message.key,
         value=message.value,
         headers=list(message.headers or ()),

@@ -148,6 +148,16 @@ def install_gap_guard() -> None:
     Consumer._add_gap = _add_gap
 
 
+def still_in_generation(app: Any) -> bool:
+    """Whether the app's consumer is still a member of the group generation its partitions were
+    assigned in. The coordinator forgets its generation when the group expelled it (a worker paused
+    past its session timeout hears so at its next heartbeat), before the revoke that follows."""
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is None:
+        return True
+    return thread._ensure_consumer()._coordinator.generation == app.consumer_generation_id
+
+
 def _request_rejoin(consumer: Consumer) -> None:
     """Asks the group to rebalance; the rebalance seeks every partition to its committed offset."""
     thread = getattr(consumer, "_thread", None)

@@ -31,6 +31,7 @@ class Runtime:
     decisions: Any = None
     index_writer: Any = None
     dead_letters: Any = None
+    pings: Any = None  # streams.agents.pings.PingBatches
     verifier: Any = None  # streams.auth.Verifier, or None when the API is open
     stats: dict[str, Any] = field(default_factory=dict)
     # The next driver-command offset to apply, by partition (streams.agents.sessions).

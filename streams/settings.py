@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(60.0, ge=0)
     tracking_max_per_s: float = Field(1.0, gt=0)
     location_max_age_s: float = Field(60.0, gt=0)
+    # Pings fetched and applied at a time (streams/agents/pings.py).
+    ping_batch_max_records: int = Field(2000, ge=1, le=100_000)
 
     # -- assignment (seed 003's priority score) -------------------------------------------------
     # Non-negative weights keep the score non-increasing in the driver's distance, which is what

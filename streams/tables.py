@@ -13,7 +13,6 @@ from typing import Any
 import faust
 import orjson
 import structlog
-from faust.streams import current_event
 from faust.types import TP
 
 from streams.logic.fencing import Fence, Stamp, advances_persisted_offset, entries_to_keep
@@ -26,8 +25,8 @@ FENCE_FIELD = "fence"
 
 
 class DirectTable(faust.Table):
-    """A table of bytes whose writes (`write`, while processing a record of the key's partition) hand
-    their changelog record to the Kafka producer directly. `table[key] = value` goes through faust's
+    """A table of bytes whose writes (`write`, to the partition of the key's records) hand their
+    changelog record to the Kafka producer directly. `table[key] = value` goes through faust's
     own send path (a FutureMessage, the send buffer, the task that drains it): ~120 µs of the ~650 µs
     of CPU a ping took, measured in same-window pairs (bench/README.md). What faust guarantees still
     holds: the record is acknowledged before the input offset is committed (faust flushes the
@@ -52,9 +51,14 @@ class DirectTable(faust.Table):
         actives = {tp for tp in newly_assigned if tp.topic == self._changelog_name and tp not in standbys}
         await self._bulk_restore.catch_up(self, actives, lambda: self.app.consumer_generation_id == generation_id)
 
-    async def write(self, key: bytes, value: bytes) -> None:
-        partition = current_event().message.partition
-        self.data[key] = value
+    async def write(self, key: bytes, value: bytes, partition: int) -> None:
+        """Writes to the store and the changelog of `partition`, the partition of the record being
+        applied: faust's own `table[key] = value` takes it from the faust event being processed, which
+        pings, read in batches by a consumer of their own (streams/agents/pings.py), do not have. The
+        store is faust's RocksDB store, written as its own `_set` does."""
+        store = self.data
+        store._key_index[key] = partition
+        store._db_for_partition(partition).put(key, value)
         acknowledgement = await self.app.producer.send(self._changelog_name, key, value, partition, None, None)
         acknowledgement.add_done_callback(self._on_written)
 
@@ -141,9 +145,8 @@ def fenced_table(
 
 
 class SessionStore:
-    """Driver sessions by driver id. Writes must happen while processing the driver's own record
-    (Faust sends the changelog record to that record's partition), and carry this worker's fence
-    token so that a restore can tell the owner's writes from a zombie's."""
+    """Driver sessions by driver id. Writes go to the partition of the driver's own records, and carry
+    this worker's fence token so that a restore can tell the owner's writes from a zombie's."""
 
     def __init__(self, table: Any, fence: Fence) -> None:
         self.table = table
@@ -159,10 +162,10 @@ class SessionStore:
                 self.cache[driver_id] = session
         return session
 
-    async def put(self, session: DriverSession) -> None:
+    async def put(self, session: DriverSession, partition: int) -> None:
         self.cache[session.driver_id] = session
         await self.table.write(session.driver_id.encode(),
-                               orjson.dumps({**session.to_dict(), FENCE_FIELD: self.fence.token}))
+                               orjson.dumps({**session.to_dict(), FENCE_FIELD: self.fence.token}), partition)
 
     def forget_all(self) -> None:
         self.cache.clear()
@@ -186,5 +189,5 @@ class DecisionStore:
         raw = self.table.get(order_id.encode())
         return orjson.loads(raw) if raw is not None else None
 
-    async def put(self, order_id: str, decision: dict) -> None:
-        await self.table.write(order_id.encode(), orjson.dumps(decision))
+    async def put(self, order_id: str, decision: dict, partition: int) -> None:
+        await self.table.write(order_id.encode(), orjson.dumps(decision), partition)

@@ -27,9 +27,10 @@ class Topics:
 
     def __init__(self, app: faust.App, names: TopicNames, regions: tuple[str, ...]) -> None:
         self._app = app
+        # Pings are read in batches by a consumer of their own (streams/agents/pings.py), not by faust.
+        self.locations = tuple(names.locations(region) for region in regions)
         self.driver_inputs = raw_topic(
             app,
-            *[names.locations(region) for region in regions],
             names.status,
             names.trip_events,
             names.driver_commands,

@@ -132,7 +132,7 @@ async def process(runtime: Runtime, message) -> Completion | None:
             decision, context = decide.failed(order_id, f"Invalid request: {exc}", now), {"problem": str(exc)}
         else:
             decision, context = await _choose(runtime, request)
-    await runtime.decisions.put(order_id, decision)
+    await runtime.decisions.put(order_id, decision, message.partition)
     trip = _trip_command(runtime, decision, now)
     return await _answer(runtime, message, region, decision, decision["status"], context, trip)
 

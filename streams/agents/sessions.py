@@ -10,7 +10,7 @@ import structlog
 from schemas.codec import InvalidMessage
 from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
 from streams.app import app
-from streams.dlq import process_each
+from streams.dlq import process_each, timestamp_ms
 from streams.index import now_ms
 from streams.logic import InvalidEvent
 from streams.logic.sessions import (
@@ -44,7 +44,7 @@ async def _reroute(runtime: Runtime, message, driver_key: bytes, partition: int)
     headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
     # The original's timestamp kept: a dead letter of the copy then names when the record was sent.
     await send_confirmed(runtime.topics.named(message.topic), key=driver_key, value=message.value,
-                         partition=partition, headers=headers, timestamp=message.timestamp)
+                         partition=partition, headers=headers, timestamp=timestamp_ms(message) / 1000)
     runtime.metrics.rerouted.labels(stream="sessions").inc()
 
 
@@ -115,7 +115,7 @@ async def _process(runtime: Runtime, message, kind: str, region: str | None) -> 
     effects = _apply(runtime, kind, region, record, now)
     _count(runtime, kind, effects, record, now)
     if effects.session is not None:
-        await runtime.sessions.put(effects.session)
+        await runtime.sessions.put(effects.session, message.partition)
         runtime.index_writer.stage(effects.session)
     codec = runtime.codec
     if effects.presence is not None:

@@ -137,14 +137,20 @@ async def advance_fence(sender, assigned, **kwargs) -> None:
 async def forget_unrestored(sender, **kwargs) -> None:
     """Sessions read while the tables were restored (an HTTP request, a rebuild that began before the
     rebalance) came from a store that did not yet hold the restored changelog: drop them before the
-    agents resume. Dropping is always safe: every write goes to the table as well as the cache."""
-    app.runtime.sessions.forget_all()
+    agents resume. Dropping is always safe: every write goes to the table as well as the cache. Then
+    pings are read again, for the partitions this worker has now."""
+    runtime: Runtime = app.runtime
+    runtime.sessions.forget_all()
+    commands = runtime.names.driver_commands
+    await runtime.pings.start({tp.partition for tp in app.consumer.assignment() if tp.topic == commands})
 
 
 @app.on_partitions_revoked.connect
 async def forget_revoked(sender, revoked, **kwargs) -> None:
     """A partition given up may change elsewhere before it comes back: never trust its cache, nor
-    flush its index writes. Its drivers' heartbeat checks are now the new owner's to send."""
+    flush its index writes. Its drivers' heartbeat checks are now the new owner's to send. Pings stop
+    first, so that none is applied to what is forgotten."""
+    await app.runtime.pings.stop()
     app.runtime.sessions.forget_all()
     app.runtime.index_writer.forget_all()
     app.runtime.heartbeat_checks.clear()

@@ -214,3 +214,16 @@ async def test_a_rebalance_during_the_seek_leaves_the_partitions_it_took_without
 
     offsets, rewound = await faust_fixes.seek_to_committed_or_beginning(Client(), {TP("t.trips", 0), TP("t.trips", 1)})
     assert offsets == {TP("t.trips", 0): None, TP("t.trips", 1): 7} and rewound == []
+
+
+def _app_in_generation(assigned: int, coordinator: int) -> SimpleNamespace:
+    consumer = SimpleNamespace(_coordinator=SimpleNamespace(generation=coordinator))
+    thread = SimpleNamespace(_ensure_consumer=lambda: consumer)
+    return SimpleNamespace(consumer=SimpleNamespace(_thread=thread), consumer_generation_id=assigned)
+
+
+def test_a_consumer_the_group_expelled_is_no_longer_in_its_generation() -> None:
+    assert faust_fixes.still_in_generation(_app_in_generation(assigned=7, coordinator=7))
+    # aiokafka forgets the generation (-1) when the coordinator no longer knows the member.
+    assert not faust_fixes.still_in_generation(_app_in_generation(assigned=7, coordinator=-1))
+    assert not faust_fixes.still_in_generation(_app_in_generation(assigned=7, coordinator=8))

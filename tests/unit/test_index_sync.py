@@ -52,19 +52,35 @@ class Sessions:
         self.forgotten += 1
 
 
+class Pings:
+    """The ping consumer: which partitions it was started for, in order with the sessions' state."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+        self.calls: list[tuple[str, object, int]] = []
+
+    async def start(self, partitions: set[int]) -> None:
+        self.calls.append(("start", partitions, self.sessions.forgotten))
+
+    async def stop(self) -> None:
+        self.calls.append(("stop", None, self.sessions.forgotten))
+
+
 @pytest.fixture
 def worker(monkeypatch):
     runtime = app.runtime
     index, sessions = Index(), Sessions()
-    writer = SimpleNamespace(unready=set(), epoch=None, rebalance=-1, catch_up=None)
+    pings = Pings(sessions)
+    writer = SimpleNamespace(unready=set(), epoch=None, rebalance=-1, catch_up=None, forget_all=lambda: None)
     monkeypatch.setattr(runtime, "index", index)
     monkeypatch.setattr(runtime, "sessions", sessions)
     monkeypatch.setattr(runtime, "index_writer", writer)
+    monkeypatch.setattr(runtime, "pings", pings)
     monkeypatch.setattr(runtime.fence, "token", TOKEN)
     monkeypatch.setattr(app, "_consumer", SimpleNamespace(assignment=lambda: {TP(runtime.names.driver_commands, 0)}))
     monkeypatch.setattr(app, "rebalancing_count", REBALANCE)
     monkeypatch.setattr(app, "rebalancing", False)
-    return SimpleNamespace(runtime=runtime, index=index, sessions=sessions, writer=writer)
+    return SimpleNamespace(runtime=runtime, index=index, sessions=sessions, writer=writer, pings=pings)
 
 
 def _rebalance_begins(worker) -> None:
@@ -95,4 +111,13 @@ def test_a_rebalance_that_begins_while_the_index_is_written_is_left_for_the_next
 
 def test_sessions_read_during_a_restore_are_dropped_when_it_completes(worker) -> None:
     asyncio.run(upkeep.forget_unrestored(app))
+    assert worker.sessions.forgotten == 1
+    # Pings are read again once the sessions are forgotten, for this worker's partitions.
+    assert worker.pings.calls == [("start", {0}, 1)]
+
+
+def test_pings_stop_before_a_revoked_partitions_sessions_are_forgotten(worker, monkeypatch) -> None:
+    monkeypatch.setattr(worker.runtime, "heartbeat_checks", {"fd_19": 1})
+    asyncio.run(upkeep.forget_revoked(app, revoked={TP(worker.runtime.names.driver_commands, 0)}))
+    assert worker.pings.calls == [("stop", None, 0)]
     assert worker.sessions.forgotten == 1

@@ -1,0 +1,195 @@
+"""Location pings, read in batches by a consumer of their own instead of one faust event each.
+
+A faust event costs ~215 µs of CPU on this machine before any work is done (bench/README.md), which
+caps a worker below 5,000 records a second; pings are most of the input. Here they are fetched
+thousands at a time and each goes through the same `streams.agents.sessions.process` as every other
+driver record (decode, checks, the session, the table write, the index, presence, tracking, the
+dead-letter topic on failure).
+
+Ownership follows faust's: a worker reads the ping partitions whose sessions it owns, from when its
+tables are restored after a rebalance (`start`, called at faust's rebalance-complete) until its
+partitions are revoked (`stop`). Offsets are committed in a consumer group of their own
+(`<app id>.pings`), at faust's commit interval, and only after the producer has every changelog
+record, presence change and tracking update of the records before them: a crash leaves pings to apply
+again (stale then, and dropped as such), never one skipped. A partition without a commit in that group
+starts where the app's own group had it (a worker upgraded from reading pings through faust), or else
+at the beginning of its log."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from consumers.reading import new_consumer
+from streams.agents.sessions import process
+from streams.app import app
+from streams.dlq import guarded
+from streams.faust_fixes import still_in_generation
+from streams.logging import handling_record
+from streams.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+STAGE = "sessions"
+FETCH_WAIT_MS = 100
+# Records applied between two yields to the event loop: HTTP requests, assignment requests and timers
+# wait for at most this many pings (~20 ms).
+YIELD_EVERY = 100
+RETRY_AFTER_S = 1.0
+
+
+class PingBatches:
+    """The ping consumer of one worker: started and stopped with its partitions."""
+
+    def __init__(self, app: Any, runtime: Runtime) -> None:
+        self._app = app
+        self._runtime = runtime
+        settings = runtime.settings
+        self._group = f"{settings.topic_prefix}{settings.app_id}.pings"
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Future | None = None
+        self._stopping = False
+        # The next offset to read of each partition, once everything before it is applied.
+        self._positions: dict[TopicPartition, int] = {}
+
+    @property
+    def partitions(self) -> set[int]:
+        return {tp.partition for tp in self._positions}
+
+    async def start(self, partitions: set[int]) -> None:
+        """Reads the ping partitions `partitions` from their committed offsets on."""
+        await self.stop()
+        if not partitions:
+            return
+        consumer = await self._started_consumer()
+        tps = [TopicPartition(topic, p) for topic in self._runtime.topics.locations for p in sorted(partitions)]
+        consumer.assign(tps)
+        starts = await self._committed(consumer, tps)
+        for tp in tps:
+            if starts.get(tp) is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, starts[tp])
+        self._positions = {}
+        self._task = asyncio.ensure_future(self._run(consumer))
+        log.info("pings_started", partitions=sorted(partitions), group=self._group,
+                 starts={f"{tp.topic}:{tp.partition}": starts.get(tp) for tp in tps})
+
+    async def stop(self) -> None:
+        """Finishes the batch in hand, commits it, and stops reading."""
+        if self._task is None:
+            return
+        self._stopping = True
+        try:
+            await self._task
+        except Exception:  # logged by _run, which also crashed the app
+            pass
+        finally:
+            self._task, self._stopping = None, False
+        await self._commit()
+        self._positions = {}
+        if self._consumer is not None:
+            # Not unsubscribe(): after a manual assignment it leaves aiokafka 0.14's stop() waiting forever.
+            self._consumer.assign([])
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def _started_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            settings = self._runtime.settings
+            self._consumer = new_consumer(settings, group_id=self._group,
+                                          max_partition_fetch_bytes=4 * 1024 * 1024)
+            await self._consumer.start()
+        return self._consumer
+
+    async def _committed(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        starts = {tp: await consumer.committed(tp) for tp in tps}
+        missing = [tp for tp, offset in starts.items() if offset is None]
+        if missing:
+            starts.update(await self._app_group_offsets(missing))
+        return starts
+
+    async def _app_group_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where the app's own consumer group had these partitions: pings went through faust before."""
+        settings = self._runtime.settings
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                    **settings.kafka_client_options())
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self._app.conf.id, partitions=tps)
+        finally:
+            await admin.close()
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        runtime = self._runtime
+        max_records = runtime.settings.ping_batch_max_records
+        commit_every = self._app.conf.broker_commit_interval
+        committed_at = time.monotonic()
+        try:
+            while not self._stopping:
+                try:
+                    batch = await consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=max_records)
+                except KafkaError as exc:
+                    log.error("ping_fetch_failed", error=repr(exc))
+                    runtime.metrics.retries.labels(stage="ping_fetch").inc()
+                    await asyncio.sleep(RETRY_AFTER_S)
+                    continue
+                for tp, records in batch.items():
+                    await self._apply(records)
+                    self._positions[tp] = records[-1].offset + 1
+                if time.monotonic() - committed_at >= commit_every:
+                    await self._commit()
+                    committed_at = time.monotonic()
+        except Exception as exc:
+            # Not a record's failure (those are dead-lettered): the loop itself broke. A worker that
+            # silently stopped reading pings would look healthy: stop it instead.
+            log.exception("ping_batches_crashed")
+            await self._app.crash(exc)
+            raise
+
+    async def _apply(self, records: list[Any]) -> None:
+        runtime = self._runtime
+        apply = functools.partial(process, runtime)
+        for n, record in enumerate(records, 1):
+            with handling_record(record):
+                await guarded(runtime.dead_letters, record, STAGE, functools.partial(apply, record))
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+    async def _commit(self) -> None:
+        """Commits what was applied, once the broker has everything it produced. Not when the app's
+        consumer was expelled from the group: another worker owns these partitions now and commits
+        in this group too (commits here are not fenced by a generation), so this worker's older
+        positions could overwrite its. What this worker applied meanwhile was fenced out anyway."""
+        if not self._positions or self._consumer is None:
+            return
+        positions = dict(self._positions)
+        await self._app.producer.flush()
+        if not still_in_generation(self._app):
+            log.warning("ping_commit_skipped", reason="expelled from the group", partitions=len(positions))
+            return
+        try:
+            await self._consumer.commit(positions)
+        except KafkaError as exc:
+            # Applied again after a crash or a rebalance before the next commit: dropped as stale.
+            log.error("ping_commit_failed", error=repr(exc), partitions=len(positions))
+            self._runtime.metrics.retries.labels(stage="ping_commit").inc()
+
+
+app.runtime.pings = PingBatches(app, app.runtime)
+
+
+@app.on_before_shutdown.connect
+async def stop_pings(sender: Any, **kwargs: Any) -> None:
+    await app.runtime.pings.close()

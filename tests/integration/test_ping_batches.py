@@ -1,0 +1,94 @@
+"""Pings read in batches by their own consumer (streams/agents/pings.py), on the real broker and Redis:
+where each partition starts, what is committed, and that a worker stops cleanly with it."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.routing import key_partition
+from tests.integration.drivers import NYC, send_ping, wait_session
+from tests.integration.harness import BOOTSTRAP, run, wait_for
+
+PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "30"}
+REGION = "4_-7"
+
+
+def pings_group(deployment) -> str:
+    return f"{deployment.prefix}geodispatch.pings"
+
+
+def app_group(deployment) -> str:
+    return f"{deployment.prefix}geodispatch"
+
+
+def committed(group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+    async def read() -> dict[TopicPartition, int | None]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            return {tp: await consumer.committed(tp) for tp in tps}
+        finally:
+            await consumer.stop()
+
+    return run(read())
+
+
+def commit(group: str, offsets: dict[TopicPartition, int]) -> None:
+    async def write() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(list(offsets))
+            await consumer.commit(offsets)
+        finally:
+            await consumer.stop()
+
+    run(write())
+
+
+def pings_counted(worker) -> int:
+    return sum(worker.get("/stats")[1]["pings"].values())
+
+
+def test_pings_are_committed_in_their_own_group_and_a_restart_reads_on_from_there(deployment):
+    deployment.apply_topics()
+    topic = deployment.names.locations(REGION)
+    tps = [TopicPartition(topic, p) for p in range(deployment.partitions)]
+    drivers = [f"pb_{n}" for n in range(6)]
+    worker = deployment.start_worker(**PATIENT)
+    worker.wait_ready()
+    for driver in drivers:
+        send_ping(deployment, driver)
+    for driver in drivers:
+        wait_session(worker, driver, lambda s: s["last_loc"] is not None, message="located")
+    worker.stop()
+    assert worker.process.returncode == 0, worker.log()[-3000:]  # a clean stop, not killed after a wait
+
+    ends = {tp: 0 for tp in tps}
+    for driver in drivers:
+        ends[TopicPartition(topic, key_partition(driver.encode(), deployment.partitions))] += 1
+    assert committed(pings_group(deployment), tps) == {tp: end or None for tp, end in ends.items()}
+
+    again = deployment.start_worker("w2", **PATIENT)
+    again.wait_ready()
+    send_ping(deployment, drivers[0], lat=NYC[0] + 0.001)
+    wait_session(again, drivers[0], lambda s: s["last_loc"]["lat"] == NYC[0] + 0.001, message="moved")
+    assert pings_counted(again) == 1  # the new ping only: none of those committed was read again
+
+
+def test_a_partition_without_a_commit_of_its_own_starts_where_the_app_group_had_it(deployment):
+    """A worker upgraded from reading pings through faust goes on from faust's commit."""
+    deployment.apply_topics()
+    topic = deployment.names.locations(REGION)
+    driver = "pb_upgraded"
+    tp = TopicPartition(topic, key_partition(driver.encode(), deployment.partitions))
+    send_ping(deployment, driver, lat=NYC[0] + 0.002)  # offset 0: applied before the upgrade
+    send_ping(deployment, driver, lat=NYC[0] + 0.003)  # offset 1: not yet
+    commit(app_group(deployment), {tp: 1})
+
+    worker = deployment.start_worker(**PATIENT)
+    worker.wait_ready()
+    wait_session(worker, driver, lambda s: s["last_loc"] is not None, message="located")
+    wait_for(lambda: committed(pings_group(deployment), [tp])[tp] == 2, message="its own commit after the ping")
+    assert pings_counted(worker) == 1
+    assert wait_session(worker, driver, lambda s: True)["last_loc"]["lat"] == NYC[0] + 0.003
