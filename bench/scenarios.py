@@ -37,10 +37,11 @@ class Sizes:
     """How big each scenario is; `quick` is for trying the suite, `full` is what `make bench` runs."""
 
     city_drivers: int = 100_000
-    drain_pings: int = 30_000
+    # Backlogs big enough to last well over ten seconds at the batched ping path's rate.
+    drain_pings: int = 120_000
     ramp_rates: tuple[int, ...] = (500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000)
     ramp_step_s: float = 6.0
-    scale_pings: int = 30_000
+    scale_pings: int = 80_000
     scale_drivers: int = 20_000
     assign_drivers: int = 10_000
     api_seconds: float = 10.0
@@ -51,7 +52,7 @@ class Sizes:
     mixed_grace_s: float = 30.0  # answers later than this after the load ends count as unanswered
     requests_bound_s: float = 60.0
     baseline_producer_records: int = 500_000
-    profile_pings: int = 40_000
+    profile_pings: int = 100_000
     profile_seconds: float = 12.0
 
     @classmethod
@@ -204,7 +205,7 @@ def pings_and_restart(run: Run) -> None:
         cpu_used = cpu_seconds(worker.pid) - cpu0
         drain_s = series[-1][0] - t_cpu0
         drain_rate = window_rate([(t, c - seen0) for t, c, *_ in series])
-        run.log(f"pings: drained at {drain_rate:.0f}/s (window), CPU {cpu_used / drain_s:.0%} of a core")
+        run.log(f"pings: drained at {drain_rate or 0:.0f}/s (window), CPU {cpu_used / drain_s:.0%} of a core")
         drain = {
             "pings": s.drain_pings,
             "producer": backlog,
