@@ -19,7 +19,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-LIBS = ROOT / ".cache" / "kafka" / "libs"
+KAFKA_SCRIPT = ROOT / "infra" / "kafka" / "kafka.sh"
 
 
 async def aiokafka_loop(topic: str, expect: int, decode: bool, idle_s: float = 5.0) -> dict:
@@ -66,8 +66,14 @@ async def aiokafka_loop(topic: str, expect: int, decode: bool, idle_s: float = 5
     }
 
 
+def kafka_classpath() -> str:
+    """The broker distribution's jars, fetched by Maven if this checkout has none yet (it may be using a
+    broker another checkout or KAFKA_BOOTSTRAP_SERVERS provides)."""
+    return subprocess.run([str(KAFKA_SCRIPT), "classpath"], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def java(*args: str, timeout: float = 180) -> str:
-    command = ["java", "-Xmx512m", "-Dlog4j2.level=WARN", "-cp", f"{LIBS}/*", *args]
+    command = ["java", "-Xmx512m", "-Dlog4j2.level=WARN", "-cp", kafka_classpath(), *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"{args[0]} exited {result.returncode}: {result.stderr[-2000:]}")
