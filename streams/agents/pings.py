@@ -58,10 +58,6 @@ class PingBatches:
         # The next offset to read of each partition, once everything before it is applied.
         self._positions: dict[TopicPartition, int] = {}
 
-    @property
-    def partitions(self) -> set[int]:
-        return {tp.partition for tp in self._positions}
-
     async def start(self, partitions: set[int]) -> None:
         """Reads the ping partitions `partitions` from their committed offsets on."""
         await self.stop()
