@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import h3
@@ -93,28 +93,54 @@ return results
 # 40 ms here; 100 keep a reservation from waiting more than a few ms behind an index rebuild.
 UPSERT_BATCH = 100
 
-# Reserves a driver for an order: succeeds only if the driver is still available and fresh, and
-# returns the order's existing decision instead when there is one (a redelivered request, or a
-# paused worker racing the partition's new owner): a decision, once made, is never overwritten.
-RESERVE = """
-local existing = redis.call('GET', KEYS[3])
-if existing then return {'existing', existing} end
-local holder = redis.call('GET', KEYS[2])
-if holder then return {'taken', holder} end
-local d = redis.call('HMGET', KEYS[1], 'avail', 'c9', 'ts')
-if d[1] ~= '1' then return {'unavailable', ''} end
-if tonumber(d[3]) < tonumber(ARGV[5]) then return {'stale', ''} end
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[1], 'avail', '0')
-redis.call('SREM', ARGV[3] .. d[2], ARGV[4])
-redis.call('ZREM', KEYS[4], ARGV[4])
-return {'reserved', ARGV[2]}
+# Reserves a driver for each of several orders, in order: for each, the first of its candidates (best
+# first) that is still free, available and fresh, unless the order already has a decision (a
+# redelivered request, or a paused worker racing the partition's new owner), which is returned instead:
+# a decision, once made, is never overwritten. One call for a whole batch of requests; an earlier order
+# of the batch may take a later one's best candidate, which then gets its next.
+# ARGV[1..5]: the prefixes of driver, reservation and decision keys, the GEO set of available drivers,
+# the prefix of the cell sets; ARGV[6] the oldest position still fresh; then per order its id, the
+# number n of its candidates and n pairs (driver id, the decision naming that driver).
+# Per order: {'reserved', position of the driver among its candidates (1-based), decision},
+# {'existing', 0, decision} or {'none', n, ''}.
+RESERVE_FIRST = """
+local drivers, reservations, decisions, available, cells = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local min_ts = tonumber(ARGV[6])
+
+local function reserve(order, first, n)
+  local existing = redis.call('GET', decisions .. order)
+  if existing then return {'existing', 0, existing} end
+  for k = 0, n - 1 do
+    local id, decision = ARGV[first + 2 * k], ARGV[first + 2 * k + 1]
+    if redis.call('EXISTS', reservations .. id) == 0 then
+      local d = redis.call('HMGET', drivers .. id, 'avail', 'c9', 'ts')
+      if d[1] == '1' and tonumber(d[3]) >= min_ts then
+        redis.call('SET', reservations .. id, order)
+        redis.call('SET', decisions .. order, decision)
+        redis.call('HSET', drivers .. id, 'avail', '0')
+        redis.call('SREM', cells .. d[2], id)
+        redis.call('ZREM', available, id)
+        return {'reserved', k + 1, decision}
+      end
+    end
+  end
+  return {'none', n, ''}
+end
+
+local results, i = {}, 7
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  results[#results + 1] = reserve(ARGV[i], i + 2, n)
+  i = i + 2 + 2 * n
+end
+return results
 """
 
 # The drivers among a list of ids that are available with a position at least as fresh as ARGV[2],
-# as flat (id, lat, lng, ts) quadruples: searches read them inside Redis, one round trip in all,
-# instead of one read per driver from the worker (redis-py spends more on each call than Redis does).
+# as flat (id, lat, lng, ts) quadruples in one JSON array: searches read them inside Redis, one round
+# trip in all, instead of one read per driver from the worker (redis-py spends more on each call than
+# Redis does), and one string to parse instead of four RESP elements per driver (redis-py's parser is
+# Python, and spent more on a batch of searches' replies than on anything else of the assignment).
 LOCATE_AVAILABLE = """
 local function locate(ids, driver_prefix, min_ts)
   local out = {}
@@ -128,7 +154,8 @@ local function locate(ids, driver_prefix, min_ts)
       out[#out + 1] = d[3]
     end
   end
-  return out
+  if #out == 0 then return '[]' end  -- cjson writes an empty table as {}
+  return cjson.encode(out)
 end
 """
 
@@ -137,12 +164,17 @@ NEARBY = LOCATE_AVAILABLE + """
 return locate(redis.call('SUNION', unpack(KEYS)), ARGV[1], tonumber(ARGV[2]))
 """
 
-# The assignment's search: up to ARGV[6] drivers of the GEO set within ARGV[5] km of (ARGV[3], ARGV[4]),
-# nearest first, located; and how many the GEO search found (when it found the count, more may lie beyond).
+# The assignment's searches, one call for a batch of requests: for each (lng, lat, km) triple from ARGV[4]
+# on, up to ARGV[3] drivers of the GEO set within that many km of the point, nearest first, located;
+# and how many the GEO search found (when it found the count, more may lie beyond).
 CANDIDATES = LOCATE_AVAILABLE + """
-local ids = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[3], ARGV[4], 'BYRADIUS', ARGV[5], 'km', 'ASC',
-                       'COUNT', ARGV[6])
-return {#ids, locate(ids, ARGV[1], tonumber(ARGV[2]))}
+local results = {}
+for i = 4, #ARGV, 3 do
+  local ids = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[i], ARGV[i + 1], 'BYRADIUS', ARGV[i + 2], 'km',
+                         'ASC', 'COUNT', ARGV[3])
+  results[#results + 1] = {#ids, locate(ids, ARGV[1], tonumber(ARGV[2]))}
+end
+return results
 """
 
 # Records a failed decision unless the order already has one; failures expire so a later retry of
@@ -173,8 +205,11 @@ class Located:
 
 @dataclass(frozen=True)
 class Reservation:
-    outcome: str  # reserved | existing | taken | unavailable | stale
+    outcome: str  # reserved | existing | none
     decision: dict | None
+    # reserved: the reserved driver's position among the order's candidates (1 for the first);
+    # none: how many candidates were tried (all of them)
+    position: int
 
 
 class RegionIndex:
@@ -183,7 +218,7 @@ class RegionIndex:
         self.prefix = prefix
         self.partitions = partitions
         self._upsert = client.register_script(UPSERT)
-        self._reserve = client.register_script(RESERVE)
+        self._reserve_first = client.register_script(RESERVE_FIRST)
         self._record_failure = client.register_script(RECORD_FAILURE)
         self._nearby = client.register_script(NEARBY)
         self._candidates = client.register_script(CANDIDATES)
@@ -309,35 +344,48 @@ class RegionIndex:
         return ordered[:limit], cells
 
     async def candidates(
-        self, lat: float, lng: float, radius_km: float, count: int, min_loc_ts_ms: int
-    ) -> tuple[list[tuple[Located, float]], bool]:
-        """Up to `count` available, fresh drivers within radius_km of a point, nearest first, with
-        their distance; and whether the search found `count` (more may lie beyond). One GEOSEARCH
-        reads only the drivers near the point, never the fleet."""
-        # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
-        # so that a driver exactly radius_km away qualifies.
-        searched, flat = await self._candidates(
-            keys=[self.available_key],
-            args=[self.driver_key(""), min_loc_ts_ms, lng, lat, radius_km * 1.001 + 0.001, count],
-        )
-        found = [(d, haversine_km(lat, lng, d.lat, d.lng)) for d in _located(flat)]
-        return sorted(((d, km) for d, km in found if km <= radius_km + 1e-9), key=lambda pair: pair[1]), (
-            searched >= count
-        )
+        self, searches: Sequence[tuple[float, float, float]], count: int, min_loc_ts_ms: int
+    ) -> list[tuple[list[tuple[Located, float]], bool]]:
+        """For each (lat, lng, radius_km) search: up to `count` available, fresh drivers within radius_km
+        of the point, nearest first, with their distance; and whether the search found `count` (more may
+        lie beyond). One GEOSEARCH per search reads only the drivers near its point, never the fleet;
+        one round trip for all."""
+        if not searches:
+            return []
+        args: list = [self.driver_key(""), min_loc_ts_ms, count]
+        for lat, lng, radius_km in searches:
+            # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
+            # so that a driver exactly radius_km away qualifies.
+            args += [lng, lat, radius_km * 1.001 + 0.001]
+        replies = await self._candidates(keys=[self.available_key], args=args)
+        results = []
+        for (lat, lng, radius_km), (searched, located) in zip(searches, replies, strict=True):
+            found = [(d, haversine_km(lat, lng, d.lat, d.lng)) for d in _located(located)]
+            within = sorted(((d, km) for d, km in found if km <= radius_km + 1e-9), key=lambda pair: pair[1])
+            results.append((within, searched >= count))
+        return results
 
     # -- reservations and decisions -----------------------------------------------------------
 
-    async def reserve(self, driver_id: str, order_id: str, decision: dict, min_loc_ts_ms: int) -> Reservation:
-        keys = [
-            self.driver_key(driver_id),
-            self.reservation_key(driver_id),
-            self.decision_key(order_id),
-            self.available_key,
+    async def reserve_first(
+        self, offers: Sequence[tuple[str, Sequence[tuple[str, dict]]]], min_loc_ts_ms: int
+    ) -> list[Reservation]:
+        """For each (order id, candidates) in order, with candidates (driver id, the decision naming
+        that driver) best first: reserves the first candidate still free, and records its decision,
+        unless the order already has one, which is returned instead. One round trip for all."""
+        if not offers:
+            return []
+        args: list = [self.driver_key(""), self.reservation_key(""), self.decision_key(""), self.available_key,
+                      self.cell_prefix, min_loc_ts_ms]
+        for order_id, candidates in offers:
+            args += [order_id, len(candidates)]
+            for driver_id, decision in candidates:
+                args += [driver_id, orjson.dumps(decision)]
+        replies = await self._reserve_first(args=args)
+        return [
+            Reservation(outcome, orjson.loads(payload) if outcome != "none" else None, int(position))
+            for outcome, position, payload in replies
         ]
-        args = [order_id, orjson.dumps(decision), self.cell_prefix, driver_id, min_loc_ts_ms]
-        outcome, payload = await self._reserve(keys=keys, args=args)
-        # 'taken' carries the holder's order id, not a decision.
-        return Reservation(outcome, orjson.loads(payload) if outcome in ("reserved", "existing") else None)
 
     async def decision(self, order_id: str) -> dict | None:
         raw = await self.redis.get(self.decision_key(order_id))
@@ -354,8 +402,9 @@ class RegionIndex:
         return bool(await self.redis.ping())
 
 
-def _located(flat: list[str]) -> list[Located]:
+def _located(payload: str) -> list[Located]:
     """The (id, lat, lng, ts) quadruples of LOCATE_AVAILABLE."""
+    flat = orjson.loads(payload)
     return [
         Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)
     ]

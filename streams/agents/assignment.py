@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import time
 from datetime import UTC, datetime
@@ -44,62 +46,126 @@ async def _retrying(runtime: Runtime, action):
     return await with_retries(action, STAGE, runtime.metrics, s.retry_attempts, s.retry_base_s, s.retry_max_s)
 
 
-async def _choose(runtime: Runtime, request: AssignmentRequested) -> tuple[dict, dict[str, Any]]:
-    """Reserves the best candidate still free; returns the decision and what the log line needs.
-    The score never rises with distance, so the nearest few drivers hold the best; when other orders
-    take all of them first, the search widens to more.
+class Chooser:
+    """Chooses the drivers of the requests being processed at once together: one candidate search and
+    one reservation call to Redis per round for all of them, instead of two round trips (and two of
+    redis-py's costly calls) per request. A request arriving while a batch is decided waits for the
+    next, so batches grow with the load and a lone request is decided at once."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._waiting: list[tuple[AssignmentRequested, asyncio.Future]] = []
+        self._deciding = False
+
+    async def choose(self, request: AssignmentRequested) -> tuple[dict, dict[str, Any]]:
+        """The request's decision (recorded in Redis) and what its log line needs."""
+        choice = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, choice))
+        if not self._deciding:
+            self._deciding = True
+            # A context of its own: the batch's log lines must not name the record that started it.
+            asyncio.get_running_loop().create_task(self._decide_waiting(), context=contextvars.Context())
+        return await choice
+
+    async def _decide_waiting(self) -> None:
+        batch: list[tuple[AssignmentRequested, asyncio.Future]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    results = await _choose_all(self._runtime, [request for request, _ in batch])
+                except Exception as exc:  # each request answers for it (guarded: dead-lettered)
+                    results = [exc] * len(batch)
+                for (_, choice), result in zip(batch, results, strict=True):
+                    if choice.done():  # its record's task was cancelled
+                        continue
+                    if isinstance(result, Exception):
+                        choice.set_exception(result)
+                    else:
+                        choice.set_result(result)
+        finally:
+            self._deciding = False
+            for _, choice in batch + self._waiting:  # cancelled midway: nobody may wait forever
+                choice.cancel()
+
+
+async def _choose_all(runtime: Runtime, requests: list[AssignmentRequested]) -> list[tuple[dict, dict[str, Any]]]:
+    """Reserves for each request the best candidate still free, earlier requests first. The score never
+    rises with distance, so the nearest few drivers hold the best; requests whose candidates were all
+    taken (by earlier requests or other workers) search again among more, until the search finds
+    fewer than it asked for or MAX_CANDIDATES.
 
     A decision is stamped when it is made, after the search found its driver free, not when the
     request arrived: retries across a Redis outage can take seconds, in which the driver may finish
     an earlier trip, and an assignedAt from before that would claim the driver held two orders at once."""
-    settings = runtime.settings
+    settings, metrics = runtime.settings, runtime.metrics
     fresh_since = now_ms() - int(settings.location_max_age_s * 1000)
-    count, tried = settings.candidates_wanted, set[str]()
-    context: dict[str, Any] = {"candidates": 0}
-    while True:
-        found, maybe_more = await _retrying(
-            runtime,
-            lambda n=count: runtime.index.candidates(
-                request.restaurantLatitude, request.restaurantLongitude, request.radius, n, fresh_since
-            ),
-        )
-        ranked = decide.rank(((d.driver_id, km) for d, km in found if d.driver_id not in tried), request,
-                             runtime.weights)
-        context["candidates"] += len(ranked)
-        for position, candidate in enumerate(ranked):
-            tried.add(candidate.driver_id)
-            reservation = await _retrying(
-                runtime,
-                lambda c=candidate: runtime.index.reserve(
-                    c.driver_id,
-                    request.orderId,
-                    decide.assigned(request.orderId, c.driver_id, eta_minutes(c), datetime.now(UTC)),
-                    fresh_since,
-                ),
-            )
-            if reservation.outcome == "reserved":
-                runner_up = ranked[position + 1] if position + 1 < len(ranked) else None
-                context.update(score=round(candidate.score, 2), distance_km=round(candidate.distance_km, 3),
-                               runner_up=runner_up.driver_id if runner_up else None,
-                               runner_up_score=round(runner_up.score, 2) if runner_up else None)
-                runtime.metrics.assignment_candidates.observe(context["candidates"])
-                return reservation.decision, context
+    chosen: list[dict | None] = [None] * len(requests)
+    contexts: list[dict[str, Any]] = [{"candidates": 0} for _ in requests]
+    tried: list[set[str]] = [set() for _ in requests]
+    open_, count = list(range(len(requests))), settings.candidates_wanted
+    while open_:
+        searches = [(requests[i].restaurantLatitude, requests[i].restaurantLongitude, requests[i].radius)
+                    for i in open_]
+        found = await _retrying(runtime, lambda n=count, s=searches: runtime.index.candidates(s, n, fresh_since))
+        now = datetime.now(UTC)
+        ranked = [
+            decide.rank(((d.driver_id, km) for d, km in drivers if d.driver_id not in tried[i]), requests[i],
+                        runtime.weights)
+            for i, (drivers, _) in zip(open_, found, strict=True)
+        ]
+        offers = [
+            (requests[i].orderId,
+             [(c.driver_id, decide.assigned(requests[i].orderId, c.driver_id, eta_minutes(c), now)) for c in cands])
+            for i, cands in zip(open_, ranked, strict=True)
+        ]
+        reservations = await _retrying(runtime, lambda o=offers: runtime.index.reserve_first(o, fresh_since))
+        still_open = []
+        for i, cands, (_, maybe_more), reservation in zip(open_, ranked, found, reservations, strict=True):
+            contexts[i]["candidates"] += len(cands)
+            if reservation.outcome == "none":
+                metrics.reservation_conflicts.inc(len(cands))
+                tried[i].update(c.driver_id for c in cands)
+                if maybe_more and count < MAX_CANDIDATES:
+                    still_open.append(i)
+                continue
+            chosen[i] = reservation.decision
             if reservation.outcome == "existing":
                 # This order was decided before (a redelivery after a crash, or another worker): keep it.
-                context["reused"] = True
-                return reservation.decision, context
-            runtime.metrics.reservation_conflicts.inc()
-        if not maybe_more or count >= MAX_CANDIDATES:
-            break
-        count *= 4
-    runtime.metrics.assignment_candidates.observe(context["candidates"])
+                contexts[i]["reused"] = True
+            else:
+                metrics.reservation_conflicts.inc(reservation.position - 1)
+                contexts[i].update(_explained(cands, reservation.position - 1))
+        open_, count = still_open, count * 4
+    for context in contexts:
+        if "reused" not in context:
+            metrics.assignment_candidates.observe(context["candidates"])
+    return [
+        (decision or await _record_failure(runtime, request), context)
+        for request, decision, context in zip(requests, chosen, contexts, strict=True)
+    ]
+
+
+def _explained(ranked: list, position: int) -> dict[str, Any]:
+    """The log line's account of a choice: the chosen candidate's score and distance, and the next best."""
+    chosen = ranked[position]
+    runner_up = ranked[position + 1] if position + 1 < len(ranked) else None
+    return {
+        "score": round(chosen.score, 2),
+        "distance_km": round(chosen.distance_km, 3),
+        "runner_up": runner_up.driver_id if runner_up else None,
+        "runner_up_score": round(runner_up.score, 2) if runner_up else None,
+    }
+
+
+async def _record_failure(runtime: Runtime, request: AssignmentRequested) -> dict:
+    """No driver for the request: its failed decision, unless the order was decided meanwhile."""
     failure = decide.failed(request.orderId, decide.NO_DRIVERS, datetime.now(UTC))
-    ttl = settings.failed_decision_ttl_s
-    recorded = await _retrying(runtime, lambda: runtime.index.record_failure(request.orderId, failure, ttl))
-    return recorded, context
+    ttl = runtime.settings.failed_decision_ttl_s
+    return await _retrying(runtime, lambda: runtime.index.record_failure(request.orderId, failure, ttl))
 
 
-async def process(runtime: Runtime, message) -> Completion | None:
+async def process(runtime: Runtime, chooser: Chooser, message) -> Completion | None:
     codec = runtime.codec
     raw = codec.decode_raw(AssignmentRequested, message.value)
     order_id = _order_id(raw)
@@ -131,7 +197,7 @@ async def process(runtime: Runtime, message) -> Completion | None:
         except InvalidMessage as exc:
             decision, context = decide.failed(order_id, f"Invalid request: {exc}", now), {"problem": str(exc)}
         else:
-            decision, context = await _choose(runtime, request)
+            decision, context = await chooser.choose(request)
     await runtime.decisions.put(order_id, decision, message.partition)
     trip = _trip_command(runtime, decision, now)
     return await _answer(runtime, message, region, decision, decision["status"], context, trip)
@@ -175,5 +241,5 @@ async def _answer(
 @app.agent(app.runtime.topics.requests, name="assignments")
 async def assignments(stream) -> None:
     runtime: Runtime = app.runtime
-    await process_overlapping(stream, runtime.dead_letters, STAGE, functools.partial(process, runtime),
-                              runtime.settings.answers_in_flight)
+    handle = functools.partial(process, runtime, Chooser(runtime))
+    await process_overlapping(stream, runtime.dead_letters, STAGE, handle, runtime.settings.answers_in_flight)

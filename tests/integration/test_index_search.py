@@ -1,5 +1,6 @@
 """The index's two searches, run inside the real Redis by one script each: `nearby` (the sessions API)
-and `candidates` (assignment) return only available drivers with a fresh position, nearest first."""
+and `candidates` (assignment, a batch of requests' searches in one call) return only available drivers
+with a fresh position, nearest first; and the batch's reservations."""
 
 from __future__ import annotations
 
@@ -65,12 +66,12 @@ async def test_nearby_offers_only_available_freshly_located_drivers_nearest_firs
 async def test_a_reserved_driver_leaves_both_searches(index):
     await index.write_sessions([located("drv_a", 0.0005, 0), located("drv_b", 0.001, 0)], FENCE, rebuild=True)
     fresh_since = now_ms() - 60_000
-    reservation = await index.reserve("drv_a", "ord_1", {"orderId": "ord_1"}, fresh_since)
+    (reservation,) = await index.reserve_first([("ord_1", [("drv_a", {"orderId": "ord_1"})])], fresh_since)
     assert reservation.outcome == "reserved"
 
     origin = h3.latlng_to_cell(*CENTRE, 9)
     assert (await index.nearby(origin, 2, 50, fresh_since))[0] == ["drv_b"]
-    found, _ = await index.candidates(*CENTRE, 5.0, 8, fresh_since)
+    ((found, _),) = await index.candidates([(*CENTRE, 5.0)], 8, fresh_since)
     assert [d.driver_id for d, _ in found] == ["drv_b"]
 
 
@@ -87,7 +88,7 @@ async def test_candidates_are_the_nearest_within_the_radius_with_their_distance(
     )
     fresh_since = now_ms() - 60_000
 
-    found, maybe_more = await index.candidates(*CENTRE, 2.0, 8, fresh_since)
+    ((found, maybe_more),) = await index.candidates([(*CENTRE, 2.0)], 8, fresh_since)
     assert [d.driver_id for d, _ in found] == ["drv_100m", "drv_1km"]
     assert [round(km, 1) for _, km in found] == [0.1, 1.0]
     assert found[0][0].loc_ts_ms >= fresh_since
@@ -95,15 +96,56 @@ async def test_candidates_are_the_nearest_within_the_radius_with_their_distance(
 
     # Asked for two, the search found two (the nearest is stale, so only one is offered) and says more
     # may lie beyond them: the caller widens the search.
-    found, maybe_more = await index.candidates(*CENTRE, 5.0, 2, fresh_since)
+    ((found, maybe_more),) = await index.candidates([(*CENTRE, 5.0)], 2, fresh_since)
     assert [d.driver_id for d, _ in found] == ["drv_100m"]
     assert maybe_more is True
+
+
+async def test_one_call_searches_for_several_requests_each_around_its_own_point(index):
+    await index.write_sessions([located("drv_here", 0.0009, 0), located("drv_east", 0, 0.09)], FENCE, rebuild=True)
+    east = (CENTRE[0], CENTRE[1] + 0.09)
+    searches = [(*CENTRE, 2.0), (*east, 2.0), (*CENTRE, 20.0)]
+    results = await index.candidates(searches, 8, now_ms() - 60_000)
+    assert [[d.driver_id for d, _ in found] for found, _ in results] == [
+        ["drv_here"], ["drv_east"], ["drv_here", "drv_east"]
+    ]
+    assert await index.candidates([], 8, 0) == []
+
+
+async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candidate(index):
+    await index.write_sessions([located(d, 0.001 * n, 0) for n, d in enumerate(["drv_a", "drv_b", "drv_c"])], FENCE,
+                               rebuild=True)
+    fresh_since = now_ms() - 60_000
+    await index.reserve_first([("ord_old", [("drv_c", {"orderId": "ord_old", "driverId": "drv_c"})])], fresh_since)
+
+    def offer(order: str, *drivers: str) -> tuple[str, list]:
+        return order, [(d, {"orderId": order, "driverId": d}) for d in drivers]
+
+    outcomes = await index.reserve_first(
+        [
+            offer("ord_1", "drv_a", "drv_b"),
+            offer("ord_2", "drv_a", "drv_b"),  # its best was taken by ord_1 a moment before: its next
+            offer("ord_3", "drv_a", "drv_b", "drv_c"),  # all taken, drv_c by an order before the batch
+            offer("ord_old", "drv_b"),  # decided before: its decision, not another driver
+            offer("ord_4"),
+        ],
+        fresh_since,
+    )
+    assert [(r.outcome, r.position) for r in outcomes] == [
+        ("reserved", 1), ("reserved", 2), ("none", 3), ("existing", 0), ("none", 0)
+    ]
+    assert [r.decision and r.decision["driverId"] for r in outcomes] == ["drv_a", "drv_b", None, "drv_c", None]
+    assert [await index.reservation_holder(d) for d in ("drv_a", "drv_b", "drv_c")] == ["ord_1", "ord_2", "ord_old"]
+    assert await index.decision("ord_2") == {"orderId": "ord_2", "driverId": "drv_b"}
+    assert await index.decision("ord_3") is None
+    ((found, _),) = await index.candidates([(*CENTRE, 5.0)], 8, fresh_since)
+    assert found == []
 
 
 async def test_searches_of_an_empty_area_find_nobody(index):
     origin = h3.latlng_to_cell(*CENTRE, 9)
     assert await index.nearby(origin, 1, 50, 0) == ([], list(h3.grid_disk(origin, 1)))
-    assert await index.candidates(*CENTRE, 5.0, 8, 0) == ([], False)
+    assert await index.candidates([(*CENTRE, 5.0)], 8, 0) == [([], False)]
 
 
 def _position(driver_id: str) -> tuple[float, float]:

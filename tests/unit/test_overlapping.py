@@ -117,3 +117,23 @@ async def test_a_failed_record_or_a_failed_wait_is_dead_lettered_and_acked_in_it
     await _run(stream, dead, process)
     assert dead.sent == [(1, "ValueError"), (2, "ConnectionError")]
     assert stream.acked == [0, 1, 2, 3, 4]
+
+
+async def test_records_are_handled_at_once_started_in_their_order():
+    # The assignment's Chooser gathers the requests in progress into one call to Redis: that needs every
+    # record's processing started before an earlier one's is over, and started in the records' order.
+    gate = asyncio.Event()
+    started: list[int] = []
+
+    async def process(message):
+        started.append(message.offset)
+        await gate.wait()
+        return None
+
+    stream = Stream(4)
+    runner = asyncio.ensure_future(_run(stream, DeadLetters(), process, depth=8))
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2, 3] and stream.acked == []
+    gate.set()
+    await runner
+    assert stream.acked == [0, 1, 2, 3]
