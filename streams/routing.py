@@ -3,11 +3,16 @@ is written again to the right one and skipped here, so it is never processed in 
 
 from __future__ import annotations
 
+import functools
+
 from aiokafka.partitioner import murmur2
 
 REROUTED_FROM = "geodispatch.rerouted_from"
 
 
+# aiokafka's murmur2 is pure Python (3.5 µs a key), and every ping needs its key's partition twice
+# (the routing check, the index's readiness key): a fleet's driver ids are remembered.
+@functools.lru_cache(maxsize=1 << 18)
 def key_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (Java client, aiokafka, kafkajs): murmur2 of the key bytes."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -72,10 +72,10 @@ def _driver_id(record) -> str:
 def _count(runtime: Runtime, kind: str, effects: Effects, record, now: int) -> None:
     m = runtime.metrics
     if kind == "location":
-        m.pings.labels(outcome=effects.outcome).inc()
-        m.event_lag.labels(stream="locations").observe(max(0.0, now / 1000 - record.ts.timestamp()))
+        m.child(m.pings, effects.outcome).inc()
+        m.child(m.event_lag, "locations").observe(max(0.0, now / 1000 - record.ts.timestamp()))
         if effects.session is not None and effects.session.trip_id is not None:
-            m.tracking_updates.labels(outcome="sent" if effects.tracking else "throttled").inc()
+            m.child(m.tracking_updates, "sent" if effects.tracking else "throttled").inc()
     elif kind == "status":
         m.status_changes.labels(change=effects.outcome).inc()
     elif kind == "trip":
