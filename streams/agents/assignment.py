@@ -46,6 +46,10 @@ async def _retrying(runtime: Runtime, action):
     return await with_retries(action, STAGE, runtime.metrics, s.retry_attempts, s.retry_base_s, s.retry_max_s)
 
 
+# A request's decision (recorded in Redis) and what its log line needs.
+Choice = tuple[dict, dict[str, Any]]
+
+
 class Chooser:
     """Chooses the drivers of the requests being processed at once together: one candidate search and
     one reservation call to Redis per round for all of them, instead of two round trips (and two of
@@ -57,8 +61,7 @@ class Chooser:
         self._waiting: list[tuple[AssignmentRequested, asyncio.Future]] = []
         self._deciding = False
 
-    async def choose(self, request: AssignmentRequested) -> tuple[dict, dict[str, Any]]:
-        """The request's decision (recorded in Redis) and what its log line needs."""
+    async def choose(self, request: AssignmentRequested) -> Choice:
         choice = asyncio.get_running_loop().create_future()
         self._waiting.append((request, choice))
         if not self._deciding:
@@ -73,37 +76,40 @@ class Chooser:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    results = await _choose_all(self._runtime, [request for request, _ in batch])
-                except Exception as exc:  # each request answers for it (guarded: dead-lettered)
-                    results = [exc] * len(batch)
-                for (_, choice), result in zip(batch, results, strict=True):
-                    if choice.done():  # its record's task was cancelled
-                        continue
-                    if isinstance(result, Exception):
-                        choice.set_exception(result)
-                    else:
-                        choice.set_result(result)
+                    await _choose_all(self._runtime, batch)
+                except Exception as exc:
+                    # A request already decided keeps its answer (its driver is reserved for it); each
+                    # other answers for the failure (guarded: dead-lettered with it).
+                    for _, choice in batch:
+                        if not choice.done():
+                            choice.set_exception(exc)
         finally:
             self._deciding = False
             for _, choice in batch + self._waiting:  # cancelled midway: nobody may wait forever
                 choice.cancel()
 
 
-async def _choose_all(runtime: Runtime, requests: list[AssignmentRequested]) -> list[tuple[dict, dict[str, Any]]]:
-    """Reserves for each request the best candidate still free, earlier requests first. The score never
-    rises with distance, so the nearest few drivers hold the best; requests whose candidates were all
-    taken (by earlier requests or other workers) search again among more, until the search finds
-    fewer than it asked for or MAX_CANDIDATES.
+def _settle(choice: asyncio.Future, decision: dict, context: dict[str, Any]) -> None:
+    if not choice.done():  # else its record's task was cancelled
+        choice.set_result((decision, context))
+
+
+async def _choose_all(runtime: Runtime, batch: list[tuple[AssignmentRequested, asyncio.Future]]) -> None:
+    """Reserves for each request the best candidate still free, earlier requests first, and settles
+    its choice as soon as it is decided. The score never rises with distance, so the nearest few
+    drivers hold the best; requests whose candidates were all taken (by earlier requests or other
+    workers) search again among more, until the search finds fewer than it asked for or
+    MAX_CANDIDATES.
 
     A decision is stamped when it is made, after the search found its driver free, not when the
     request arrived: retries across a Redis outage can take seconds, in which the driver may finish
     an earlier trip, and an assignedAt from before that would claim the driver held two orders at once."""
     settings, metrics = runtime.settings, runtime.metrics
+    requests = [request for request, _ in batch]
     fresh_since = now_ms() - int(settings.location_max_age_s * 1000)
-    chosen: list[dict | None] = [None] * len(requests)
     contexts: list[dict[str, Any]] = [{"candidates": 0} for _ in requests]
     tried: list[set[str]] = [set() for _ in requests]
-    open_, count = list(range(len(requests))), settings.candidates_wanted
+    open_, unserved, count = list(range(len(requests))), [], settings.candidates_wanted
     while open_:
         searches = [(requests[i].restaurantLatitude, requests[i].restaurantLongitude, requests[i].radius)
                     for i in open_]
@@ -122,28 +128,25 @@ async def _choose_all(runtime: Runtime, requests: list[AssignmentRequested]) -> 
         reservations = await _retrying(runtime, lambda o=offers: runtime.index.reserve_first(o, fresh_since))
         still_open = []
         for i, cands, (_, maybe_more), reservation in zip(open_, ranked, found, reservations, strict=True):
-            contexts[i]["candidates"] += len(cands)
+            context = contexts[i]
+            context["candidates"] += len(cands)
             if reservation.outcome == "none":
                 metrics.reservation_conflicts.inc(len(cands))
                 tried[i].update(c.driver_id for c in cands)
-                if maybe_more and count < MAX_CANDIDATES:
-                    still_open.append(i)
+                (still_open if maybe_more and count < MAX_CANDIDATES else unserved).append(i)
                 continue
-            chosen[i] = reservation.decision
             if reservation.outcome == "existing":
                 # This order was decided before (a redelivery after a crash, or another worker): keep it.
-                contexts[i]["reused"] = True
+                context["reused"] = True
             else:
                 metrics.reservation_conflicts.inc(reservation.position - 1)
-                contexts[i].update(_explained(cands, reservation.position - 1))
+                metrics.assignment_candidates.observe(context["candidates"])
+                context.update(_explained(cands, reservation.position - 1))
+            _settle(batch[i][1], reservation.decision, context)
         open_, count = still_open, count * 4
-    for context in contexts:
-        if "reused" not in context:
-            metrics.assignment_candidates.observe(context["candidates"])
-    return [
-        (decision or await _record_failure(runtime, request), context)
-        for request, decision, context in zip(requests, chosen, contexts, strict=True)
-    ]
+    for i in unserved:
+        metrics.assignment_candidates.observe(contexts[i]["candidates"])
+        _settle(batch[i][1], await _record_failure(runtime, requests[i]), contexts[i])
 
 
 def _explained(ranked: list, position: int) -> dict[str, Any]:

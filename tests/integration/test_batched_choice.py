@@ -47,15 +47,19 @@ async def runtime():
 
 
 class CountedSearches:
-    """The real index's candidate search, with the searches of each call recorded."""
+    """The real index's candidate search, with the searches of each call recorded; from call
+    `failing_from` on, Redis is unreachable."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, failing_from: int | None = None) -> None:
         self.calls: list[int] = []
         self._search = runtime.index.candidates
+        self._failing_from = failing_from
         runtime.index.candidates = self
 
     async def __call__(self, searches, count, min_loc_ts_ms):
         self.calls.append(len(searches))
+        if self._failing_from is not None and len(self.calls) >= self._failing_from:
+            raise ConnectionError("Redis unreachable")
         return await self._search(searches, count, min_loc_ts_ms)
 
 
@@ -84,6 +88,20 @@ async def test_requests_processed_at_once_are_decided_together_in_order(runtime)
     again, context = await chooser.choose(request("ord_2", A))
     assert again["driverId"] == "a2" and context["reused"] is True
     assert await runtime.index.reservation_holder("a4") is None
+
+
+async def test_requests_decided_before_a_failure_keep_their_drivers_and_only_the_others_fail(runtime):
+    await runtime.index.write_sessions([driver(f"a{n}", A, 100 * n) for n in (1, 2, 3)], fence=1, rebuild=True)
+    runtime.settings = runtime.settings.model_copy(update={"retry_attempts": 1})
+    CountedSearches(runtime, failing_from=2)
+    chooser = Chooser(runtime)
+    outcomes = await asyncio.gather(*(chooser.choose(request(f"ord_{n}", A)) for n in (1, 2, 3)),
+                                    return_exceptions=True)
+    # All three found a1 and a2; ord_1 and ord_2 reserved them, ord_3 had to search again and Redis was
+    # gone by then: it alone fails (and is dead-lettered), the others are answered with their drivers.
+    assert [outcome[0]["driverId"] for outcome in outcomes[:2]] == ["a1", "a2"]
+    assert type(outcomes[2]).__name__ == "GaveUp"
+    assert [await runtime.index.reservation_holder(d) for d in ("a1", "a2", "a3")] == ["ord_1", "ord_2", None]
 
 
 async def test_a_failed_search_fails_every_request_of_its_batch():
