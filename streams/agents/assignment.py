@@ -59,15 +59,16 @@ class Chooser:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._waiting: list[tuple[AssignmentRequested, asyncio.Future]] = []
-        self._deciding = False
+        # Held here: the event loop keeps only weak references to its tasks.
+        self._decider: asyncio.Task | None = None
 
     async def choose(self, request: AssignmentRequested) -> Choice:
         choice = asyncio.get_running_loop().create_future()
         self._waiting.append((request, choice))
-        if not self._deciding:
-            self._deciding = True
+        if self._decider is None:
             # A context of its own: the batch's log lines must not name the record that started it.
-            asyncio.get_running_loop().create_task(self._decide_waiting(), context=contextvars.Context())
+            self._decider = asyncio.get_running_loop().create_task(self._decide_waiting(),
+                                                                   context=contextvars.Context())
         return await choice
 
     async def _decide_waiting(self) -> None:
@@ -84,7 +85,7 @@ class Chooser:
                         if not choice.done():
                             choice.set_exception(exc)
         finally:
-            self._deciding = False
+            self._decider = None
             for _, choice in batch + self._waiting:  # cancelled midway: nobody may wait forever
                 choice.cancel()
 
