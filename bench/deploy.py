@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from infra.cleanup import remove_deployment
 from infra.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +268,8 @@ class Deployment:
 
     def cleanup(self) -> None:
         self.stop_all()
-        asyncio.run(_delete_own(self.prefix, self.redis_prefix))
+        for problem in asyncio.run(remove_deployment(BOOTSTRAP, REDIS_URL, self.prefix, self.redis_prefix)):
+            print(f"bench: {problem}", file=sys.stderr)
 
 
 async def end_offsets(topics: list[str]) -> dict[str, int]:
@@ -316,31 +318,3 @@ class OffsetWatcher:
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
-
-
-async def _delete_own(prefix: str, redis_prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-    from redis.asyncio import Redis
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        mine = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    except Exception as exc:  # cleanup is best effort; the run's results are already written
-        print(f"bench: could not delete topics {prefix}*: {exc}", file=sys.stderr)
-    finally:
-        await admin.close()
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        batch = []
-        async for key in redis.scan_iter(match=f"{redis_prefix}*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                await redis.unlink(*batch)
-                batch = []
-        if batch:
-            await redis.unlink(*batch)
-    finally:
-        await redis.aclose()

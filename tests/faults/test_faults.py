@@ -16,7 +16,7 @@ def deployment(tmp_path):
 
     dep = Deployment(tmp=tmp_path)
     yield dep
-    dep.stop_all()
+    dep.cleanup()
 
 
 def _prepare(dep):

@@ -51,7 +51,7 @@ def deployment(tmp_path):
     dep.extra_env.update(GEODISPATCH_MISSED_HEARTBEATS=str(MISSED_HEARTBEATS), GEODISPATCH_LOCATION_MAX_AGE_S="600")
     dep.apply_topics()
     yield dep
-    dep.stop_all()
+    dep.cleanup()
 
 
 # -- building the waves -----------------------------------------------------------------------------

@@ -42,4 +42,4 @@ def deployment(tmp_path):
     dep = Deployment(tmp=tmp_path)
     dep.apply_topics()
     yield dep
-    dep.stop_all()
+    dep.cleanup()

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
+from infra.cleanup import remove_deployment
 from infra.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,6 +195,12 @@ class Deployment:
     def stop_all(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+    def cleanup(self) -> None:
+        """Stops the workers and removes the deployment's topics and Redis keys from the shared servers."""
+        self.stop_all()
+        for problem in asyncio.run(remove_deployment(self.bootstrap, self.redis_url, self.prefix, self.redis_prefix)):
+            print(f"harness: {problem}", file=sys.stderr)
 
     # -- Kafka ------------------------------------------------------------------------------------
 

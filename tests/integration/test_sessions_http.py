@@ -20,7 +20,7 @@ def worker(tmp_path_factory):
     worker = dep.start_worker()
     worker.wait_ready()
     yield worker
-    dep.stop_all()
+    dep.cleanup()
 
 
 @pytest.mark.parametrize(
