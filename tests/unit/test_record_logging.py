@@ -81,3 +81,13 @@ def test_concurrent_tasks_keep_their_own_record() -> None:
 
     lines = _lines(lambda: asyncio.run(both()))
     assert sorted((line["expected"], line["offset"]) for line in lines) == [(1, 1), (2, 2)]
+
+
+def test_any_value_is_written_and_a_line_never_fails() -> None:
+    def write() -> None:
+        structlog.get_logger("test").info("odd", starts={0: 5, ("t", 1): None}, big=2**70, raw=b"\xff")
+        structlog.get_logger("test").info("plain", partitions=[1, 2])
+
+    odd, plain = _lines(write)
+    assert odd["starts"] == {"0": 5, "('t', 1)": None} and odd["raw"] == "b'\\xff'"
+    assert odd["big"] == 2**70 and plain["partitions"] == [1, 2]
