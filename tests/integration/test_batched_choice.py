@@ -12,6 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from schemas.models import AssignmentRequested
+from streams.agents import assignment
 from streams.agents.assignment import Chooser
 from streams.index import now_ms
 from streams.logic import assignment as decide
@@ -88,6 +89,26 @@ async def test_requests_processed_at_once_are_decided_together_in_order(runtime)
     again, context = await chooser.choose(request("ord_2", A))
     assert again["driverId"] == "a2" and context["reused"] is True
     assert await runtime.index.reservation_holder("a4") is None
+
+
+async def test_requests_arriving_soon_after_a_batch_wait_to_be_decided_together(runtime, monkeypatch):
+    monkeypatch.setattr(assignment, "DECIDE_EVERY_S", 0.3)
+    await runtime.index.write_sessions([driver(f"a{n}", A, 100 * n) for n in (1, 2, 3)], fence=1, rebuild=True)
+    searches = CountedSearches(runtime)
+    chooser = Chooser(runtime)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await chooser.choose(request("ord_0", A))
+    assert loop.time() - began < 0.3, "a lone request is decided at once"
+
+    async def arriving(n: int, after_s: float):
+        await asyncio.sleep(after_s)
+        return await chooser.choose(request(f"ord_{n}", A))
+
+    chosen = await asyncio.gather(arriving(1, 0.01), arriving(2, 0.05))
+    assert searches.calls == [1, 2]
+    assert loop.time() - began >= 0.3
+    assert [decision["driverId"] for decision, _ in chosen] == ["a2", "a3"]
 
 
 async def test_requests_decided_before_a_failure_keep_their_drivers_and_only_the_others_fail(runtime):

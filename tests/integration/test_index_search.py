@@ -101,6 +101,22 @@ async def test_candidates_are_the_nearest_within_the_radius_with_their_distance(
     assert maybe_more is True
 
 
+async def test_a_search_widens_past_its_first_circle_only_as_far_as_the_count_needs(index):
+    # 0.009 degrees of latitude is 1 km: one driver inside the first circle, three beyond it.
+    distances_km = (0.3, 1.0, 3.0, 12.0)
+    await index.write_sessions([located(f"drv_{km}km", 0.009 * km, 0) for km in distances_km], FENCE, rebuild=True)
+    fresh_since = now_ms() - 60_000
+
+    ((found, maybe_more),) = await index.candidates([(*CENTRE, 20.0)], 3, fresh_since)
+    assert [round(km, 1) for _, km in found] == [0.3, 1.0, 3.0]
+    assert maybe_more is True
+    ((found, maybe_more),) = await index.candidates([(*CENTRE, 20.0)], 8, fresh_since)
+    assert [round(km, 1) for _, km in found] == [0.3, 1.0, 3.0, 12.0]
+    assert maybe_more is False
+    ((found, _),) = await index.candidates([(*CENTRE, 0.2)], 8, fresh_since)
+    assert found == []
+
+
 async def test_one_call_searches_for_several_requests_each_around_its_own_point(index):
     await index.write_sessions([located("drv_here", 0.0009, 0), located("drv_east", 0, 0.09)], FENCE, rebuild=True)
     east = (CENTRE[0], CENTRE[1] + 0.09)
