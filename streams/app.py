@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+import structlog
 
 from infra.topics import DLQ_MAX_MESSAGE_BYTES
+from streams.access import token_gate
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
 from streams.faust_fixes import install_ack_guard, install_commit_guard, install_gap_guard, install_seek_guard
@@ -16,18 +20,36 @@ from streams.settings import Settings
 from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
 from streams.topics import Topics
 
+log = structlog.get_logger(__name__)
 
-def faust_options(settings: Settings) -> dict[str, object]:
+
+class DispatchApp(faust.App):
+    """The worker's faust app. It names the routes its web server serves once they are all added, so
+    an operator (and the route walk of tests/integration/test_access.py) sees every door the token
+    gate (streams.access) guards."""
+
+    def on_webserver_init(self, web: Any) -> None:
+        log.info("web_routes", routes=sorted({resource.canonical for resource in web.web_app.router.resources()}))
+
+
+def faust_options(settings: Settings, web_middlewares: list | None = None) -> dict[str, object]:
     """Faust's keyword arguments, each from the settings object."""
     options: dict[str, object] = {
         "broker": [f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         "store": settings.store,
-        "datadir": str(settings.data_dir),
+        "datadir": str(settings.store_dir),
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_in_thread": False,
+        "web_application_options": {"middlewares": list(web_middlewares or ())},
+        # faust's own views list tables and route keys; off unless an operator asks for them, and
+        # behind the token gate (streams.access) either way.
+        "web_tables_enabled": settings.web_faust_views,
+        "web_router_enabled": settings.web_faust_views,
+        "web_graph_enabled": settings.web_faust_views,
+        "web_stats_enabled": settings.web_faust_views,
         "autodiscover": ["streams.agents", "streams.views"],
         "origin": "streams",
         # Agents commit only what they finished; a record is never acked while still in flight.
@@ -75,13 +97,16 @@ def _bulk_restore(settings: Settings, metrics: Metrics, table: str) -> BulkResto
                        metrics.changelog_bulk_restore_failures.labels(table=table).inc)
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> DispatchApp:
     install_ack_guard()
     install_gap_guard()
     install_commit_guard()
     install_seek_guard()
-    app = faust.App(f"{settings.topic_prefix}{settings.app_id}", **faust_options(settings))
     runtime = Runtime.build(settings)
+    # Built here so that access settings that cannot work stop the worker at start-up.
+    runtime.verifier = Verifier.from_settings(settings)
+    gate = token_gate(runtime.verifier, lambda status: runtime.metrics.http_refused.labels(status=str(status)).inc())
+    app = DispatchApp(settings.faust_app_id, **faust_options(settings, [gate]))
     runtime.topics = Topics(app, runtime.names, settings.regions)
     m = runtime.metrics
     sessions = fenced_table(app, "driver_sessions", settings.partitions,
@@ -95,8 +120,6 @@ def create_app(settings: Settings) -> faust.App:
     runtime.decisions = DecisionStore(decisions)
     runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
     runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)
-    # Built here so that access settings that cannot work stop the worker at start-up.
-    runtime.verifier = Verifier.from_settings(settings)
     app.runtime = runtime
     return app
 

@@ -30,6 +30,8 @@ def worker(web_port: int | None) -> None:
     if web_port is not None:
         os.environ["GEODISPATCH_WEB_PORT"] = str(web_port)
     settings = _settings()
+    # faust creates only the last level of its data directory.
+    settings.store_dir.mkdir(parents=True, exist_ok=True)
     if settings.event_loop == "uvloop":
         import mode.loop
 

@@ -157,6 +157,10 @@ class Metrics:
         self.http_requests = Counter(
             "geodispatch_http_requests_total", "HTTP requests answered.", ["route", "status"], registry=r
         )
+        self.http_refused = Counter(
+            "geodispatch_http_refused_total", "HTTP requests refused for a missing or bad token.", ["status"],
+            registry=r,
+        )
         self.http_seconds = Histogram(
             "geodispatch_http_request_seconds",
             "HTTP request handling time.",

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
+from faust.exceptions import ConsistencyError
 from faust.types import TP
 
 from consumers.reading import new_consumer
@@ -77,6 +78,28 @@ def spans_to_restore(
     return spans
 
 
+class StoreAheadOfChangelog(ConsistencyError):
+    """A table store that has applied more of a changelog partition than the log holds: it was built from
+    another log. faust would stop on the same condition with its own ConsistencyError, which names
+    offsets but not what to do."""
+
+
+def _check_not_ahead(table: Any, tp: TP, persisted: int | None, end: int) -> None:
+    if persisted is None or persisted < end:
+        return
+    path = table.data.partition_path(tp.partition)
+    message = (
+        f"the store {path} has applied {tp.topic}[{tp.partition}] up to offset {persisted}, but that log ends "
+        f"before offset {end}: the store was built from another log (the changelog topic was deleted and "
+        "created again, or the data directory came from another deployment). Stop the worker, delete "
+        f"{path.parent} (the worker rebuilds it from the changelog), and start it again; or give it another "
+        "GEODISPATCH_DATA_DIR."
+    )
+    log.error("table_store_ahead_of_changelog", table=table.name, partition=tp.partition, persisted=persisted,
+              log_end=end, store=str(path), action=f"delete {path.parent} and restart")
+    raise StoreAheadOfChangelog(message)
+
+
 class BulkRestore:
     """Catches a table's active changelog partitions up before faust's recovery (see the module)."""
 
@@ -88,10 +111,11 @@ class BulkRestore:
     async def catch_up(self, table: Any, tps: Iterable[TP], still_current: Callable[[], bool]) -> None:
         """Reads `tps` (changelog partitions of `table`) to their current ends, while `still_current()`
         holds (a new rebalance stops it: what was applied stays, with its persisted offsets). It runs
-        inside faust's rebalance, so a failure is logged and counted, not raised: faust's recovery
-        then reads whatever is left, as it would without this."""
+        inside faust's rebalance, so a failure to read is logged and counted, not raised: faust's
+        recovery then reads whatever is left, as it would without this. A store ahead of its log raises
+        StoreAheadOfChangelog, which stops the worker as faust's own check would, with what to do."""
         tps = list(tps)
-        if not tps or self._settings.bulk_restore_min_records <= 0:
+        if not tps:
             return
         try:
             await self._catch_up(table, tps, still_current)
@@ -110,6 +134,8 @@ class BulkRestore:
             partitions = {tp: TopicPartition(tp.topic, tp.partition) for tp in tps}
             starts = await consumer.beginning_offsets(list(partitions.values()))
             ends = await consumer.end_offsets(list(partitions.values()))
+            for tp in tps:
+                _check_not_ahead(table, tp, table.data.persisted_offset(tp), ends[partitions[tp]])
             spans = spans_to_restore(
                 {tp: table.data.persisted_offset(tp) for tp in tps},
                 {tp: starts[p] for tp, p in partitions.items()},

@@ -45,10 +45,14 @@ class Settings(BaseSettings):
 
     # -- worker ---------------------------------------------------------------------------------
     app_id: str = "geodispatch"
+    # Holds a directory per app id (faust_app_id), so deployments sharing it keep their stores apart.
     data_dir: Path = Path(".cache/worker")
     store: str = "rocksdb://"
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
+    # faust's own views (/table/..., /router/..., /graph/, its statistics): they list the tables and
+    # where keys live, which is nothing a client of the contract needs.
+    web_faust_views: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
     # The worker's event loop. The stdlib loop by default: uvloop made no difference on the ping
     # profile (bench/README.md), and under it a write to a connection the broker had dropped raises
@@ -111,6 +115,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @property
+    def faust_app_id(self) -> str:
+        """The faust app id: the consumer group and the prefix of every changelog topic."""
+        return f"{self.topic_prefix}{self.app_id}"
+
+    @property
+    def store_dir(self) -> Path:
+        """This app id's own table stores: another app id's stores hold offsets of other changelogs."""
+        return self.data_dir / self.faust_app_id
 
     @property
     def heartbeat_timeout_s(self) -> float:

@@ -51,7 +51,7 @@ class PingBatches:
         self._app = app
         self._runtime = runtime
         settings = runtime.settings
-        self._group = f"{settings.topic_prefix}{settings.app_id}.pings"
+        self._group = f"{settings.faust_app_id}.pings"
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future | None = None
         self._stopping = False
