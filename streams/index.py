@@ -99,13 +99,14 @@ UPSERT_BATCH = 100
 # a decision, once made, is never overwritten. One call for a whole batch of requests; an earlier order
 # of the batch may take a later one's best candidate, which then gets its next.
 # ARGV[1..5]: the prefixes of driver, reservation and decision keys, the GEO set of available drivers,
-# the prefix of the cell sets; ARGV[6] the oldest position still fresh; then per order its id, the
-# number n of its candidates and n pairs (driver id, the decision naming that driver).
+# the prefix of the cell sets; ARGV[6] the oldest position still fresh; ARGV[7] how long a decision is
+# kept (seconds); then per order its id, the number n of its candidates and n pairs (driver id, the
+# decision naming that driver).
 # Per order: {'reserved', position of the driver among its candidates (1-based), decision},
 # {'existing', 0, decision} or {'none', n, ''}.
 RESERVE_FIRST = """
 local drivers, reservations, decisions, available, cells = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local min_ts = tonumber(ARGV[6])
+local min_ts, retention = tonumber(ARGV[6]), ARGV[7]
 
 local function reserve(order, first, n)
   local existing = redis.call('GET', decisions .. order)
@@ -116,7 +117,7 @@ local function reserve(order, first, n)
       local d = redis.call('HMGET', drivers .. id, 'avail', 'c9', 'ts')
       if d[1] == '1' and tonumber(d[3]) >= min_ts then
         redis.call('SET', reservations .. id, order)
-        redis.call('SET', decisions .. order, decision)
+        redis.call('SET', decisions .. order, decision, 'EX', retention)
         redis.call('HSET', drivers .. id, 'avail', '0')
         redis.call('SREM', cells .. d[2], id)
         redis.call('ZREM', available, id)
@@ -127,7 +128,7 @@ local function reserve(order, first, n)
   return {'none', n, ''}
 end
 
-local results, i = {}, 7
+local results, i = {}, 8
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 1])
   results[#results + 1] = reserve(ARGV[i], i + 2, n)
@@ -385,15 +386,16 @@ class RegionIndex:
     # -- reservations and decisions -----------------------------------------------------------
 
     async def reserve_first(
-        self, offers: Sequence[tuple[str, Sequence[tuple[str, dict]]]], min_loc_ts_ms: int
+        self, offers: Sequence[tuple[str, Sequence[tuple[str, dict]]]], min_loc_ts_ms: int, retention_s: int
     ) -> list[Reservation]:
         """For each (order id, candidates) in order, with candidates (driver id, the decision naming
-        that driver) best first: reserves the first candidate still free, and records its decision,
-        unless the order already has one, which is returned instead. One round trip for all."""
+        that driver) best first: reserves the first candidate still free, and records its decision for
+        `retention_s`, unless the order already has one, which is returned instead. One round trip for
+        all."""
         if not offers:
             return []
         args: list = [self.driver_key(""), self.reservation_key(""), self.decision_key(""), self.available_key,
-                      self.cell_prefix, min_loc_ts_ms]
+                      self.cell_prefix, min_loc_ts_ms, retention_s]
         for order_id, candidates in offers:
             args += [order_id, len(candidates)]
             for driver_id, decision in candidates:

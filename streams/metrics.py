@@ -143,6 +143,12 @@ class Metrics:
             buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500),
             registry=r,
         )
+        self.decisions_expired = Counter(
+            "geodispatch_decisions_expired_total",
+            "Decisions removed from the decisions table once no longer given again (their retention, or a "
+            "failure's shorter one, passed).",
+            registry=r,
+        )
         self.reservation_conflicts = Counter(
             "geodispatch_reservation_conflicts_total", "A candidate was taken by another order first.", registry=r
         )

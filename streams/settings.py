@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     candidates_wanted: int = Field(8, ge=1, le=1000)
     # A failed answer is given again for this long, then a retry of the order is a fresh attempt.
     failed_decision_ttl_s: int = Field(60, ge=1)
+    # How long an order's decision is kept, in Redis and in the decisions table: a request redelivered
+    # within it is answered as before; one older than it (less max_future_skew_s) when read is answered
+    # "Request expired" instead of decided again, since its decision may be gone (README.md).
+    decision_retention_s: int = Field(86_400, ge=10)
     # Requests in progress at once: being decided (together, streams.agents.assignment.Chooser) or
     # their answers awaiting the broker's acknowledgement; a request is committed only once its answer
     # is acknowledged (1: one request after another). Bounds a batch of decisions too: 64 answered
@@ -115,6 +119,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _decisions_outlive_clock_skew(self) -> Settings:
+        if self.decision_retention_s <= self.max_future_skew_s:
+            raise ValueError("decision_retention_s must be longer than max_future_skew_s: every request would "
+                             "count as expired")
+        return self
 
     @property
     def faust_app_id(self) -> str:

@@ -62,6 +62,27 @@ class DirectTable(faust.Table):
         acknowledgement = await self.app.producer.send(self._changelog_name, key, value, partition, None, None)
         acknowledgement.add_done_callback(self._on_written)
 
+    async def delete(self, key: bytes, partition: int) -> None:
+        """Removes `key` from the store and writes its tombstone to the changelog of `partition`, so that
+        compaction drops it there too and no restore brings it back."""
+        store = self.data
+        store._key_index.pop(key, None)
+        store._db_for_partition(partition).delete(key)
+        acknowledgement = await self.app.producer.send(self._changelog_name, key, None, partition, None, None)
+        acknowledgement.add_done_callback(self._on_written)
+
+    def active_partitions(self) -> list[int]:
+        """The changelog partitions this worker owns (standbys, only replicas, excluded)."""
+        actives = self.app.assignor.assigned_actives()
+        return sorted(tp.partition for tp in actives if tp.topic == self._changelog_name)
+
+    def entries(self, partition: int, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """The (key, value) pairs of one partition's store in key order, from `start` (included) on."""
+        store = self.data
+        for key, value in store._db_for_partition(partition).items(from_key=start):
+            if key != store.offset_key:
+                yield key, value
+
     @cached_property
     def _changelog_name(self) -> str:
         return self.changelog_topic.get_topic_name()
@@ -180,10 +201,15 @@ class SessionStore:
 
 
 class DecisionStore:
-    """Assignment decisions by order id: the answer an order got, to give again on redelivery."""
+    """Assignment decisions by order id: the answer an order got, to give again on redelivery, kept for
+    their retention. Expired ones are found by a sweep that reads a bounded number of entries a call,
+    one partition at a time, from where the last call stopped, so that a table of millions costs the
+    worker a steady trickle instead of a pause."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
+        self._turn = 0  # which of the active partitions the sweep reads
+        self._resume: dict[int, bytes] = {}  # partition -> the key its next read starts from
 
     def get(self, order_id: str) -> dict | None:
         raw = self.table.get(order_id.encode())
@@ -191,3 +217,24 @@ class DecisionStore:
 
     async def put(self, order_id: str, decision: dict, partition: int) -> None:
         await self.table.write(order_id.encode(), orjson.dumps(decision), partition)
+
+    async def delete(self, order_id: bytes, partition: int) -> None:
+        await self.table.delete(order_id, partition)
+
+    def expired(self, keep: Callable[[dict], bool], budget: int) -> list[tuple[bytes, int]]:
+        """(key, partition) of the decisions among the next `budget` entries of the sweep that `keep`
+        refuses. A partition read to its end hands the next call to the next partition."""
+        partitions = self.table.active_partitions()
+        if not partitions:
+            return []
+        partition = partitions[self._turn % len(partitions)]
+        found: list[tuple[bytes, int]] = []
+        for read, (key, raw) in enumerate(self.table.entries(partition, self._resume.get(partition))):
+            if read == budget:
+                self._resume[partition] = key
+                return found
+            if not keep(orjson.loads(raw)):
+                found.append((key, partition))
+        self._resume.pop(partition, None)
+        self._turn += 1
+        return found

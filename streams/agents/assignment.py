@@ -121,6 +121,7 @@ async def _choose_all(runtime: Runtime, batch: list[tuple[AssignmentRequested, a
     settings, metrics = runtime.settings, runtime.metrics
     requests = [request for request, _ in batch]
     fresh_since = now_ms() - int(settings.location_max_age_s * 1000)
+    retention_s = settings.decision_retention_s
     contexts: list[dict[str, Any]] = [{"candidates": 0} for _ in requests]
     tried: list[set[str]] = [set() for _ in requests]
     open_, unserved, count = list(range(len(requests))), [], settings.candidates_wanted
@@ -139,7 +140,8 @@ async def _choose_all(runtime: Runtime, batch: list[tuple[AssignmentRequested, a
              [(c.driver_id, decide.assigned(requests[i].orderId, c.driver_id, eta_minutes(c), now)) for c in cands])
             for i, cands in zip(open_, ranked, strict=True)
         ]
-        reservations = await _retrying(runtime, lambda o=offers: runtime.index.reserve_first(o, fresh_since))
+        reservations = await _retrying(
+            runtime, lambda o=offers: runtime.index.reserve_first(o, fresh_since, retention_s))
         still_open = []
         for i, cands, (_, maybe_more), reservation in zip(open_, ranked, found, reservations, strict=True):
             context = contexts[i]
@@ -198,15 +200,20 @@ async def process(runtime: Runtime, chooser: Chooser, message) -> Completion | N
         runtime.metrics.rerouted.labels(stream=STAGE).inc()
         return None
     region = message.topic.rsplit(".", 1)[-1]
-    now = datetime.now(UTC)
+    settings, now = runtime.settings, datetime.now(UTC)
+    retention_ms = settings.decision_retention_s * 1000
     previous = runtime.decisions.get(order_id)
-    if previous is not None and decide.reusable(previous, now_ms(), runtime.settings.failed_decision_ttl_s * 1000):
+    if previous is not None and decide.reusable(previous, now_ms(), settings.failed_decision_ttl_s * 1000,
+                                                retention_ms):
         # The trip command again too: the worker that decided may have died after the decision reached
         # the changelog but before the command did, and the driver's session would never hear of the
         # trip. Applying it twice is a no-op (apply_assignment).
         return await _answer(runtime, message, region, previous, "repeated", {}, _trip_command(runtime, previous, now))
-    problem = decide.coordinates_problem(raw)
-    if problem is not None:
+    sent_at_ms = int(message.timestamp * 1000)  # Faust gives the record time in seconds
+    if decide.expired_request(sent_at_ms, now_ms(), retention_ms, int(settings.max_future_skew_s * 1000)):
+        decision = decide.failed(order_id, decide.REQUEST_EXPIRED, now)
+        context = {"sent_at_ms": sent_at_ms, "decision_retention_s": settings.decision_retention_s}
+    elif (problem := decide.coordinates_problem(raw)) is not None:
         decision, context = decide.failed(order_id, decide.INVALID_COORDINATES, now), {"problem": problem}
     else:
         try:

@@ -53,10 +53,25 @@ def response_of(decision: Mapping[str, Any]) -> AssignmentResponse:
     return AssignmentResponse.model_validate(decision)
 
 
-def reusable(decision: Mapping[str, Any], now_ms: int, failed_ttl_ms: int) -> bool:
-    """An assigned decision is final; a failure is given again only while it is recent, so that the
-    order service's later retry of the same order gets a fresh attempt."""
-    if decision.get("status") == "assigned":
-        return True
-    failed_at = datetime.fromisoformat(str(decision.get("failedAt", "")).replace("Z", "+00:00"))
-    return now_ms - failed_at.timestamp() * 1000 < failed_ttl_ms
+REQUEST_EXPIRED = "Request expired"
+
+
+def decided_at_ms(decision: Mapping[str, Any]) -> int:
+    """When a decision was made, in epoch ms: its assignedAt, or failedAt for a failure."""
+    stamp = decision.get("assignedAt") if decision.get("status") == "assigned" else decision.get("failedAt")
+    return int(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def reusable(decision: Mapping[str, Any], now_ms: int, failed_ttl_ms: int, retention_ms: int) -> bool:
+    """An assigned decision is given again for its retention; a failure only while it is recent, so that
+    the order service's later retry of the same order gets a fresh attempt."""
+    age_ms = now_ms - decided_at_ms(decision)
+    return age_ms < (retention_ms if decision.get("status") == "assigned" else failed_ttl_ms)
+
+
+def expired_request(sent_at_ms: int, now_ms: int, retention_ms: int, max_clock_skew_ms: int) -> bool:
+    """A request too old to be decided: its decision, if it had one, may have outlived its retention and
+    be gone, and deciding again could give the order a second driver. A decision is made after its
+    request was sent, so a request younger than the retention still finds its decision, but for the
+    sender's clock running ahead of ours, which the skew allowance covers."""
+    return now_ms - sent_at_ms >= retention_ms - max_clock_skew_ms

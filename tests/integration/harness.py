@@ -205,13 +205,14 @@ class Deployment:
     # -- Kafka ------------------------------------------------------------------------------------
 
     def produce(self, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None) -> None:
         async def send() -> None:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
             await producer.start()
             try:
                 for key, value in records:
-                    await producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers)
+                    await producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers,
+                                                 timestamp_ms=timestamp_ms)
             finally:
                 await producer.stop()
 

@@ -15,6 +15,7 @@ from tests.integration.harness import REDIS_URL
 
 CENTRE = h3.cell_to_latlng("892a100d2c3ffff")
 FENCE = 1
+RETENTION_S = 3600
 
 
 def located(driver_id: str, dlat: float, dlng: float, age_ms: int = 0, **fields) -> DriverSession:
@@ -66,7 +67,8 @@ async def test_nearby_offers_only_available_freshly_located_drivers_nearest_firs
 async def test_a_reserved_driver_leaves_both_searches(index):
     await index.write_sessions([located("drv_a", 0.0005, 0), located("drv_b", 0.001, 0)], FENCE, rebuild=True)
     fresh_since = now_ms() - 60_000
-    (reservation,) = await index.reserve_first([("ord_1", [("drv_a", {"orderId": "ord_1"})])], fresh_since)
+    (reservation,) = await index.reserve_first([("ord_1", [("drv_a", {"orderId": "ord_1"})])], fresh_since,
+                                               RETENTION_S)
     assert reservation.outcome == "reserved"
 
     origin = h3.latlng_to_cell(*CENTRE, 9)
@@ -132,7 +134,8 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     await index.write_sessions([located(d, 0.001 * n, 0) for n, d in enumerate(["drv_a", "drv_b", "drv_c"])], FENCE,
                                rebuild=True)
     fresh_since = now_ms() - 60_000
-    await index.reserve_first([("ord_old", [("drv_c", {"orderId": "ord_old", "driverId": "drv_c"})])], fresh_since)
+    await index.reserve_first([("ord_old", [("drv_c", {"orderId": "ord_old", "driverId": "drv_c"})])], fresh_since,
+                              RETENTION_S)
 
     def offer(order: str, *drivers: str) -> tuple[str, list]:
         return order, [(d, {"orderId": order, "driverId": d}) for d in drivers]
@@ -146,6 +149,7 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
             offer("ord_4"),
         ],
         fresh_since,
+        RETENTION_S,
     )
     assert [(r.outcome, r.position) for r in outcomes] == [
         ("reserved", 1), ("reserved", 2), ("none", 3), ("existing", 0), ("none", 0)
@@ -154,6 +158,9 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     assert [await index.reservation_holder(d) for d in ("drv_a", "drv_b", "drv_c")] == ["ord_1", "ord_2", "ord_old"]
     assert await index.decision("ord_2") == {"orderId": "ord_2", "driverId": "drv_b"}
     assert await index.decision("ord_3") is None
+    # A decision is kept for its retention, not forever (a reservation lasts until the trip ends).
+    assert 0 < await index.redis.ttl(index.decision_key("ord_2")) <= RETENTION_S
+    assert await index.redis.ttl(index.reservation_key("drv_b")) == -1
     ((found, _),) = await index.candidates([(*CENTRE, 5.0)], 8, fresh_since)
     assert found == []
 

@@ -46,8 +46,25 @@ def test_rank_puts_the_nearest_first_and_breaks_ties_by_id():
     assert [c.driver_id for c in ranked] == ["c", "a", "b", "far"]
 
 
-def test_assigned_decisions_are_final_and_failures_expire():
+def test_assigned_decisions_last_their_retention_and_failures_expire_sooner():
     now_ms = int(AT.timestamp() * 1000)
-    assert decide.reusable(decide.assigned("o", "d", 3, AT - timedelta(days=3)), now_ms, 60_000)
-    assert decide.reusable(decide.failed("o", decide.NO_DRIVERS, AT - timedelta(seconds=10)), now_ms, 60_000)
-    assert not decide.reusable(decide.failed("o", decide.NO_DRIVERS, AT - timedelta(seconds=61)), now_ms, 60_000)
+    day = 86_400_000
+    assert decide.reusable(decide.assigned("o", "d", 3, AT - timedelta(hours=23)), now_ms, 60_000, day)
+    assert not decide.reusable(decide.assigned("o", "d", 3, AT - timedelta(hours=25)), now_ms, 60_000, day)
+    assert decide.reusable(decide.failed("o", decide.NO_DRIVERS, AT - timedelta(seconds=10)), now_ms, 60_000, day)
+    assert not decide.reusable(decide.failed("o", decide.NO_DRIVERS, AT - timedelta(seconds=61)), now_ms, 60_000, day)
+
+
+def test_decided_at_is_the_assignment_or_the_failure_time():
+    assert decide.decided_at_ms(decide.assigned("o", "d", 3, AT)) == int(AT.timestamp() * 1000)
+    assert decide.decided_at_ms(decide.failed("o", decide.NO_DRIVERS, AT)) == int(AT.timestamp() * 1000)
+
+
+def test_a_request_is_expired_once_its_decision_could_be_gone_allowing_for_the_senders_clock():
+    retention, skew = 3_600_000, 60_000
+    sent = 1_000_000_000
+    assert not decide.expired_request(sent, sent + retention - skew - 1, retention, skew)
+    assert decide.expired_request(sent, sent + retention - skew, retention, skew)
+    assert decide.expired_request(sent, sent + 2 * retention, retention, skew)
+
+
