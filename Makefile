@@ -45,8 +45,12 @@ infra-down: ## stop the Kafka and Redis that infra-up started
 	@infra/kafka/kafka.sh down
 	@infra/redis.sh down
 
-topics: infra-up ## create or update every topic of the plan (idempotent)
-	$(GD) topics apply
+# Servers of someone else's (KAFKA_BOOTSTRAP_SERVERS given): missing topics are created, existing
+# ones left as they are; `geodispatch topics apply --help` says what a full apply changes.
+TOPICS_APPLY_ARGS ?= $(if $(START_KAFKA),,--create-only)
+
+topics: infra-up ## create the plan's missing topics (on our own broker, also set the configs the pipeline needs)
+	$(GD) topics apply $(TOPICS_APPLY_ARGS)
 
 run: topics ## start one worker (HTTP on :6066)
 	$(GD) worker

@@ -22,6 +22,10 @@ DLQ = "dispatch.dlq"
 # Internal, keyed by driver: the assignment agent and the liveness timer ask the sessions agent (which
 # owns the driver's state) to record a trip or to check a heartbeat.
 DRIVER_COMMANDS = "dispatch.driver_commands"
+# The worker's tables, each with its changelog topic (faust's naming: "{app id}-{table}-changelog").
+SESSIONS_TABLE = "driver_sessions"
+DECISIONS_TABLE = "assignment_decisions"
+TABLES = (SESSIONS_TABLE, DECISIONS_TABLE)
 
 
 def region_key(lat: float, lng: float) -> str:
@@ -36,7 +40,10 @@ class TopicSpec:
     name: str
     partitions: int
     replication: int
+    # What the pipeline needs of the topic (say, its cleanup policy): set on every apply.
     configs: dict[str, str] = field(default_factory=dict)
+    # Starting values an operator may tune (retention): set when the topic is created, then left alone.
+    initial_configs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,27 +92,31 @@ class TopicNames:
     def driver_commands(self) -> str:
         return self.prefix + DRIVER_COMMANDS
 
+    def changelog(self, app_id: str, table: str) -> str:
+        return f"{self.prefix}{app_id}-{table}-changelog"
 
-def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replication: int) -> list[TopicSpec]:
-    """All topics of the contract. Every topic keyed by driver or order shares one partition count
-    so that a key's records always meet on the same partition number."""
-    events = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
-    pings = {"retention.ms": str(DAY_MS), "cleanup.policy": "delete"}
+
+def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replication: int,
+         app_id: str = "geodispatch") -> list[TopicSpec]:
+    """All topics of the contract, and the changelogs of the worker's tables (faust would create them
+    at start; planned, they are widened with the rest). Every topic keyed by driver or order shares one
+    partition count so that a key's records always meet on the same partition number."""
+    events, pings = {"cleanup.policy": "delete"}, {"cleanup.policy": "delete"}
+    events_kept, pings_kept = {"retention.ms": str(7 * DAY_MS)}, {"retention.ms": str(DAY_MS)}
     # The DLQ is kept long: operators replay from it days later.
-    dead_letters = {
-        "retention.ms": str(30 * DAY_MS),
-        "cleanup.policy": "delete",
-        "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
-    }
-    specs = [TopicSpec(names.locations(r), partitions, replication, pings) for r in regions]
-    specs += [TopicSpec(names.requests(r), partitions, replication, events) for r in regions]
+    dead_letters = {"cleanup.policy": "delete", "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+    dead_letters_kept = {"retention.ms": str(30 * DAY_MS)}
+    specs = [TopicSpec(names.locations(r), partitions, replication, pings, pings_kept) for r in regions]
+    specs += [TopicSpec(names.requests(r), partitions, replication, events, events_kept) for r in regions]
     specs += [
-        TopicSpec(names.status, partitions, replication, events),
-        TopicSpec(names.responses, partitions, replication, events),
-        TopicSpec(names.trip_events, partitions, replication, events),
-        TopicSpec(names.driver_commands, partitions, replication, events),
-        TopicSpec(names.presence, partitions, replication, events),
-        TopicSpec(names.tracking, partitions, replication, pings),
-        TopicSpec(names.dlq, 1, replication, dead_letters),
+        TopicSpec(names.status, partitions, replication, events, events_kept),
+        TopicSpec(names.responses, partitions, replication, events, events_kept),
+        TopicSpec(names.trip_events, partitions, replication, events, events_kept),
+        TopicSpec(names.driver_commands, partitions, replication, events, events_kept),
+        TopicSpec(names.presence, partitions, replication, events, events_kept),
+        TopicSpec(names.tracking, partitions, replication, pings, pings_kept),
+        TopicSpec(names.dlq, 1, replication, dead_letters, dead_letters_kept),
     ]
+    specs += [TopicSpec(names.changelog(app_id, table), partitions, replication, {"cleanup.policy": "compact"})
+              for table in TABLES]
     return specs

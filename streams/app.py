@@ -7,7 +7,7 @@ from typing import Any
 import faust
 import structlog
 
-from infra.topics import DLQ_MAX_MESSAGE_BYTES
+from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE
 from streams.access import token_gate
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
@@ -109,14 +109,14 @@ def create_app(settings: Settings) -> DispatchApp:
     app = DispatchApp(settings.faust_app_id, **faust_options(settings, [gate]))
     runtime.topics = Topics(app, runtime.names, settings.regions)
     m = runtime.metrics
-    sessions = fenced_table(app, "driver_sessions", settings.partitions,
-                            m.changelog_write_failures.labels(table="driver_sessions").inc,
-                            _bulk_restore(settings, m, "driver_sessions"),
+    sessions = fenced_table(app, SESSIONS_TABLE, settings.partitions,
+                            m.changelog_write_failures.labels(table=SESSIONS_TABLE).inc,
+                            _bulk_restore(settings, m, SESSIONS_TABLE),
                             m.fenced_writes.labels(store="changelog").inc)
     runtime.sessions = SessionStore(sessions, runtime.fence)
-    decisions = direct_table(app, "assignment_decisions", settings.partitions,
-                             m.changelog_write_failures.labels(table="assignment_decisions").inc,
-                             _bulk_restore(settings, m, "assignment_decisions"))
+    decisions = direct_table(app, DECISIONS_TABLE, settings.partitions,
+                             m.changelog_write_failures.labels(table=DECISIONS_TABLE).inc,
+                             _bulk_restore(settings, m, DECISIONS_TABLE))
     runtime.decisions = DecisionStore(decisions)
     runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
     runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)

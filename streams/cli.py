@@ -51,26 +51,56 @@ def topics() -> None:
     """Create, update and list the contract's topics."""
 
 
+DRY_RUN_ACTIONS = {"created": "would create", "partitions": "would widen", "configs": "would set"}
+
+
 @topics.command("apply")
 @click.option("--regions", default=None, help="Comma-separated region keys (default: GEODISPATCH_REGIONS).")
-def topics_apply(regions: str | None) -> None:
-    """Create missing topics, widen and re-configure changed ones (idempotent); report each."""
-    from infra.admin import apply_plan
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@click.option("--create-only", is_flag=True,
+              help="Create missing topics; change no existing one (report how each differs from the plan).")
+@click.option("--allow-repartition", is_flag=True,
+              help="Add partitions to existing topics when GEODISPATCH_PARTITIONS asks for more (see below).")
+def topics_apply(regions: str | None, dry_run: bool, create_only: bool, allow_repartition: bool) -> None:
+    """Create the plan's missing topics and set, on existing ones, the configs the pipeline needs
+    (cleanup policy, the DLQ's message size), and only those: other configs an operator set stay as
+    they are, and so do retention times, which are set only when a topic is created. Reports each
+    change ("kept" for a tunable config left as the topic has it). Idempotent.
+
+    \b
+    Partitions are never added unless --allow-repartition is given: every keyed topic and the tables'
+    changelogs must grow together, with every worker stopped, and adding partitions moves keys. A
+    driver's later records land on another partition than his session, which starts again from them
+    (offline until his next status; a trip in progress is no longer on it), and a redelivered request
+    no longer finds its decision in the table (Redis still holds it, for its retention). Widen when no
+    trips are open, then have the gateways send every driver's status again. Exit 1 when partitions
+    were refused."""
+    from infra.admin import Options, apply_plan
     from infra.topics import TopicNames, plan
 
     settings = _settings()
     region_keys = tuple(r.strip() for r in regions.split(",")) if regions else settings.regions
-    specs = plan(TopicNames(settings.topic_prefix), region_keys, settings.partitions, settings.replication_factor)
+    specs = plan(TopicNames(settings.topic_prefix), region_keys, settings.partitions, settings.replication_factor,
+                 settings.app_id)
+    options = Options(dry_run=dry_run, allow_repartition=allow_repartition, create_only=create_only)
 
     async def run() -> list:
         async with _admin(settings) as admin:
-            return await apply_plan(admin, specs)
+            return await apply_plan(admin, specs, options)
 
     changes = asyncio.run(run())
     for change in changes:
-        click.echo(f"{change.action:<10} {change.topic}{'  ' + change.detail if change.detail else ''}")
-    made = sum(1 for c in changes if c.action != "unchanged")
-    click.echo(f"topics: {made} changed, {len(changes) - made} already as planned")
+        action = DRY_RUN_ACTIONS.get(change.action, change.action) if dry_run else change.action
+        click.echo(f"{action:<16} {change.topic}{'  ' + change.detail if change.detail else ''}")
+    made = {c.topic for c in changes if c.changes_something}
+    left = {c.topic for c in changes} - made
+    click.echo(f"topics: {len(made)} {'to change' if dry_run else 'changed'}, {len(left)} left as they are")
+    refused = [c for c in changes if c.action == "refused"]
+    if refused:
+        click.echo(f"error: {len(refused)} topics have fewer partitions than GEODISPATCH_PARTITIONS="
+                   f"{settings.partitions}; none were added. Read `geodispatch topics apply --help` before "
+                   "giving --allow-repartition.", err=True)
+        sys.exit(1)
 
 
 @topics.command("list")
