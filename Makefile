@@ -24,7 +24,7 @@ REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
 endif
 export KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT KAFKA_BOOTSTRAP_SERVERS REDIS_URL
 
-.PHONY: help setup infra-up infra-down topics run test test-unit lint demo demo-stop bench faults clean
+.PHONY: help setup infra-up infra-down topics run test test-unit upgrade-test lint demo demo-stop bench faults clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ test-unit: setup ## unit tests only: no broker, no Redis
 test: topics lint ## set up, start Kafka and Redis, lint, run every test
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+upgrade-test: topics ## the last release's worker (CHANGELOG.md) on real data, replaced by this one: nothing lost (also in make test)
+	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest tests/upgrade $(PYTEST_ARGS)
+
 faults: topics ## the long fault-injection runs (worker kill, zombie, ...) with their figures
 	GEODISPATCH_REQUIRE_INFRA=1 GEODISPATCH_FAULTS_FULL=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
 
@@ -74,7 +77,8 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 
 clean: infra-down ## stop everything and remove caches (keeps the downloaded broker jars)
-	rm -rf .cache/kafka/run .cache/redis .cache/worker .pytest_cache
+	rm -rf .cache/kafka/run .cache/redis .cache/worker .cache/upgrade .pytest_cache
+	git worktree prune
 
 # `make demo`: a worker in the background and a simulated city against it. Override any of these,
 # e.g. `make demo DEMO_SECONDS=120 DEMO_CITY=lagos`.

@@ -204,6 +204,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return ARGV[1]
 """
 
+# Deletes the decision keys among KEYS that have no expiry: those 0.1.0 wrote, which kept them forever.
+# A key with one (any decision since) is left to expire by itself: a retried order's newer decision may
+# stand under the same key as the expired one the sweep found.
+FORGET_UNEXPIRING = """
+local forgotten = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('TTL', key) == -1 then forgotten = forgotten + redis.call('DEL', key) end
+end
+return forgotten
+"""
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -238,6 +249,7 @@ class RegionIndex:
         self._upsert = client.register_script(UPSERT)
         self._reserve_first = client.register_script(RESERVE_FIRST)
         self._record_failure = client.register_script(RECORD_FAILURE)
+        self._forget_unexpiring = client.register_script(FORGET_UNEXPIRING)
         self._nearby = client.register_script(NEARBY)
         self._candidates = client.register_script(CANDIDATES)
 
@@ -413,6 +425,12 @@ class RegionIndex:
     async def record_failure(self, order_id: str, decision: dict, ttl_s: int) -> dict:
         raw = await self._record_failure(keys=[self.decision_key(order_id)], args=[orjson.dumps(decision), ttl_s])
         return orjson.loads(raw)
+
+    async def forget_unexpiring_decisions(self, order_ids: Sequence[str]) -> int:
+        """Deletes the decisions of these orders that Redis would keep forever (see FORGET_UNEXPIRING)."""
+        if not order_ids:
+            return 0
+        return int(await self._forget_unexpiring(keys=[self.decision_key(o) for o in order_ids]))
 
     async def reservation_holder(self, driver_id: str) -> str | None:
         return await self.redis.get(self.reservation_key(driver_id))

@@ -149,6 +149,11 @@ class Metrics:
             "failure's shorter one, passed).",
             registry=r,
         )
+        self.decisions_expiry_failures = Counter(
+            "geodispatch_decisions_expiry_failures_total",
+            "Sweeps whose deletion of unexpiring (0.1.0) decision keys Redis did not take: those keys stay.",
+            registry=r,
+        )
         self.reservation_conflicts = Counter(
             "geodispatch_reservation_conflicts_total", "A candidate was taken by another order first.", registry=r
         )

@@ -4,6 +4,7 @@ decisions table (Redis expires its copies itself, streams.index.RESERVE_FIRST)."
 from __future__ import annotations
 
 import structlog
+from redis.exceptions import RedisError
 
 from streams.app import app
 from streams.index import now_ms
@@ -31,4 +32,13 @@ async def sweep_decisions(runtime: Runtime) -> None:
         await runtime.decisions.delete(key, partition)
     if expired:
         runtime.metrics.decisions_expired.inc(len(expired))
-        log.info("decisions_expired", count=len(expired))
+        # Their copies in Redis expire by themselves, but for those written before decisions had a
+        # retention (0.1.0), which only this sweep can find.
+        try:
+            legacy = await runtime.index.forget_unexpiring_decisions([key.decode() for key, _ in expired])
+        except (RedisError, OSError) as exc:
+            # Left for Redis's keyspace to hold: the next sweep pass finds none of them again, so say so.
+            legacy = 0
+            runtime.metrics.decisions_expiry_failures.inc()
+            log.error("decisions_expiry_redis_failed", error=repr(exc), orders=len(expired))
+        log.info("decisions_expired", count=len(expired), unexpiring_in_redis=legacy)

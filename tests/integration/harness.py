@@ -62,6 +62,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def _code_of(checkout: Path) -> dict[str, str]:
+    """The environment that makes Python import the packages of `checkout` rather than this one's
+    (installed in editable mode, found after PYTHONPATH)."""
+    return {} if checkout == ROOT else {"PYTHONPATH": str(checkout)}
+
+
 @dataclass
 class WorkerProcess:
     process: subprocess.Popen
@@ -158,11 +164,13 @@ class Deployment:
         env.update(overrides)
         return env
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True, timeout: float = 120, checkout: Path = ROOT,
+            **env: str) -> subprocess.CompletedProcess:
+        """`geodispatch ARGS`, of this checkout or of another one (a release's worktree)."""
         result = subprocess.run(
             [PYTHON, "-m", "streams", *args],
-            env=self.env(**env),
-            cwd=ROOT,
+            env=self.env(**_code_of(checkout), **env),
+            cwd=checkout,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -176,15 +184,18 @@ class Deployment:
     def apply_topics(self) -> None:
         self.cli("topics", "apply")
 
-    def start_worker(self, name: str = "w1", **env: str) -> WorkerProcess:
+    def start_worker(self, name: str = "w1", checkout: Path = ROOT, **env: str) -> WorkerProcess:
+        """A worker of this checkout, or of another one (a release's worktree), on its own port, with a
+        data directory named after it."""
         port = free_port()
         data_dir = self.tmp / f"worker-{name}"
         log_path = self.tmp / f"worker-{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 (closed with the process)
         process = subprocess.Popen(
             [PYTHON, "-m", "streams", "worker"],
-            env=self.env(GEODISPATCH_WEB_PORT=str(port), GEODISPATCH_DATA_DIR=str(data_dir), **env),
-            cwd=ROOT,
+            env=self.env(GEODISPATCH_WEB_PORT=str(port), GEODISPATCH_DATA_DIR=str(data_dir), **_code_of(checkout),
+                         **env),
+            cwd=checkout,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

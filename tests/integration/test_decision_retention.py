@@ -5,7 +5,9 @@ rather than given a second driver."""
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime, timedelta
 
 import redis
 from rocksdict import AccessType, Options, Rdict
@@ -15,7 +17,7 @@ from tests.integration.harness import REDIS_URL, wait_for
 from tests.integration.test_assignment import City, request
 
 RETENTION_S = 12
-ORDER = "order_kept"
+ORDER, LEGACY = "order_kept", "order_of_0.1.0"
 
 
 def _tombstoned(deployment) -> bool:
@@ -37,8 +39,19 @@ def _stored(deployment, order: str) -> bytes | None:
 def test_a_decision_is_given_again_within_its_retention_and_gone_everywhere_after_it(deployment):
     deployment.extra_env.update(GEODISPATCH_MISSED_HEARTBEATS="1000", GEODISPATCH_LOCATION_MAX_AGE_S="60",
                                 GEODISPATCH_DECISION_RETENTION_S=str(RETENTION_S), GEODISPATCH_MAX_FUTURE_SKEW_S="1")
+    # A decision of 0.1.0, which kept them forever: in the table's changelog, and in Redis with no expiry.
+    legacy = {"orderId": LEGACY, "driverId": "gone", "eta": 3, "status": "assigned",
+              "assignedAt": (datetime.now(UTC) - timedelta(days=2)).isoformat().replace("+00:00", "Z")}
+    changelog = f"{deployment.prefix}geodispatch-assignment_decisions-changelog"
+    deployment.produce(changelog, [(LEGACY.encode(), json.dumps(legacy).encode())],
+                       partition=key_partition(LEGACY.encode(), deployment.partitions))
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    legacy_key = f"{deployment.redis_prefix}o:{LEGACY}"
+    client.set(legacy_key, json.dumps(legacy))
+
     city = City(deployment, deployment.start_worker("w1"))
     city.worker.wait_ready()
+    wait_for(lambda: not client.exists(legacy_key), timeout=30, message="the unexpiring decision swept from Redis")
     city.driver("keeper", 0.5)
     topic, body = deployment.names.requests("4_-7"), request(ORDER)
     sent_ms = int(time.time() * 1000)
@@ -49,7 +62,6 @@ def test_a_decision_is_given_again_within_its_retention_and_gone_everywhere_afte
     deployment.produce(topic, [(ORDER.encode(), body)])  # redelivered within the retention
     answers = city.answers(2)[ORDER]
     assert answers == [first, first]
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     decision_key = f"{deployment.redis_prefix}o:{ORDER}"
     assert 0 < client.ttl(decision_key) <= RETENTION_S
 
@@ -57,6 +69,7 @@ def test_a_decision_is_given_again_within_its_retention_and_gone_everywhere_afte
     wait_for(lambda: _tombstoned(deployment), timeout=30, message="the decision's tombstone in its changelog")
     city.worker.stop()
     assert _stored(deployment, ORDER) is None
+    assert _stored(deployment, LEGACY) is None
 
     # The original record read again (its offsets reset, say): too old to be decided once more.
     city.worker = deployment.start_worker("w1")

@@ -165,6 +165,14 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     assert found == []
 
 
+async def test_only_decisions_without_an_expiry_are_forgotten(index):
+    await index.redis.set(index.decision_key("ord_forever"), "{}")  # as 0.1.0 wrote them
+    await index.redis.set(index.decision_key("ord_retried"), "{}", ex=RETENTION_S)
+    assert await index.forget_unexpiring_decisions(["ord_forever", "ord_retried", "ord_absent"]) == 1
+    assert not await index.redis.exists(index.decision_key("ord_forever"))
+    assert await index.redis.exists(index.decision_key("ord_retried"))
+
+
 async def test_searches_of_an_empty_area_find_nobody(index):
     origin = h3.latlng_to_cell(*CENTRE, 9)
     assert await index.nearby(origin, 1, 50, 0) == ([], list(h3.grid_disk(origin, 1)))
