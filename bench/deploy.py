@@ -212,7 +212,7 @@ class Deployment:
             admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
             await admin.start()
             try:
-                await apply_plan(admin, plan(self.names, self.regions, self.partitions, 1))
+                await apply_plan(admin, plan(self.names, self.regions, self.partitions, 1, self.app_id))
             finally:
                 await admin.close()
 
