@@ -32,7 +32,7 @@ help: ## list every target with one line each
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev,plots,bench]'
+	$(PY) -m pip install -q -e '.[worker,dev,plots,bench]'
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install the project with its dev tools

@@ -51,8 +51,8 @@ class Producer:
     JSON encoding for each message, batched by linger, every delivery confirmed by the broker."""
 
     def __init__(self) -> None:
+        from infra.settings import Settings
         from producers.publisher import Publisher
-        from streams.settings import Settings
 
         self._publisher = Publisher(Settings(), fmt="json", linger_ms=5, client_id="geodispatch-bench")
         self.sent = 0

@@ -14,9 +14,10 @@ import orjson
 import structlog
 
 from consumers import dlq as deadletters
-from consumers.reading import new_consumer, partitions_of, read_to_end, start
+from consumers.reading import partitions_of, read_to_end, start
 from consumers.text import table, value_preview
 from consumers.topics import matches_pattern, model_for, resolve
+from infra.clients import new_consumer
 from infra.topics import TopicNames
 from producers import commandline
 from schemas import dead_letter as dl

@@ -18,12 +18,13 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.reading import new_consumer, start
+from consumers.reading import start
+from infra.clients import new_consumer
+from infra.settings import Settings
 from infra.topics import TopicNames
 from producers.pacing import RateLimiter
 from schemas.codec import InvalidMessage, default_codec
 from schemas.models import AssignmentResponse, iso_utc
-from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 

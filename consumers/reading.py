@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
 
+from infra.clients import new_consumer
+from infra.settings import Settings
 from producers.commandline import Unreachable
-from streams.settings import Settings
-
-
-def new_consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer:
-    defaults: dict[str, Any] = {"group_id": None, "enable_auto_commit": False, "auto_offset_reset": "earliest"}
-    defaults.update(options)
-    return AIOKafkaConsumer(
-        *topics, bootstrap_servers=settings.kafka_bootstrap_servers, **defaults, **settings.kafka_client_options()
-    )
 
 
 async def start(consumer: AIOKafkaConsumer, settings: Settings) -> None:

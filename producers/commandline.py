@@ -27,7 +27,7 @@ class Unreachable(RuntimeError):
 
 def settings():
     """The settings object, built once per command from the environment; also sets up logging."""
-    from streams.settings import Settings
+    from infra.settings import Settings
 
     built = Settings()
     configure_logging(built.log_level)

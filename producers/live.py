@@ -20,12 +20,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from infra.settings import Settings
 from infra.topics import TopicNames
 from producers.publisher import BrokerUnreachable, Publisher
 from producers.simulator import CitySimulation, Outgoing, SimulationConfig
 from schemas.codec import InvalidMessage, default_codec
 from schemas.models import AssignmentResponse
-from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 VIEW_EVERY_S = 1.0

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import RecordMetadata
 
+from infra.settings import Settings
 from infra.topics import TopicNames, region_key
 from schemas.codec import Codec, Format, default_codec
 from schemas.models import (
@@ -22,7 +23,6 @@ from schemas.models import (
     Message,
     TripEvent,
 )
-from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -7,6 +7,7 @@ from typing import Any
 import faust
 import structlog
 
+from infra.settings import Settings
 from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE
 from streams.access import token_gate
 from streams.auth import Verifier
@@ -16,7 +17,6 @@ from streams.index import IndexWriter
 from streams.metrics import Metrics
 from streams.restore import BulkRestore
 from streams.runtime import Runtime
-from streams.settings import Settings
 from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
 from streams.topics import Topics
 

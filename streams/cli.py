@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from streams.settings import Settings
+from infra.settings import Settings
 
 
 def _settings() -> Settings:
@@ -29,6 +29,11 @@ def worker(web_port: int | None) -> None:
 
     if web_port is not None:
         os.environ["GEODISPATCH_WEB_PORT"] = str(web_port)
+    try:
+        import faust  # noqa: F401
+    except ImportError:
+        click.echo("error: the worker's dependencies are not installed: pip install 'geodispatch[worker]'", err=True)
+        sys.exit(1)
     settings = _settings()
     # faust creates only the last level of its data directory.
     settings.store_dir.mkdir(parents=True, exist_ok=True)

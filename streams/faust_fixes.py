@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.types import TP
 
-from consumers.reading import new_consumer
+from infra.clients import new_consumer
 
 log = structlog.get_logger(__name__)
 

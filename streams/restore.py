@@ -22,8 +22,8 @@ from aiokafka.structs import TopicPartition
 from faust.exceptions import ConsistencyError
 from faust.types import TP
 
-from consumers.reading import new_consumer
-from streams.settings import Settings
+from infra.clients import new_consumer
+from infra.settings import Settings
 
 log = structlog.get_logger(__name__)
 PROGRESS_EVERY_S = 5.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.settings import Settings
 from infra.topics import TopicNames
 from schemas.codec import Codec, default_codec
 from streams.index import RegionIndex
@@ -13,7 +14,6 @@ from streams.logic.fencing import Fence
 from streams.logic.scoring import ScoreWeights
 from streams.logic.sessions import SessionRules
 from streams.metrics import Metrics
-from streams.settings import Settings
 
 
 @dataclass

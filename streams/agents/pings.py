@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumers.reading import new_consumer
+from infra.clients import new_consumer
 from streams.agents.sessions import process
 from streams.app import app
 from streams.dlq import guarded

@@ -20,13 +20,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from infra.settings import Settings
 from producers.publisher import Publisher, RecordTooLarge
 from schemas import dead_letter as dl
 from schemas.codec import default_codec
 from schemas.models import AssignmentRequested, AssignmentResponse
 from streams.logic.assignment import NO_DRIVERS
 from streams.routing import REROUTED_FROM, key_partition
-from streams.settings import Settings
 from tests.faults import fuzz
 from tests.faults.fuzz import ANSWERED, APPLIED, DEAD_LETTERED, IGNORED, Case
 from tests.integration.harness import BOOTSTRAP, Deployment, WorkerProcess

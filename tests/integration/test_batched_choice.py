@@ -11,6 +11,7 @@ import h3
 import pytest
 from pydantic import SecretStr
 
+from infra.settings import Settings
 from schemas.models import AssignmentRequested
 from streams.agents import assignment
 from streams.agents.assignment import Chooser
@@ -18,7 +19,6 @@ from streams.index import now_ms
 from streams.logic import assignment as decide
 from streams.logic.sessions import DriverSession
 from streams.runtime import Runtime
-from streams.settings import Settings
 from tests.integration.harness import REDIS_URL
 
 A = (40.7000, -74.0000)

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
+from infra.settings import Settings
 from streams.restore import FETCH_RECORDS, BulkRestore
-from streams.settings import Settings
 from tests.integration.harness import BOOTSTRAP, topic_with
 
 PER_PARTITION = 3_000

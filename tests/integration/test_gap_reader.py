@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
+from infra.settings import Settings
 from streams.faust_fixes import read_skipped
-from streams.settings import Settings
 from tests.integration.harness import BOOTSTRAP, topic_with
 
 

@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.settings import Settings
+from infra.settings import Settings
 from tests.integration.certs import Certs, make_certs
 from tests.integration.harness import ROOT, free_port, wait_for
 

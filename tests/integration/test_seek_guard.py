@@ -18,8 +18,8 @@ from faust.types import TP
 from intervaltree import IntervalTree
 from structlog.testing import capture_logs
 
+from infra.settings import Settings
 from streams.faust_fixes import install_commit_guard, install_seek_guard
-from streams.settings import Settings
 from tests.integration.harness import BOOTSTRAP, topic_with
 
 RECORDS = 4

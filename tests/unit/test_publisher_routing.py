@@ -42,8 +42,8 @@ def test_record_size_counts_key_value_and_headers():
 
 
 def test_publisher_refuses_an_oversized_record_before_sending():
+    from infra.settings import Settings
     from producers.publisher import Publisher
-    from streams.settings import Settings
 
     async def send():
         publisher = Publisher(Settings(), max_request_size=1000)  # never started: nothing reaches a broker

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from redis.asyncio.connection import SSLConnection
 
+from infra.settings import Settings
 from streams.index import RegionIndex
-from streams.settings import Settings
 
 
 def _kwargs(url: str) -> tuple[type, dict]:
