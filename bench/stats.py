@@ -1,29 +1,23 @@
-"""Percentiles and rates as every scenario reports them (nearest-rank, like the worker's /stats)."""
+"""Percentiles and rates as every scenario reports them (infra.percentiles' nearest rank, like the
+worker's /stats)."""
 
 from __future__ import annotations
 
-import math
-
-
-def percentile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+from infra.percentiles import percentiles
 
 
 def summarize(values: list[float], digits: int = 3) -> dict[str, float | int | None]:
-    ordered = sorted(values)
-
     def r(x: float | None) -> float | None:
         return None if x is None else round(x, digits)
 
+    p50, p95, p99, top = percentiles(values, 0.50, 0.95, 0.99, 1.0)
     return {
-        "count": len(ordered),
-        "p50": r(percentile(ordered, 0.50)),
-        "p95": r(percentile(ordered, 0.95)),
-        "p99": r(percentile(ordered, 0.99)),
-        "max": r(ordered[-1] if ordered else None),
-        "mean": r(sum(ordered) / len(ordered) if ordered else None),
+        "count": len(values),
+        "p50": r(p50),
+        "p95": r(p95),
+        "p99": r(p99),
+        "max": r(top),
+        "mean": r(sum(values) / len(values) if values else None),
     }
 
 

@@ -20,6 +20,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from infra.percentiles import percentiles
 from infra.settings import Settings
 from infra.topics import TopicNames
 from producers.publisher import BrokerUnreachable, Publisher
@@ -30,14 +31,6 @@ from schemas.models import AssignmentResponse
 log = structlog.get_logger(__name__)
 VIEW_EVERY_S = 1.0
 PLAIN_VIEW_EVERY_S = 5.0
-
-
-def percentile(values: list[float], quantile: float) -> float | None:
-    """Nearest-rank percentile, None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))]
 
 
 def fetch_stats(url: str | None) -> dict[str, Any] | None:
@@ -150,7 +143,7 @@ class LiveView:
                            (current["requests"] - self._previous[1]["requests"]) / elapsed)
         self._previous = (now, current)
         pings_rate, requests_rate = self._rates
-        p = {name: percentile(latencies, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+        p = dict(zip(("p50", "p95", "p99"), percentiles(latencies, 0.5, 0.95, 0.99), strict=True))
         lines = [
             f"{self.title}   t = {sim.now_s:5.0f} s of {self.duration_s:.0f} s",
             f"  drivers      online {states['available'] + states['on_trip']:>4}   available {states['available']:>4}"
@@ -328,7 +321,7 @@ async def run_simulation(
               "trip_events": counts.trip_events, "malformed": dict(counts.malformed), "dropouts": counts.dropouts},
         answers={"assigned": answers["assigned"], "failed": answers["failed"], "unanswered": len(sent_at),
                  "picked_up": counts.picked_up, "delivered": counts.delivered, "declined": counts.declined},
-        latency_ms={name: percentile(latencies_ms, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+        latency_ms=dict(zip(("p50", "p95", "p99"), percentiles(latencies_ms, 0.5, 0.95, 0.99), strict=True)),
         delivery_failures=publisher.tally.failed,
         worker=worker,
         results_dir=str(results_dir) if results_dir else None,

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from infra.percentiles import percentiles
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def nearest_rank(quantile: float, count: int) -> int:
-    """Index of the nearest-rank percentile in a sorted list of `count` values. The product is
-    rounded first: 0.07 * 100 is 7.000000000000001 in floating point, and its ceiling 8 is one rank
-    too far."""
-    return min(count - 1, max(0, math.ceil(round(quantile * count, 9)) - 1))
 
 
 class LatencyWindow:
@@ -28,15 +22,9 @@ class LatencyWindow:
         self._values.append(seconds)
 
     def percentiles(self, *quantiles: float) -> dict[str, float | int | None]:
-        ordered = sorted(self._values)
-        result: dict[str, float | int | None] = {}
-        for q in quantiles:
-            key = f"p{round(q * 100):d}"
-            if not ordered:
-                result[key] = None
-                continue
-            result[key] = ordered[nearest_rank(q, len(ordered))]
-        result["count"] = len(ordered)
+        found = zip(quantiles, percentiles(self._values, *quantiles), strict=True)
+        result: dict[str, float | int | None] = {f"p{round(q * 100):d}": value for q, value in found}
+        result["count"] = len(self._values)
         return result
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import redis
 
+from infra.percentiles import percentiles
 from infra.topics import TopicNames
 from tests.faults.checker import (
     History,
@@ -226,8 +227,8 @@ class Timing:
         return max((took for _, took in self.latencies.values()), default=0.0)
 
     def p99_s(self) -> float:
-        values = sorted(took for _, took in self.latencies.values())
-        return values[int(0.99 * (len(values) - 1))] if values else 0.0
+        (p99,) = percentiles((took for _, took in self.latencies.values()), 0.99)
+        return p99 if p99 is not None else 0.0
 
     def recovered_after(self, since: float) -> float:
         """Seconds from `since` (epoch s) until the last slow answer: after it, latency was normal."""

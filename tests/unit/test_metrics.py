@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from streams.metrics import LatencyWindow, Metrics, nearest_rank
+from infra.percentiles import nearest_rank
+from streams.metrics import LatencyWindow, Metrics
 
 
 def test_an_empty_window_has_no_percentiles():
