@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 import h3
 import orjson
@@ -17,203 +18,19 @@ from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, session_response
 from streams.routing import key_partition
 
-# Writes drivers' sessions to the index. ARGV[1..4] are the prefixes of driver and reservation keys,
-# the GEO set of available drivers and the prefix of the cell sets (RegionIndex builds all four),
-# ARGV[5] the writer's fence token, ARGV[6] '1' for a rebuild; then one JSON array per driver (see
-# RegionIndex._session_entry): one call and one reply for a whole batch, and one argument per driver,
-# where redis-py spent more packing seventeen arguments per driver than Redis spent running the script.
-# For each driver, in order, one result:
-# First releases the driver's reservation if it is held by an order the session has closed (delivered
-# or cancelled): always, even for a stale or fenced write, since a finished order must never keep a
-# driver, and also on a rebuild, which mends a release lost in a crash. Then applies the change unless
-# the index already holds a newer version of that driver, and moves the driver between its resolution-9
-# cell set and the GEO set of available drivers: it is in both only if assignable and not reserved
-# (Redis GEO stops at 85.05 degrees of latitude; no delivery fleet works beyond it).
-# Fencing (streams.logic.fencing): a write with an older token than the driver's last writer comes
-# from a worker that lost the partition without noticing (paused, cut off): it is refused (-1). A
-# newer token wins whatever the version, since a new owner restarts from the changelog and may be
-# behind the zombie's unflushed versions.
-# A rebuild rewrites the same version too: a cell set may have been lost while the driver's hash
-# survived, and only rewriting the driver puts it back.
-# Readiness: the driver's ready key (RegionIndex.ready_key) marks its partition as rebuilt since Redis was last
-# emptied. Without it, any write but a rebuild is held (-2) and stays pending in the writer: a
-# reservation lost with Redis comes back only when the driver's session has heard of its trip, so until
-# the owner has applied every driver command sent before the wipe, no write may show one of its
-# drivers as free (see streams.agents.upkeep).
-UPSERT = """
-local drivers, reservations, available, cells = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local mine, rebuild = tonumber(ARGV[5]), ARGV[6] == '1'
-
-local function upsert(id, ready, ver, doc, lat, lng, ts, c9, assignable, closed, trip)
-  local driver, reservation = drivers .. id, reservations .. id
-  local holder = redis.call('GET', reservation)
-  if holder then
-    for _, order in ipairs(closed) do
-      if order == holder then redis.call('DEL', reservation) break end
-    end
-  end
-  if not rebuild and redis.call('EXISTS', ready) == 0 then return -2 end
-  local cur = redis.call('HMGET', driver, 'ver', 'fence')
-  if cur[1] then
-    local fence = tonumber(cur[2] or '0')
-    if fence > mine then return -1 end
-    if fence == mine then
-      local current, myver = tonumber(cur[1]), tonumber(ver)
-      if current > myver or (current == myver and not rebuild) then return 0 end
-    end
-  end
-  local old = redis.call('HMGET', driver, 'avail', 'c9')
-  if old[1] == '1' then
-    redis.call('SREM', cells .. old[2], id)
-    redis.call('ZREM', available, id)
-  end
-  local avail = '0'
-  if assignable == '1' and redis.call('EXISTS', reservation) == 0 then avail = '1' end
-  -- A driver on a trip (`trip`, the session's trip_id) holds that order: restore the reservation if
-  -- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
-  if trip ~= '' and redis.call('EXISTS', reservation) == 0 then redis.call('SET', reservation, trip) end
-  redis.call('HSET', driver, 'ver', ver, 'fence', ARGV[5], 'doc', doc, 'lat', lat, 'lng', lng, 'ts', ts, 'c9', c9,
-             'avail', avail)
-  if avail == '1' then
-    redis.call('SADD', cells .. c9, id)
-    if math.abs(tonumber(lat)) <= 85.05112878 then
-      redis.call('GEOADD', available, lng, lat, id)
-    end
-  end
-  return 1
-end
-
-local results = {}
-for i = 7, #ARGV do
-  results[i - 6] = upsert(unpack(cjson.decode(ARGV[i])))
-end
-return results
-"""
-# Drivers per UPSERT call: Redis serves no other client while a script runs, and 500 drivers took
-# 40 ms here; 100 keep a reservation from waiting more than a few ms behind an index rebuild.
+# Drivers per upsert.lua call: Redis serves no other client while a script runs, so an index rebuild
+# goes in calls small enough that a reservation waits at most a few ms behind one.
 UPSERT_BATCH = 100
-
-# Reserves a driver for each of several orders, in order: for each, the first of its candidates (best
-# first) that is still free, available and fresh, unless the order already has a decision (a
-# redelivered request, or a paused worker racing the partition's new owner), which is returned instead:
-# a decision, once made, is never overwritten. One call for a whole batch of requests; an earlier order
-# of the batch may take a later one's best candidate, which then gets its next.
-# ARGV[1..5]: the prefixes of driver, reservation and decision keys, the GEO set of available drivers,
-# the prefix of the cell sets; ARGV[6] the oldest position still fresh; ARGV[7] how long a decision is
-# kept (seconds); then per order its id, the number n of its candidates and n pairs (driver id, the
-# decision naming that driver).
-# Per order: {'reserved', position of the driver among its candidates (1-based), decision},
-# {'existing', 0, decision} or {'none', n, ''}.
-RESERVE_FIRST = """
-local drivers, reservations, decisions, available, cells = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local min_ts, retention = tonumber(ARGV[6]), ARGV[7]
-
-local function reserve(order, first, n)
-  local existing = redis.call('GET', decisions .. order)
-  if existing then return {'existing', 0, existing} end
-  for k = 0, n - 1 do
-    local id, decision = ARGV[first + 2 * k], ARGV[first + 2 * k + 1]
-    if redis.call('EXISTS', reservations .. id) == 0 then
-      local d = redis.call('HMGET', drivers .. id, 'avail', 'c9', 'ts')
-      if d[1] == '1' and tonumber(d[3]) >= min_ts then
-        redis.call('SET', reservations .. id, order)
-        redis.call('SET', decisions .. order, decision, 'EX', retention)
-        redis.call('HSET', drivers .. id, 'avail', '0')
-        redis.call('SREM', cells .. d[2], id)
-        redis.call('ZREM', available, id)
-        return {'reserved', k + 1, decision}
-      end
-    end
-  end
-  return {'none', n, ''}
-end
-
-local results, i = {}, 8
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  results[#results + 1] = reserve(ARGV[i], i + 2, n)
-  i = i + 2 + 2 * n
-end
-return results
-"""
-
-# The drivers among a list of ids that are available with a position at least as fresh as ARGV[2],
-# as flat (id, lat, lng, ts) quadruples in one JSON array: searches read them inside Redis, one round
-# trip in all, instead of one read per driver from the worker (redis-py spends more on each call than
-# Redis does), and one string to parse instead of four RESP elements per driver (redis-py's parser is
-# Python, and spent more on a batch of searches' replies than on anything else of the assignment).
-LOCATE_AVAILABLE = """
-local function locate(ids, driver_prefix, min_ts)
-  local out = {}
-  for _, id in ipairs(ids) do
-    local d = redis.call('HMGET', driver_prefix .. id, 'lat', 'lng', 'ts', 'avail')
-    local ts = tonumber(d[3])
-    if d[4] == '1' and d[1] and d[1] ~= '' and ts and ts >= min_ts then
-      out[#out + 1] = id
-      out[#out + 1] = d[1]
-      out[#out + 1] = d[2]
-      out[#out + 1] = d[3]
-    end
-  end
-  if #out == 0 then return '[]' end  -- cjson writes an empty table as {}
-  return cjson.encode(out)
-end
-"""
-
-# The sessions API's search: the k-ring's cell sets (KEYS) united, then located.
-NEARBY = LOCATE_AVAILABLE + """
-return locate(redis.call('SUNION', unpack(KEYS)), ARGV[1], tonumber(ARGV[2]))
-"""
-
-# The assignment's searches, one call for a batch of requests: for each (lng, lat, km) triple from ARGV[5]
-# on, up to ARGV[3] drivers of the GEO set within that many km of the point, nearest first, located;
-# and how many the GEO search found (when it found the count, more may lie beyond).
-# GEOSEARCH reads and sorts every member within its radius, however small its COUNT: one search of 5 km
-# across a 10,000-driver city cost Redis 830 us, more CPU than the worker spent on the request. So each
-# search grows from ARGV[4] km, four times wider each time, up to its radius, and stops at the first
-# circle holding the count: the members of that circle are nearer than anything outside it, so they are
-# the nearest within the whole radius too.
-CANDIDATES = LOCATE_AVAILABLE + """
-local count = tonumber(ARGV[3])
-local function nearest(lng, lat, km)
-  local r = math.min(km, tonumber(ARGV[4]))
-  while true do
-    local ids = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', lng, lat, 'BYRADIUS', r, 'km', 'ASC', 'COUNT', count)
-    if #ids >= count or r >= km then return ids end
-    r = math.min(km, r * 4)
-  end
-end
-
-local results = {}
-for i = 5, #ARGV, 3 do
-  local ids = nearest(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]))
-  results[#results + 1] = {#ids, locate(ids, ARGV[1], tonumber(ARGV[2]))}
-end
-return results
-"""
-# The circle a candidate search starts from (CANDIDATES): in a city of a few drivers per km2 it holds
-# a request's handful of candidates already.
+# The circle a candidate search starts from (candidates.lua): in a city of a few drivers per km2 it
+# holds a request's handful of candidates already.
 FIRST_CIRCLE_KM = 0.5
 
-# Records a failed decision unless the order already has one; failures expire so a later retry of
-# the same order gets a fresh attempt.
-RECORD_FAILURE = """
-local existing = redis.call('GET', KEYS[1])
-if existing then return existing end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return ARGV[1]
-"""
 
-# Deletes the decision keys among KEYS that have no expiry: those 0.1.0 wrote, which kept them forever.
-# A key with one (any decision since) is left to expire by itself: a retried order's newer decision may
-# stand under the same key as the expired one the sweep found.
-FORGET_UNEXPIRING = """
-local forgotten = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('TTL', key) == -1 then forgotten = forgotten + redis.call('DEL', key) end
-end
-return forgotten
-"""
+def lua(*names: str) -> str:
+    """The scripts of these files of streams/lua/ joined, in order: a search after the functions it
+    uses. Each file's header says its KEYS and ARGV."""
+    folder = resources.files("streams") / "lua"
+    return "\n".join((folder / f"{name}.lua").read_text() for name in names)
 
 
 @dataclass(frozen=True)
@@ -246,12 +63,12 @@ class RegionIndex:
         self.redis = client
         self.prefix = prefix
         self.partitions = partitions
-        self._upsert = client.register_script(UPSERT)
-        self._reserve_first = client.register_script(RESERVE_FIRST)
-        self._record_failure = client.register_script(RECORD_FAILURE)
-        self._forget_unexpiring = client.register_script(FORGET_UNEXPIRING)
-        self._nearby = client.register_script(NEARBY)
-        self._candidates = client.register_script(CANDIDATES)
+        self._upsert = client.register_script(lua("upsert"))
+        self._reserve_first = client.register_script(lua("reserve_first"))
+        self._record_failure = client.register_script(lua("record_failure"))
+        self._forget_unexpiring = client.register_script(lua("forget_unexpiring"))
+        self._nearby = client.register_script(lua("locate_available", "nearby"))
+        self._candidates = client.register_script(lua("locate_available", "candidates"))
 
     @classmethod
     def from_url(cls, url: str, prefix: str, partitions: int) -> RegionIndex:
@@ -301,7 +118,7 @@ class RegionIndex:
             results = await self._upsert_batches(batches)
         except NoScriptError:
             # Redis restarted or was replaced and forgot the script: load it and send again.
-            await self.redis.script_load(UPSERT)
+            await self.redis.script_load(self._upsert.script)
             results = await self._upsert_batches(batches)
         held = tuple(s.driver_id for s, result in zip(sessions, results, strict=True) if result == -2)
         return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1), held=held)
@@ -314,7 +131,7 @@ class RegionIndex:
         return [result for batch in await pipe.execute() for result in batch]
 
     def _session_entry(self, session: DriverSession) -> bytes:
-        """One driver's arguments of UPSERT, all strings (Lua would print numbers with 14 digits)."""
+        """One driver's arguments of upsert.lua, all strings (Lua would print numbers with 14 digits)."""
         return orjson.dumps([
             session.driver_id,
             self.ready_key(key_partition(session.driver_id.encode(), self.partitions)),
@@ -427,7 +244,7 @@ class RegionIndex:
         return orjson.loads(raw)
 
     async def forget_unexpiring_decisions(self, order_ids: Sequence[str]) -> int:
-        """Deletes the decisions of these orders that Redis would keep forever (see FORGET_UNEXPIRING)."""
+        """Deletes the decisions of these orders that Redis would keep forever (see forget_unexpiring.lua)."""
         if not order_ids:
             return 0
         return int(await self._forget_unexpiring(keys=[self.decision_key(o) for o in order_ids]))
@@ -440,7 +257,7 @@ class RegionIndex:
 
 
 def _located(payload: str) -> list[Located]:
-    """The (id, lat, lng, ts) quadruples of LOCATE_AVAILABLE."""
+    """The (id, lat, lng, ts) quadruples of locate_available.lua."""
     flat = orjson.loads(payload)
     return [
         Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)
