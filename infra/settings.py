@@ -95,8 +95,8 @@ class Settings(BaseSettings):
     decision_retention_s: int = Field(86_400, ge=10)
     # Requests in progress at once: being decided (together, streams.agents.assignment.Chooser) or
     # their answers awaiting the broker's acknowledgement; a request is committed only once its answer
-    # is acknowledged (1: one request after another). Bounds a batch of decisions too: 64 answered
-    # 515-560 requests/s here, 256 about 700/s.
+    # is acknowledged (1: one request after another). Bounds a batch of decisions too: larger batches
+    # answered more requests a second (bench/README.md).
     answers_in_flight: int = Field(256, ge=1, le=10_000)
 
     # -- failures -------------------------------------------------------------------------------

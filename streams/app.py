@@ -61,9 +61,8 @@ def faust_options(settings: Settings, web_middlewares: list | None = None) -> di
         "broker_heartbeat_interval": settings.kafka_session_timeout_s / 10,
         "broker_rebalance_timeout": settings.kafka_session_timeout_s,
         # A trade-off (GEODISPATCH_PRODUCER_LINGER_MS): a longer linger packs a backlog's changelog
-        # records into fuller requests (10 ms: ~25% less CPU per ping, bench/README.md), but every
-        # assignment answer waits for its acknowledgement, so the linger adds to each request's latency
-        # and caps one worker's sequential throughput (10 ms: 58 requests/s; 2 ms: ~105/s).
+        # records into fuller requests and saves CPU per ping, but every assignment answer waits for
+        # its acknowledgement, so the linger adds to each request's latency (bench/README.md).
         "producer_linger_ms": settings.producer_linger_ms,
         "producer_acks": -1,
         # Room for a dead letter of the largest record an input topic accepts (see infra.topics).

@@ -12,8 +12,8 @@ import orjson
 import structlog
 
 # The coordinates (topic, partition, offset) of the record this task is handling. One context variable
-# set per record: structlog's bound_contextvars sets and resets one per key, ~20 µs a record at the
-# rates the sessions agent runs at (bench/README.md).
+# set per record: structlog's bound_contextvars sets and resets one per key, which showed in the
+# sessions agent's profile (bench/README.md).
 _RECORD: ContextVar[tuple[str, int, int] | None] = ContextVar("geodispatch_record", default=None)
 
 

@@ -1,11 +1,11 @@
 """A table's partitions caught up from their changelog in bulk, before faust's own recovery starts.
 
 faust's recovery hands every changelog record through its fetch loop one at a time (a race of four
-tasks per record against a rebalance, an event, a queue, a wait per record): ~250 µs a record on the
-bench machine, 50 s before a worker with 100,000 drivers in a wiped data directory answered again
-(bench/README.md). Read here with a consumer of its own, thousands of records per fetch, and applied
-in batches through the table's own `apply_changelog_batch` (the fence filter included), which also
-advances the store's persisted offsets; faust's recovery then starts at those offsets and reads only
+tasks per record against a rebalance, an event, a queue, a wait per record), so a worker of a large
+fleet with a wiped data directory took most of a minute to answer again (bench/README.md). Read here
+with a consumer of its own, thousands of records per fetch, and applied in batches through the
+table's own `apply_changelog_batch` (the fence filter included), which also advances the store's
+persisted offsets; faust's recovery then starts at those offsets and reads only
 what was written since."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from aiokafka.partitioner import murmur2
 REROUTED_FROM = "geodispatch.rerouted_from"
 
 
-# aiokafka's murmur2 is pure Python (3.5 µs a key), and every ping needs its key's partition twice
+# aiokafka's murmur2 is pure Python, and every ping needs its key's partition twice
 # (the routing check, the index's readiness key): a fleet's driver ids are remembered.
 @functools.lru_cache(maxsize=1 << 18)
 def key_partition(key: bytes, partitions: int) -> int:

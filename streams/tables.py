@@ -27,8 +27,8 @@ FENCE_FIELD = "fence"
 class DirectTable(faust.Table):
     """A table of bytes whose writes (`write`, to the partition of the key's records) hand their
     changelog record to the Kafka producer directly. `table[key] = value` goes through faust's
-    own send path (a FutureMessage, the send buffer, the task that drains it): ~120 µs of the ~650 µs
-    of CPU a ping took, measured in same-window pairs (bench/README.md). What faust guarantees still
+    own send path (a FutureMessage, the send buffer, the task that drains it), a sixth of a ping's CPU
+    when measured (bench/README.md). What faust guarantees still
     holds: the record is acknowledged before the input offset is committed (faust flushes the
     producer first), and its acknowledgement advances the store's persisted offset
     (`_on_changelog_sent`)."""

@@ -30,10 +30,10 @@ MAX_CANDIDATES = 2000
 # NonEmpty's limit in schemas.models, which every answer's orderId must meet.
 ORDER_ID_MAX = 256
 # Under load, the waiting requests are decided at most this often. Each batch costs its two Redis calls
-# and sends its answers in produce requests of their own, whatever its size; with candidate searches
-# taking Redis ~60 us, batches decided back to back held ~3 requests at 500 requests/s and cost the
-# worker 2.1 ms of CPU per request, against 1.3-1.4 ms decided every 10 ms (bench/README.md). A request
-# arriving when no batch was decided for that long is decided at once.
+# and sends its answers in produce requests of their own, whatever its size: with Redis answering fast,
+# batches decided back to back stay small and cost the worker more CPU per request than batches that
+# wait this long (bench/README.md has the figures). A request arriving when no batch was decided for
+# that long is decided at once.
 DECIDE_EVERY_S = 0.01
 
 

@@ -1,7 +1,7 @@
 """Location pings, read in batches by a consumer of their own instead of one faust event each.
 
-A faust event costs ~215 µs of CPU on this machine before any work is done (bench/README.md), which
-caps a worker below 5,000 records a second; pings are most of the input. Here they are fetched
+A faust event costs more CPU before any work is done than the work of a ping (bench/README.md), and
+pings are most of the input. Here they are fetched
 thousands at a time and each goes through the same `streams.agents.sessions.process` as every other
 driver record (decode, checks, the session, the table write, the index, presence, tracking, the
 dead-letter topic on failure).
@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 STAGE = "sessions"
 FETCH_WAIT_MS = 100
 # Records applied between two yields to the event loop: HTTP requests, assignment requests and timers
-# wait for at most this many pings (~20 ms).
+# wait for at most this many pings.
 YIELD_EVERY = 100
 RETRY_AFTER_S = 1.0
 
