@@ -14,6 +14,7 @@ import orjson
 import structlog
 from aiokafka.structs import ConsumerRecord
 
+from infra.redis_keys import RedisKeys
 from schemas import dead_letter as dl
 
 log = structlog.get_logger(__name__)
@@ -181,7 +182,7 @@ class ReplayLedger:
 
     def __init__(self, redis, prefix: str, dlq_topic: str) -> None:
         self.redis = redis
-        self.key = f"{prefix}dlq:replayed:{dlq_topic}"
+        self.key = RedisKeys(prefix).dlq_replayed(dlq_topic)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, dlq_topic: str) -> ReplayLedger:

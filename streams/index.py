@@ -14,6 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from infra.redis_keys import RedisKeys
 from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, session_response
 from streams.routing import key_partition
@@ -61,7 +62,7 @@ class Reservation:
 class RegionIndex:
     def __init__(self, client: aioredis.Redis, prefix: str, partitions: int) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.partitions = partitions
         self._upsert = client.register_script(lua("upsert"))
         self._reserve_first = client.register_script(lua("reserve_first"))
@@ -74,31 +75,10 @@ class RegionIndex:
     def from_url(cls, url: str, prefix: str, partitions: int) -> RegionIndex:
         return cls(aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30), prefix, partitions)
 
-    def driver_key(self, driver_id: str) -> str:
-        return f"{self.prefix}d:{driver_id}"
-
-    def reservation_key(self, driver_id: str) -> str:
-        return f"{self.prefix}r:{driver_id}"
-
-    def decision_key(self, order_id: str) -> str:
-        return f"{self.prefix}o:{order_id}"
-
-    @property
-    def available_key(self) -> str:
-        """A Redis GEO set of every available driver: the assignment's nearest-first search."""
-        return f"{self.prefix}geo:available"
-
-    @property
-    def epoch_key(self) -> str:
-        return f"{self.prefix}meta:epoch"
-
-    def ready_key(self, partition: int) -> str:
-        return f"{self.prefix}meta:ready:{partition}"
-
     @property
     def cell_prefix(self) -> str:
         """Of the sets of available drivers per resolution-9 cell (the `nearby` API's)."""
-        return f"{self.prefix}c{NEARBY_RESOLUTION}:"
+        return self.keys.cells(NEARBY_RESOLUTION)
 
     # -- writes from the sessions agent ---------------------------------------------------------
 
@@ -126,7 +106,7 @@ class RegionIndex:
     async def _upsert_batches(self, batches: list[list[object]]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
         for args in batches:
-            pipe.evalsha(self._upsert.sha, 0, self.driver_key(""), self.reservation_key(""), self.available_key,
+            pipe.evalsha(self._upsert.sha, 0, self.keys.driver(""), self.keys.reservation(""), self.keys.available,
                          self.cell_prefix, *args)
         return [result for batch in await pipe.execute() for result in batch]
 
@@ -134,7 +114,7 @@ class RegionIndex:
         """One driver's arguments of upsert.lua, all strings (Lua would print numbers with 14 digits)."""
         return orjson.dumps([
             session.driver_id,
-            self.ready_key(key_partition(session.driver_id.encode(), self.partitions)),
+            self.keys.ready(key_partition(session.driver_id.encode(), self.partitions)),
             str(session.version),
             orjson.dumps(session_response(session)).decode(),
             "" if session.lat is None else repr(session.lat),
@@ -150,10 +130,10 @@ class RegionIndex:
 
     async def current_epoch(self) -> str:
         """The epoch of the index; creates one when Redis has none (emptied, or a new server)."""
-        epoch = await self.redis.get(self.epoch_key)
+        epoch = await self.redis.get(self.keys.epoch)
         if epoch is None:
-            await self.redis.set(self.epoch_key, uuid.uuid4().hex, nx=True)
-            epoch = await self.redis.get(self.epoch_key)
+            await self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+            epoch = await self.redis.get(self.keys.epoch)
         return epoch
 
     async def unready(self, partitions: Iterable[int]) -> list[int]:
@@ -161,31 +141,31 @@ class RegionIndex:
         wanted = sorted(partitions)
         if not wanted:
             return []
-        flags = await self.redis.mget([self.ready_key(p) for p in wanted])
+        flags = await self.redis.mget([self.keys.ready(p) for p in wanted])
         return [p for p, flag in zip(wanted, flags, strict=True) if flag is None]
 
     async def mark_ready(self, partitions: Iterable[int], epoch: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for partition in partitions:
-            pipe.set(self.ready_key(partition), epoch)
+            pipe.set(self.keys.ready(partition), epoch)
         await pipe.execute()
 
     async def request_rebuild(self) -> str:
         """Starts a new epoch: every worker rebuilds its part of the index on its next check."""
         epoch = uuid.uuid4().hex
-        await self.redis.set(self.epoch_key, epoch)
+        await self.redis.set(self.keys.epoch, epoch)
         return epoch
 
     # -- reads ------------------------------------------------------------------------------------
 
     async def session_document(self, driver_id: str) -> bytes | None:
-        return await self.redis.hget(self.driver_key(driver_id), "doc")
+        return await self.redis.hget(self.keys.driver(driver_id), "doc")
 
     async def nearby(self, origin: str, k: int, limit: int, min_loc_ts_ms: int) -> tuple[list[str], list[str]]:
         """Available drivers in the k-ring of a resolution-9 cell, nearest to its centre first."""
         cells = list(h3.grid_disk(origin, k))
         located = _located(await self._nearby(keys=[self.cell_prefix + c for c in cells],
-                                              args=[self.driver_key(""), min_loc_ts_ms]))
+                                              args=[self.keys.driver(""), min_loc_ts_ms]))
         lat, lng = h3.cell_to_latlng(origin)
         ordered = nearest_first({d.driver_id: (d.lat, d.lng) for d in located}, lat, lng)
         return ordered[:limit], cells
@@ -199,12 +179,12 @@ class RegionIndex:
         radius until one holds `count`), never the fleet; one round trip for all."""
         if not searches:
             return []
-        args: list = [self.driver_key(""), min_loc_ts_ms, count, FIRST_CIRCLE_KM]
+        args: list = [self.keys.driver(""), min_loc_ts_ms, count, FIRST_CIRCLE_KM]
         for lat, lng, radius_km in searches:
             # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
             # so that a driver exactly radius_km away qualifies.
             args += [lng, lat, radius_km * 1.001 + 0.001]
-        replies = await self._candidates(keys=[self.available_key], args=args)
+        replies = await self._candidates(keys=[self.keys.available], args=args)
         results = []
         for (lat, lng, radius_km), (searched, located) in zip(searches, replies, strict=True):
             found = [(d, haversine_km(lat, lng, d.lat, d.lng)) for d in _located(located)]
@@ -223,7 +203,7 @@ class RegionIndex:
         all."""
         if not offers:
             return []
-        args: list = [self.driver_key(""), self.reservation_key(""), self.decision_key(""), self.available_key,
+        args: list = [self.keys.driver(""), self.keys.reservation(""), self.keys.decision(""), self.keys.available,
                       self.cell_prefix, min_loc_ts_ms, retention_s]
         for order_id, candidates in offers:
             args += [order_id, len(candidates)]
@@ -236,21 +216,21 @@ class RegionIndex:
         ]
 
     async def decision(self, order_id: str) -> dict | None:
-        raw = await self.redis.get(self.decision_key(order_id))
+        raw = await self.redis.get(self.keys.decision(order_id))
         return orjson.loads(raw) if raw else None
 
     async def record_failure(self, order_id: str, decision: dict, ttl_s: int) -> dict:
-        raw = await self._record_failure(keys=[self.decision_key(order_id)], args=[orjson.dumps(decision), ttl_s])
+        raw = await self._record_failure(keys=[self.keys.decision(order_id)], args=[orjson.dumps(decision), ttl_s])
         return orjson.loads(raw)
 
     async def forget_unexpiring_decisions(self, order_ids: Sequence[str]) -> int:
         """Deletes the decisions of these orders that Redis would keep forever (see forget_unexpiring.lua)."""
         if not order_ids:
             return 0
-        return int(await self._forget_unexpiring(keys=[self.decision_key(o) for o in order_ids]))
+        return int(await self._forget_unexpiring(keys=[self.keys.decision(o) for o in order_ids]))
 
     async def reservation_holder(self, driver_id: str) -> str | None:
-        return await self.redis.get(self.reservation_key(driver_id))
+        return await self.redis.get(self.keys.reservation(driver_id))
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

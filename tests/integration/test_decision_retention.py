@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 from rocksdict import AccessType, Options, Rdict
 
+from infra.redis_keys import RedisKeys
 from streams.routing import key_partition
 from tests.integration.harness import REDIS_URL, wait_for
 from tests.integration.test_assignment import City, request
@@ -46,7 +47,7 @@ def test_a_decision_is_given_again_within_its_retention_and_gone_everywhere_afte
     deployment.produce(changelog, [(LEGACY.encode(), json.dumps(legacy).encode())],
                        partition=key_partition(LEGACY.encode(), deployment.partitions))
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    legacy_key = f"{deployment.redis_prefix}o:{LEGACY}"
+    legacy_key = RedisKeys(deployment.redis_prefix).decision(LEGACY)
     client.set(legacy_key, json.dumps(legacy))
 
     city = City(deployment, deployment.start_worker("w1"))
@@ -62,7 +63,7 @@ def test_a_decision_is_given_again_within_its_retention_and_gone_everywhere_afte
     deployment.produce(topic, [(ORDER.encode(), body)])  # redelivered within the retention
     answers = city.answers(2)[ORDER]
     assert answers == [first, first]
-    decision_key = f"{deployment.redis_prefix}o:{ORDER}"
+    decision_key = RedisKeys(deployment.redis_prefix).decision(ORDER)
     assert 0 < client.ttl(decision_key) <= RETENTION_S
 
     wait_for(lambda: not client.exists(decision_key), timeout=RETENTION_S + 10, message="Redis forgets the decision")

@@ -159,18 +159,18 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     assert await index.decision("ord_2") == {"orderId": "ord_2", "driverId": "drv_b"}
     assert await index.decision("ord_3") is None
     # A decision is kept for its retention, not forever (a reservation lasts until the trip ends).
-    assert 0 < await index.redis.ttl(index.decision_key("ord_2")) <= RETENTION_S
-    assert await index.redis.ttl(index.reservation_key("drv_b")) == -1
+    assert 0 < await index.redis.ttl(index.keys.decision("ord_2")) <= RETENTION_S
+    assert await index.redis.ttl(index.keys.reservation("drv_b")) == -1
     ((found, _),) = await index.candidates([(*CENTRE, 5.0)], 8, fresh_since)
     assert found == []
 
 
 async def test_only_decisions_without_an_expiry_are_forgotten(index):
-    await index.redis.set(index.decision_key("ord_forever"), "{}")  # as 0.1.0 wrote them
-    await index.redis.set(index.decision_key("ord_retried"), "{}", ex=RETENTION_S)
+    await index.redis.set(index.keys.decision("ord_forever"), "{}")  # as 0.1.0 wrote them
+    await index.redis.set(index.keys.decision("ord_retried"), "{}", ex=RETENTION_S)
     assert await index.forget_unexpiring_decisions(["ord_forever", "ord_retried", "ord_absent"]) == 1
-    assert not await index.redis.exists(index.decision_key("ord_forever"))
-    assert await index.redis.exists(index.decision_key("ord_retried"))
+    assert not await index.redis.exists(index.keys.decision("ord_forever"))
+    assert await index.redis.exists(index.keys.decision("ord_retried"))
 
 
 async def test_searches_of_an_empty_area_find_nobody(index):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from infra.redis_keys import RedisKeys
 from tests.integration.harness import REDIS_URL, ROOT, Deployment, wait_for
 from tests.integration.test_assignment import City
 
@@ -62,8 +63,8 @@ def test_a_release_worker_replaced_by_this_one_loses_no_session_reservation_or_a
     wait_for(lambda: all(city.session(d).get("trip_id") == o for o, d in assigned.items()), message="trips recorded")
     picked = ORDERS[0]
     city.trip(assigned[picked], picked, "picked_up")
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    reservations = {d: client.get(f"{upgrade.redis_prefix}r:{d}") for d in DRIVERS}
+    client, keys = redis.Redis.from_url(REDIS_URL, decode_responses=True), RedisKeys(upgrade.redis_prefix)
+    reservations = {d: client.get(keys.reservation(d)) for d in DRIVERS}
     assert {d: o for d, o in reservations.items() if o} == {d: o for o, d in assigned.items()}
 
     city.worker.stop()
@@ -79,7 +80,7 @@ def test_a_release_worker_replaced_by_this_one_loses_no_session_reservation_or_a
     assert {d: city.session(d)["trip_id"] for d in DRIVERS} == {
         d: next((o for o, holder in assigned.items() if holder == d), None) for d in DRIVERS}
     # Reservations: as the release left them.
-    assert {d: client.get(f"{upgrade.redis_prefix}r:{d}") for d in DRIVERS} == reservations
+    assert {d: client.get(keys.reservation(d)) for d in DRIVERS} == reservations
     # Answers: every request sent again gets the same answer; a new one gets a free driver.
     for order in ORDERS:
         city.ask(order)
@@ -91,4 +92,4 @@ def test_a_release_worker_replaced_by_this_one_loses_no_session_reservation_or_a
     # A trip ends as before: the driver is free again.
     city.trip(assigned[picked], picked, "delivered")
     wait_for(lambda: city.session(assigned[picked])["trip_id"] is None, message="the delivered driver freed")
-    assert client.get(f"{upgrade.redis_prefix}r:{assigned[picked]}") is None
+    assert client.get(keys.reservation(assigned[picked])) is None
