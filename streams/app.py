@@ -12,7 +12,6 @@ from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE
 from streams.access import token_gate
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
-from streams.faust_fixes import install_ack_guard, install_commit_guard, install_gap_guard, install_seek_guard
 from streams.index import IndexWriter
 from streams.metrics import Metrics
 from streams.restore import BulkRestore
@@ -35,7 +34,9 @@ class DispatchApp(faust.App):
 def faust_options(settings: Settings, web_middlewares: list | None = None) -> dict[str, object]:
     """Faust's keyword arguments, each from the settings object."""
     options: dict[str, object] = {
-        "broker": [f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        # Our transport (streams.faust_fixes.Transport, the `geodispatch` faust.transports entry point):
+        # faust's aiokafka transport with our consumer.
+        "broker": [f"geodispatch://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         "store": settings.store,
         "datadir": str(settings.store_dir),
         "topic_partitions": settings.partitions,
@@ -97,10 +98,6 @@ def _bulk_restore(settings: Settings, metrics: Metrics, table: str) -> BulkResto
 
 
 def create_app(settings: Settings) -> DispatchApp:
-    install_ack_guard()
-    install_gap_guard()
-    install_commit_guard()
-    install_seek_guard()
     runtime = Runtime.build(settings)
     # Built here so that access settings that cannot work stop the worker at start-up.
     runtime.verifier = Verifier.from_settings(settings)

@@ -1,20 +1,22 @@
-"""Targeted guards around faust-streaming's acking, gap-filling and committing, installed once by
-streams.app: each keeps faust from committing past a record it never processed. Each says when it can
-be removed; tests/unit/test_faust_fingerprints.py fails when faust changes a method one replaces."""
+"""Our consumer: faust-streaming's aiokafka consumer with targeted guards around its acking,
+gap-filling, committing and seeking, each keeping faust from committing past a record it never
+processed. The app uses it through the `geodispatch` transport (broker URLs `geodispatch://host:port`,
+registered as a `faust.transports` entry point). Each guard says when it can be removed;
+tests/unit/test_faust_fingerprints.py fails when faust changes a method one overrides."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
-import functools
 from collections.abc import Collection, Iterator
 from typing import Any
 
 import structlog
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
-from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
 from infra.clients import new_consumer
@@ -36,7 +38,6 @@ log = structlog.get_logger(__name__)
 # the group expelled it (a full churn fault run). A record of an earlier generation is still refused:
 # its partition may be another worker's now, and it is answered again, identically, wherever it is.
 # Remove when faust's Stream no longer acks a record it drops unprocessed (faust/streams.py).
-_INSTALLED_FLAG = "_geodispatch_ack_guard"
 _ACKING_PROCESSED: contextvars.ContextVar[bool] = contextvars.ContextVar("geodispatch_acking_processed",
                                                                          default=False)
 
@@ -48,23 +49,6 @@ def acking_processed() -> Iterator[None]:
         yield
     finally:
         _ACKING_PROCESSED.reset(token)
-
-
-def install_ack_guard() -> None:
-    if getattr(Consumer.ack, _INSTALLED_FLAG, False):
-        return
-    original = Consumer.ack
-
-    def ack(self: Consumer, message: Any) -> bool:
-        app = self.app
-        if message.generation_id != app.consumer_generation_id:
-            return False
-        if not app.flow_control.is_active() and not _ACKING_PROCESSED.get():
-            return False
-        return original(self, message)
-
-    setattr(ack, _INSTALLED_FLAG, True)
-    Consumer.ack = ack
 
 
 # faust-streaming treats a jump in the offsets it reads as a gap to skip (meant for compacted topics
@@ -81,7 +65,6 @@ def install_ack_guard() -> None:
 # once, and the same gap seen again is filled as faust would, with an error logged, so that records
 # really gone cannot make the group rebalance forever.
 # Remove when faust stops marking offsets it skipped as acked (faust-streaming issues 216 and 221).
-_GAP_FLAG = "_geodispatch_gap_guard"
 GAP_READ_TIMEOUT_S = 10.0
 
 
@@ -128,29 +111,6 @@ async def process_from_log(consumer: Consumer, tp: Any, first: int, end: int) ->
     return True
 
 
-def install_gap_guard() -> None:
-    if getattr(Consumer._add_gap, _GAP_FLAG, False):
-        return
-    original = Consumer._add_gap
-    refused: set[tuple[Any, int]] = set()
-
-    async def _add_gap(self: Consumer, tp: Any, offset_from: int, offset_to: int) -> None:
-        where = {"topic": tp.topic, "partition": tp.partition, "first": offset_from, "last": offset_to - 1}
-        if await process_from_log(self, tp, offset_from, offset_to):
-            log.warning("offset_gap_filled", **where, action="read from the log and processed in order")
-            return
-        if (tp, offset_from) in refused:
-            log.error("offset_gap_skipped", **where)
-            return await original(self, tp, offset_from, offset_to)
-        refused.add((tp, offset_from))
-        log.error("offset_gap_refused", **where,
-                  action="rebalance to re-read from the committed offset")
-        _request_rejoin(self)
-
-    setattr(_add_gap, _GAP_FLAG, True)
-    Consumer._add_gap = _add_gap
-
-
 def still_in_generation(app: Any) -> bool:
     """Whether the app's consumer is still a member of the group generation its partitions were
     assigned in. The coordinator forgets its generation when the group expelled it (a worker paused
@@ -183,7 +143,6 @@ def _request_rejoin(consumer: Consumer) -> None:
 # there after it was read.
 # Remove when faust's Consumer._new_offset compares the run of acked offsets with the committed offset
 # without the off-by-one, and for offset 0 too.
-_COMMIT_FLAG = "_geodispatch_commit_guard"
 FILLING, FILLED, REJOINED = "filling", "filled", "rejoined"
 
 
@@ -193,55 +152,15 @@ def head_missing(committed: int | None, acked: set[int], gaps: Any) -> bool:
     return committed is not None and bool(acked) and committed not in acked and not gaps.at(committed)
 
 
-def commit_base(consumer: Consumer, tp: Any) -> int | None:
+def commit_base(committed: int | None, start: tuple[int, int] | None, generation: int) -> int | None:
     """The offset the next commit of a partition must start at: its committed offset, or, before this
-    assignment's first commit, where the seek guard below started the partition in this generation."""
-    committed = consumer._committed_offset[tp]
+    assignment's first commit, where the seek guard below started the partition in this generation
+    (`start`, a (generation, offset) pair)."""
     if committed is not None:
         return committed
-    start = getattr(consumer, _STARTS, {}).get(tp)
-    if start is not None and start[0] == consumer.app.consumer_generation_id:
+    if start is not None and start[0] == generation:
         return start[1]
     return None
-
-
-def install_commit_guard() -> None:
-    if getattr(Consumer._new_offset, _COMMIT_FLAG, False):
-        return
-    original = Consumer._new_offset
-    # Per hole (partition, committed offset): FILLING while its records are read and handed on, FILLED
-    # after, REJOINED once the fallback rebalance was asked for.
-    holes: dict[tuple[Any, int], str] = {}
-
-    async def fill(consumer: Consumer, tp: Any, first: int, end: int) -> None:
-        filled = await process_from_log(consumer, tp, first, end)
-        holes[(tp, first)] = FILLED if filled else REJOINED
-        if not filled:
-            log.error("unprocessed_records_unreadable", topic=tp.topic, partition=tp.partition, offset=first,
-                      action="rebalance to re-read from the committed offset")
-            _request_rejoin(consumer)
-
-    @functools.wraps(original)
-    def _new_offset(self: Consumer, tp: Any) -> int | None:
-        committed = commit_base(self, tp)
-        acked = self._acked_index[tp]
-        if not head_missing(committed, acked, self._gap[tp]):
-            return original(self, tp)
-        stage = holes.get((tp, committed))
-        if stage is None:
-            holes[(tp, committed)] = FILLING
-            log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
-                      first_acked=min(acked), action="read from the log and processed")
-            asyncio.get_running_loop().create_task(fill(self, tp, committed, min(acked)))
-        elif stage == FILLED:  # handed on, and still not acked: dropped again by the stream
-            holes[(tp, committed)] = REJOINED
-            log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
-                      first_acked=min(acked), action="rebalance to re-read from the committed offset")
-            _request_rejoin(self)
-        return None
-
-    setattr(_new_offset, _COMMIT_FLAG, True)
-    Consumer._new_offset = _new_offset
 
 
 # aiokafka's `seek_to_committed` leaves a partition that has no committed offset (or offset 0) where it
@@ -258,8 +177,6 @@ def install_commit_guard() -> None:
 # commits nothing for them.
 # Remove when aiokafka's seek_to_committed seeks partitions without a commit too, or faust no longer
 # relies on that seek to bring back what it dropped around a rebalance.
-_SEEK_FLAG = "_geodispatch_seek_guard"
-_STARTS = "_geodispatch_starts"
 Offsets = dict[Any, int | None]
 
 
@@ -283,20 +200,85 @@ async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[A
     return offsets, uncommitted
 
 
-def install_seek_guard() -> None:
-    if getattr(ThreadDelegateConsumer.seek_to_committed, _SEEK_FLAG, False):
-        return
+class GuardedConsumer(aiokafka_driver.Consumer):
+    """faust's aiokafka consumer with the four guards above, each overriding one method and calling
+    faust's own through super() whenever faust's behaviour is right. Their state is this consumer's,
+    and what concerns partitions it no longer has is dropped at each assignment."""
 
-    async def seek_to_committed(self: Any) -> Offsets:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Gaps refused once with a rebalance, by (partition, first offset): seen again, really gone.
+        self._refused_gaps: set[tuple[TP, int]] = set()
+        # Holes behind acked records, by (partition, committed offset): FILLING, FILLED or REJOINED.
+        self._holes: dict[tuple[TP, int], str] = {}
+        # Where each acked partition started in a generation: (generation, offset).
+        self._starts: dict[TP, tuple[int, int]] = {}
+
+    # -- the ack guard ------------------------------------------------------------------------------
+
+    def ack(self, message: Any) -> bool:
+        app = self.app
+        if message.generation_id != app.consumer_generation_id:
+            return False
+        if not app.flow_control.is_active() and not _ACKING_PROCESSED.get():
+            return False
+        return super().ack(message)
+
+    # -- the gap guard ------------------------------------------------------------------------------
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        where = {"topic": tp.topic, "partition": tp.partition, "first": offset_from, "last": offset_to - 1}
+        if await process_from_log(self, tp, offset_from, offset_to):
+            log.warning("offset_gap_filled", **where, action="read from the log and processed in order")
+            return
+        if (tp, offset_from) in self._refused_gaps:
+            log.error("offset_gap_skipped", **where)
+            return await super()._add_gap(tp, offset_from, offset_to)
+        self._refused_gaps.add((tp, offset_from))
+        log.error("offset_gap_refused", **where, action="rebalance to re-read from the committed offset")
+        _request_rejoin(self)
+
+    # -- the commit guard ---------------------------------------------------------------------------
+
+    def _new_offset(self, tp: TP) -> int | None:
+        committed = commit_base(self._committed_offset[tp], self._starts.get(tp), self.app.consumer_generation_id)
+        acked = self._acked_index[tp]
+        if not head_missing(committed, acked, self._gap[tp]):
+            return super()._new_offset(tp)
+        stage = self._holes.get((tp, committed))
+        if stage is None:
+            self._holes[(tp, committed)] = FILLING
+            log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
+                      first_acked=min(acked), action="read from the log and processed")
+            asyncio.get_running_loop().create_task(self._fill(tp, committed, min(acked)))
+        elif stage == FILLED:  # handed on, and still not acked: dropped again by the stream
+            self._holes[(tp, committed)] = REJOINED
+            log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
+                      first_acked=min(acked), action="rebalance to re-read from the committed offset")
+            _request_rejoin(self)
+        return None
+
+    async def _fill(self, tp: TP, first: int, end: int) -> None:
+        filled = await process_from_log(self, tp, first, end)
+        self._holes[(tp, first)] = FILLED if filled else REJOINED
+        if not filled:
+            log.error("unprocessed_records_unreadable", topic=tp.topic, partition=tp.partition, offset=first,
+                      action="rebalance to re-read from the committed offset")
+            _request_rejoin(self)
+
+    # -- the seek guard -----------------------------------------------------------------------------
+
+    async def seek_to_committed(self) -> Offsets:
         generation = self.app.consumer_generation_id
-        acked = {tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)}
+        assignment = self.assignment()
+        self._forget_all_but(assignment)
+        acked = {tp for tp in assignment if self.app.topics.acks_enabled_for(tp.topic)}
         read = {tp: self._read_offset.get(TP(tp.topic, tp.partition)) for tp in acked}
         thread = self._thread
         offsets, rewound = await thread.call_thread(seek_to_committed_or_beginning, thread._ensure_consumer(),
                                                     acked)
-        starts = self.__dict__.setdefault(_STARTS, {})
-        starts.update({TP(tp.topic, tp.partition): (generation, offset) for tp, offset in offsets.items()
-                       if tp in acked and offset is not None})
+        self._starts.update({TP(tp.topic, tp.partition): (generation, offset) for tp, offset in offsets.items()
+                             if tp in acked and offset is not None})
         for tp in rewound:
             # faust's read offset is the last offset it handed on (the next one to read right after a seek):
             # past the start, this worker read records there that are read again, and may have dropped some.
@@ -305,5 +287,15 @@ def install_seek_guard() -> None:
                          first=offsets[tp], read_offset=read[tp])
         return offsets
 
-    setattr(seek_to_committed, _SEEK_FLAG, True)
-    ThreadDelegateConsumer.seek_to_committed = seek_to_committed
+    def _forget_all_but(self, assignment: Collection[Any]) -> None:
+        """Drops the guards' state of partitions this consumer no longer has."""
+        kept = {TP(tp.topic, tp.partition) for tp in assignment}
+        self._refused_gaps = {key for key in self._refused_gaps if key[0] in kept}
+        self._holes = {key: stage for key, stage in self._holes.items() if key[0] in kept}
+        self._starts = {tp: start for tp, start in self._starts.items() if tp in kept}
+
+
+class Transport(aiokafka_driver.Transport):
+    """faust's aiokafka transport with our consumer: the `geodispatch` entry of `faust.transports`."""
+
+    Consumer = GuardedConsumer

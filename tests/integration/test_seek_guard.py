@@ -6,29 +6,30 @@ first commit at where it started and processes what was skipped there."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from collections import defaultdict
 from types import SimpleNamespace
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 from structlog.testing import capture_logs
 
 from infra.settings import Settings
-from streams.faust_fixes import install_commit_guard, install_seek_guard
+from streams.faust_fixes import GuardedConsumer
 from tests.integration.harness import BOOTSTRAP, topic_with
+from tests.unit.guarded import guarded
 
 RECORDS = 4
 GENERATION = 5
 
 
-def _faust_consumer(client: AIOKafkaConsumer, acked_topics: set[str]) -> SimpleNamespace:
-    """The parts of faust's consumer that `perform_seek`, the seek guard and the commit guard use, around
-    a real aiokafka client (faust runs it in a thread of its own; here it shares the test's loop)."""
+def _faust_consumer(client: AIOKafkaConsumer, acked_topics: set[str]) -> GuardedConsumer:
+    """Our consumer with the parts of faust's that `perform_seek`, the seek guard and the commit guard
+    use, around a real aiokafka client (faust runs it in a thread of its own; here it shares the test's
+    loop)."""
     delivered: list[int] = []
 
     async def call_thread(fun, *args):
@@ -37,7 +38,7 @@ def _faust_consumer(client: AIOKafkaConsumer, acked_topics: set[str]) -> SimpleN
     async def callback(message) -> None:
         delivered.append(message.offset)
 
-    consumer = SimpleNamespace(
+    return guarded(
         _thread=SimpleNamespace(call_thread=call_thread, _ensure_consumer=lambda: client),
         app=SimpleNamespace(consumer_generation_id=GENERATION,
                             topics=SimpleNamespace(acks_enabled_for=lambda topic: topic in acked_topics),
@@ -47,8 +48,6 @@ def _faust_consumer(client: AIOKafkaConsumer, acked_topics: set[str]) -> SimpleN
         _acked=defaultdict(list), _acked_index=defaultdict(set), _gap=defaultdict(IntervalTree),
         callback=callback, _to_message=lambda tp, record: record, delivered=delivered,
     )
-    consumer.seek_to_committed = functools.partial(ThreadDelegateConsumer.seek_to_committed, consumer)
-    return consumer
 
 
 async def _read_all(client: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
@@ -61,9 +60,6 @@ async def _positions(client: AIOKafkaConsumer, tps: list[TopicPartition]) -> lis
 
 
 def test_a_partition_without_a_commit_is_read_again_from_its_beginning_and_its_first_commit_held():
-    install_seek_guard()
-    install_commit_guard()
-
     async def scenario():
         name = f"seek.{uuid.uuid4().hex[:10]}"
         changelog = f"{name}-changelog"
@@ -95,7 +91,7 @@ def test_a_partition_without_a_commit_is_read_again_from_its_beginning_and_its_f
             tp = TP(name, 0)
             consumer._acked[tp].extend([2, 3])
             consumer._acked_index[tp].update([2, 3])
-            held = Consumer._new_offset(consumer, tp)
+            held = consumer._new_offset(tp)
             for _ in range(100):
                 if consumer.delivered:
                     break

@@ -8,23 +8,24 @@ from types import SimpleNamespace
 
 from faust.transport.consumer import Consumer
 
-from streams.faust_fixes import acking_processed, install_ack_guard
+from streams.faust_fixes import GuardedConsumer, acking_processed
+from tests.unit.guarded import guarded
 
 
-def _consumer(active: bool) -> SimpleNamespace:
-    return SimpleNamespace(app=SimpleNamespace(consumer_generation_id=3,
-                                               flow_control=SimpleNamespace(is_active=lambda: active)))
+def _consumer(active: bool) -> GuardedConsumer:
+    flow_control = SimpleNamespace(is_active=lambda: active)
+    return guarded(app=SimpleNamespace(consumer_generation_id=3, flow_control=flow_control))
 
 
 def _guarded_ack(monkeypatch) -> list[int]:
+    """faust's own ack, as our consumer's super() finds it, replaced by one that notes what passed."""
     passed: list[int] = []
 
-    def original(self, message) -> bool:
+    def faust_ack(self, message) -> bool:
         passed.append(message.offset)
         return True
 
-    monkeypatch.setattr(Consumer, "ack", original)
-    install_ack_guard()
+    monkeypatch.setattr(Consumer, "ack", faust_ack)
     return passed
 
 
@@ -33,17 +34,17 @@ def test_while_paused_only_the_acks_of_processed_records_of_this_generation_pass
     paused = _consumer(active=False)
     current, earlier = SimpleNamespace(generation_id=3, offset=1), SimpleNamespace(generation_id=2, offset=2)
 
-    assert Consumer.ack(paused, current) is False  # skipped by the paused stream
+    assert paused.ack(current) is False  # skipped by the paused stream
     with acking_processed():
-        assert Consumer.ack(paused, current) is True
-        assert Consumer.ack(paused, earlier) is False  # its partition may be another worker's now
-    assert Consumer.ack(paused, current) is False  # the permission ends with the block
+        assert paused.ack(current) is True
+        assert paused.ack(earlier) is False  # its partition may be another worker's now
+    assert paused.ack(current) is False  # the permission ends with the block
     assert passed == [1]
 
 
 def test_when_flowing_acks_of_this_generation_pass_and_older_ones_do_not(monkeypatch):
     passed = _guarded_ack(monkeypatch)
     flowing = _consumer(active=True)
-    assert Consumer.ack(flowing, SimpleNamespace(generation_id=3, offset=7)) is True
-    assert Consumer.ack(flowing, SimpleNamespace(generation_id=1, offset=8)) is False
+    assert flowing.ack(SimpleNamespace(generation_id=3, offset=7)) is True
+    assert flowing.ack(SimpleNamespace(generation_id=1, offset=8)) is False
     assert passed == [7]

@@ -1,4 +1,4 @@
-"""streams/faust_fixes.py replaces methods of faust-streaming's consumer, each because of how that
+"""streams/faust_fixes.py overrides methods of faust-streaming's consumer, each because of how that
 release of faust behaves. This test fails when a faust-streaming release changes one of them (its
 signature or its code), naming the fix to re-check: the fix may no longer be needed, or may now be
 wrong. It reads faust's source file, so it sees faust's methods, not ours installed over them."""

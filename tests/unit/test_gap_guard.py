@@ -12,7 +12,8 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from streams import faust_fixes
-from streams.faust_fixes import head_missing, install_commit_guard, install_gap_guard
+from streams.faust_fixes import GuardedConsumer, head_missing
+from tests.unit.guarded import guarded
 
 
 class _Loop:
@@ -23,7 +24,7 @@ class _Loop:
         self.calls.append(callback)
 
 
-def _fake_consumer() -> tuple[SimpleNamespace, _Loop, SimpleNamespace]:
+def _fake_consumer() -> tuple[GuardedConsumer, _Loop, SimpleNamespace]:
     coordinator = SimpleNamespace(request_rejoin=lambda: None)
     loop = _Loop()
     thread = SimpleNamespace(thread_loop=loop, _ensure_consumer=lambda: SimpleNamespace(_coordinator=coordinator))
@@ -32,9 +33,8 @@ def _fake_consumer() -> tuple[SimpleNamespace, _Loop, SimpleNamespace]:
     async def callback(message) -> None:
         delivered.append(message)
 
-    consumer = SimpleNamespace(_thread=thread, callback=callback, delivered=delivered,
-                               _to_message=lambda tp, record: record.offset,
-                               app=SimpleNamespace(consumer_generation_id=3))
+    consumer = guarded(_thread=thread, callback=callback, delivered=delivered,
+                       _to_message=lambda tp, record: record.offset, app=SimpleNamespace(consumer_generation_id=3))
     return consumer, loop, coordinator
 
 
@@ -51,11 +51,10 @@ def test_a_gap_is_read_from_the_log_and_processed_in_order(monkeypatch):
 
     monkeypatch.setattr(Consumer, "_add_gap", original)
     monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 100)))
-    install_gap_guard()
     consumer, loop, _ = _fake_consumer()
 
     # The broker-restart history: faust read offset 25, then 43.
-    asyncio.run(Consumer._add_gap(consumer, TP("t.requests", 0), 26, 43))
+    asyncio.run(consumer._add_gap(TP("t.requests", 0), 26, 43))
     assert consumer.delivered == list(range(26, 43))  # handed on before 43, in order
     assert loop.calls == []  # no rebalance needed
 
@@ -68,19 +67,18 @@ def test_a_gap_that_cannot_be_read_is_refused_once_with_a_rebalance_then_filled(
 
     monkeypatch.setattr(Consumer, "_add_gap", original)
     monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding([26, 27]))  # the rest deleted by retention
-    install_gap_guard()
     consumer, loop, coordinator = _fake_consumer()
     tp = TP("t.requests", 0)
 
-    asyncio.run(Consumer._add_gap(consumer, tp, 26, 43))
+    asyncio.run(consumer._add_gap(tp, 26, 43))
     assert loop.calls == [coordinator.request_rejoin]
     assert filled == [] and consumer.delivered == []  # nothing handed on out of order
 
-    asyncio.run(Consumer._add_gap(consumer, tp, 26, 43))  # the same gap after the rebalance: really gone
+    asyncio.run(consumer._add_gap(tp, 26, 43))  # the same gap after the rebalance: really gone
     assert filled == [(tp, 26, 43)]
     assert len(loop.calls) == 1
 
-    asyncio.run(Consumer._add_gap(consumer, TP("t.requests", 1), 5, 9))  # another partition: refused again
+    asyncio.run(consumer._add_gap(TP("t.requests", 1), 5, 9))  # another partition: refused again
     assert len(loop.calls) == 2
 
 
@@ -97,18 +95,18 @@ def test_records_are_not_handed_on_once_the_group_has_rebalanced(monkeypatch):
     assert consumer.delivered == [2]
 
 
-def test_installing_twice_wraps_once(monkeypatch):
-    async def original(self, tp, offset_from, offset_to):
-        return None
+def test_a_new_assignment_forgets_the_state_of_partitions_given_up():
+    consumer, _, _ = _fake_consumer()
+    kept, gone = TP("t.requests", 0), TP("t.requests", 1)
+    consumer._refused_gaps = {(kept, 5), (gone, 7)}
+    consumer._holes = {(kept, 9): faust_fixes.FILLED, (gone, 9): faust_fixes.FILLED}
+    consumer._starts = {kept: (3, 0), gone: (3, 4)}
+    consumer._forget_all_but({kept})
+    assert consumer._refused_gaps == {(kept, 5)}
+    assert consumer._holes == {(kept, 9): faust_fixes.FILLED} and consumer._starts == {kept: (3, 0)}
 
-    monkeypatch.setattr(Consumer, "_add_gap", original)
-    install_gap_guard()
-    first = Consumer._add_gap
-    install_gap_guard()
-    assert Consumer._add_gap is first
 
-
-def _committing_consumer(committed: int | None, acked: list[int]) -> tuple[SimpleNamespace, _Loop, TP]:
+def _committing_consumer(committed: int | None, acked: list[int]) -> tuple[GuardedConsumer, _Loop, TP]:
     from collections import defaultdict
 
     from intervaltree import IntervalTree
@@ -125,58 +123,53 @@ def _committing_consumer(committed: int | None, acked: list[int]) -> tuple[Simpl
 def test_faust_alone_commits_past_one_unprocessed_record():
     # The zombie fault test's lost request: offset 17 skipped unacked, 18 and 19 acked after it. If
     # faust-streaming fixes its check, this fails, and the commit guard can go.
-    install_commit_guard()
     consumer, _, tp = _committing_consumer(17, [18, 19])
-    assert Consumer._new_offset.__wrapped__(consumer, tp) == 20
+    assert Consumer._new_offset(consumer, tp) == 20
 
 
 async def test_the_commit_guard_holds_the_offset_at_an_unprocessed_record_and_processes_it_from_the_log(
     monkeypatch,
 ):
     monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 100)))
-    install_commit_guard()
     consumer, loop, tp = _committing_consumer(17, [18, 19])
-    assert Consumer._new_offset(consumer, tp) is None
-    assert Consumer._new_offset(consumer, tp) is None  # still held while it is read
+    assert consumer._new_offset(tp) is None
+    assert consumer._new_offset(tp) is None  # still held while it is read
     await asyncio.sleep(0.01)
     assert consumer.delivered == [17]  # handed on once, no rebalance
     assert loop.calls == []
 
     consumer._acked[tp].append(17)  # processed
     consumer._acked_index[tp].add(17)
-    assert Consumer._new_offset(consumer, tp) == 20
+    assert consumer._new_offset(tp) == 20
 
 
 async def test_a_hole_still_there_after_it_was_handed_on_asks_for_one_rebalance(monkeypatch):
     monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 100)))
-    install_commit_guard()
     consumer, loop, tp = _committing_consumer(30, [31])
-    assert Consumer._new_offset(consumer, tp) is None
+    assert consumer._new_offset(tp) is None
     await asyncio.sleep(0.01)
     assert consumer.delivered == [30]
     for _ in range(3):  # the stream dropped it again
-        assert Consumer._new_offset(consumer, tp) is None
+        assert consumer._new_offset(tp) is None
     assert len(loop.calls) == 1 and consumer.delivered == [30]
 
 
 async def test_a_hole_that_cannot_be_read_asks_for_one_rebalance(monkeypatch):
     monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding([]))  # deleted, or the broker unreachable
-    install_commit_guard()
     consumer, loop, tp = _committing_consumer(40, [42])
-    assert Consumer._new_offset(consumer, tp) is None
+    assert consumer._new_offset(tp) is None
     await asyncio.sleep(0.01)
     assert consumer.delivered == [] and len(loop.calls) == 1
-    assert Consumer._new_offset(consumer, tp) is None
+    assert consumer._new_offset(tp) is None
     assert len(loop.calls) == 1
 
 
 def test_the_commit_guard_lets_contiguous_acks_and_gaps_through():
-    install_commit_guard()
     consumer, loop, tp = _committing_consumer(17, [17, 18])
-    assert Consumer._new_offset(consumer, tp) == 19
+    assert consumer._new_offset(tp) == 19
     consumer, loop, tp = _committing_consumer(17, [19])
     consumer._gap[tp].addi(17, 19)  # 17 and 18 are a gap faust already accepted
-    assert Consumer._new_offset(consumer, tp) == 20
+    assert consumer._new_offset(tp) == 20
     assert loop.calls == []
 
 
@@ -196,10 +189,7 @@ def test_head_missing(committed, acked, missing):
     ids=["committed", "started this generation", "started in an earlier one", "never sought"],
 )
 def test_the_commit_base_is_the_committed_offset_or_where_this_generation_started(committed, start, base):
-    consumer, _, tp = _committing_consumer(committed, [])  # the app is in generation 3
-    if start is not None:
-        setattr(consumer, faust_fixes._STARTS, {tp: start})
-    assert faust_fixes.commit_base(consumer, tp) == base
+    assert faust_fixes.commit_base(committed, start, generation=3) == base
 
 
 async def test_a_rebalance_during_the_seek_leaves_the_partitions_it_took_without_a_start():

@@ -1,0 +1,16 @@
+"""The worker's faust app runs on our consumer: its broker URLs name our transport, which faust finds
+through the `faust.transports` entry point (pyproject.toml), and that transport's consumer is ours."""
+
+from __future__ import annotations
+
+from faust.transport import by_url
+
+from infra.settings import Settings
+from streams.app import faust_options
+from streams.faust_fixes import GuardedConsumer
+
+
+def test_the_apps_broker_urls_lead_faust_to_our_consumer():
+    brokers = faust_options(Settings(kafka_bootstrap_servers="a:9092,b:9092"))["broker"]
+    assert brokers == ["geodispatch://a:9092", "geodispatch://b:9092"]
+    assert by_url(brokers[0]).Consumer is GuardedConsumer
