@@ -213,6 +213,8 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         self._holes: dict[tuple[TP, int], str] = {}
         # Where each acked partition started in a generation: (generation, offset).
         self._starts: dict[TP, tuple[int, int]] = {}
+        # The fills under way, held here: the event loop keeps only weak references to its tasks.
+        self._fills: set[asyncio.Task] = set()
 
     # -- the ack guard ------------------------------------------------------------------------------
 
@@ -250,7 +252,9 @@ class GuardedConsumer(aiokafka_driver.Consumer):
             self._holes[(tp, committed)] = FILLING
             log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
                       first_acked=min(acked), action="read from the log and processed")
-            asyncio.get_running_loop().create_task(self._fill(tp, committed, min(acked)))
+            fill = asyncio.get_running_loop().create_task(self._fill(tp, committed, min(acked)))
+            self._fills.add(fill)
+            fill.add_done_callback(self._fills.discard)
         elif stage == FILLED:  # handed on, and still not acked: dropped again by the stream
             self._holes[(tp, committed)] = REJOINED
             log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
