@@ -1,34 +1,137 @@
-"""Builds the one Faust app from the settings; nothing else happens here."""
+"""The worker's one Faust app, assembled in one place: the settings make the index, the stores, the
+writer, the dead letters and the ping reader; streams.topology wires the agents and timers; the app
+starts and stops the services that follow its partitions. Nothing happens at import."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import faust
 import structlog
+from faust.types import TP
 
 from infra.settings import Settings
-from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE
+from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE, TopicNames
+from schemas.codec import default_codec
+from streams import topology
 from streams.access import token_gate
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
-from streams.index import IndexWriter
+from streams.index import RegionIndex, now_ms
+from streams.index_writer import IndexWriter
+from streams.logic.fencing import Fence
+from streams.logic.sessions import DriverSession
 from streams.metrics import Metrics
 from streams.restore import BulkRestore
-from streams.runtime import Runtime
+from streams.runtime import Runtime, score_weights, session_rules
 from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
 from streams.topics import Topics
+from streams.views import ROUTES
 
 log = structlog.get_logger(__name__)
 
 
 class DispatchApp(faust.App):
-    """The worker's faust app. It names the routes its web server serves once they are all added, so
-    an operator (and the route walk of tests/integration/test_access.py) sees every door the token
-    gate (streams.access) guards."""
+    """The worker: a faust app that owns everything its handlers share (`runtime`)."""
+
+    runtime: Runtime
+
+    def __init__(self, settings: Settings) -> None:
+        metrics = Metrics()
+        # Built first so that access settings that cannot work stop the worker at start-up.
+        verifier = Verifier.from_settings(settings)
+        gate = token_gate(verifier, lambda status: metrics.http_refused.labels(status=str(status)).inc())
+        super().__init__(settings.faust_app_id, **faust_options(settings, [gate]))
+        names = TopicNames(settings.topic_prefix)
+        index = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
+        topics = Topics(self, names)
+        fence = Fence()
+        sessions = fenced_table(self, SESSIONS_TABLE, settings.partitions,
+                                metrics.changelog_write_failures.labels(table=SESSIONS_TABLE).inc,
+                                _bulk_restore(settings, metrics, SESSIONS_TABLE),
+                                metrics.fenced_writes.labels(store="changelog").inc)
+        decisions = direct_table(self, DECISIONS_TABLE, settings.partitions,
+                                 metrics.changelog_write_failures.labels(table=DECISIONS_TABLE).inc,
+                                 _bulk_restore(settings, metrics, DECISIONS_TABLE))
+        self.runtime = Runtime(
+            settings=settings,
+            names=names,
+            metrics=metrics,
+            codec=default_codec(),
+            index=index,
+            rules=session_rules(settings),
+            weights=score_weights(settings),
+            topics=topics,
+            sessions=SessionStore(sessions, fence),
+            decisions=DecisionStore(decisions),
+            index_writer=IndexWriter(index, metrics, settings),
+            dead_letters=DeadLetters(topics.dlq, metrics),
+            pings=topology.wire(self, settings),
+            verifier=verifier,
+            fence=fence,
+        )
+        for path, view in ROUTES:
+            self.page(path)(view)
+        self.on_partitions_assigned.connect(self._advance_fence)
+        self.on_rebalance_complete.connect(self._partitions_restored)
+        self.on_partitions_revoked.connect(self._partitions_revoked)
+        self.on_before_shutdown.connect(self._close_pings)
 
     def on_webserver_init(self, web: Any) -> None:
+        """Names the routes its web server serves once they are all added, so an operator (and the
+        route walk of tests/integration/test_access.py) sees every door the token gate
+        (streams.access) guards."""
         log.info("web_routes", routes=sorted({resource.canonical for resource in web.web_app.router.resources()}))
+
+    # -- the partitions' lifecycle ----------------------------------------------------------------
+
+    async def _advance_fence(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """A new assignment makes this worker the newest owner of its partitions: before any of their
+        records is processed, its writes get a token newer than any earlier owner's."""
+        token = self.runtime.fence.advance(now_ms())
+        log.info("fence_advanced", token=token, partitions=len(assigned))
+
+    async def _partitions_restored(self, sender: Any, **kwargs: Any) -> None:
+        partitions = self.driver_partitions()
+        for service in self.runtime.partition_services:
+            await service.restored(partitions)
+
+    async def _partitions_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        for service in reversed(self.runtime.partition_services):
+            await service.revoked()
+
+    async def _close_pings(self, sender: Any, **kwargs: Any) -> None:
+        await self.runtime.pings.close()
+
+    # -- what the index's rebuild asks of its worker (streams.index_writer.PartitionOwner) ---------
+
+    def settled(self) -> bool:
+        return not (self.rebalancing or self.in_recovery or not self.consumer.assignment())
+
+    def rebalances(self) -> int:
+        return self.rebalancing_count
+
+    def fence_token(self) -> int:
+        return self.runtime.fence.token
+
+    def driver_partitions(self) -> set[int]:
+        commands = self.runtime.names.driver_commands
+        return {tp.partition for tp in self.consumer.assignment() if tp.topic == commands}
+
+    async def driver_command_ends(self, partitions: Iterable[int]) -> dict[int, int]:
+        commands = self.runtime.names.driver_commands
+        ends = await self.consumer.highwaters(*(TP(commands, p) for p in partitions))
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    def driver_commands_applied(self, partition: int) -> int:
+        # The next offset faust would commit: everything before it is applied, even when this worker
+        # has applied no command of its own since it was assigned the partition.
+        committed = self.consumer._committed_offset.get(TP(self.runtime.names.driver_commands, partition))
+        return max(self.runtime.progress.commands_applied.get(partition, 0), committed or 0)
+
+    def load_sessions(self) -> list[DriverSession]:
+        return list(self.runtime.sessions.load_all())
 
 
 def faust_options(settings: Settings, web_middlewares: list | None = None) -> dict[str, object]:
@@ -51,8 +154,6 @@ def faust_options(settings: Settings, web_middlewares: list | None = None) -> di
         "web_router_enabled": settings.web_faust_views,
         "web_graph_enabled": settings.web_faust_views,
         "web_stats_enabled": settings.web_faust_views,
-        "autodiscover": ["streams.agents", "streams.views"],
-        "origin": "streams",
         # Agents commit only what they finished; a record is never acked while still in flight.
         "stream_wait_empty": True,
         "broker_commit_every": 500,
@@ -95,29 +196,3 @@ def _credentials(settings: Settings, security: dict[str, object]) -> object:
 def _bulk_restore(settings: Settings, metrics: Metrics, table: str) -> BulkRestore:
     return BulkRestore(settings, metrics.changelog_restored_in_bulk.labels(table=table).inc,
                        metrics.changelog_bulk_restore_failures.labels(table=table).inc)
-
-
-def create_app(settings: Settings) -> DispatchApp:
-    runtime = Runtime.build(settings)
-    # Built here so that access settings that cannot work stop the worker at start-up.
-    runtime.verifier = Verifier.from_settings(settings)
-    gate = token_gate(runtime.verifier, lambda status: runtime.metrics.http_refused.labels(status=str(status)).inc())
-    app = DispatchApp(settings.faust_app_id, **faust_options(settings, [gate]))
-    runtime.topics = Topics(app, runtime.names, settings.regions)
-    m = runtime.metrics
-    sessions = fenced_table(app, SESSIONS_TABLE, settings.partitions,
-                            m.changelog_write_failures.labels(table=SESSIONS_TABLE).inc,
-                            _bulk_restore(settings, m, SESSIONS_TABLE),
-                            m.fenced_writes.labels(store="changelog").inc)
-    runtime.sessions = SessionStore(sessions, runtime.fence)
-    decisions = direct_table(app, DECISIONS_TABLE, settings.partitions,
-                             m.changelog_write_failures.labels(table=DECISIONS_TABLE).inc,
-                             _bulk_restore(settings, m, DECISIONS_TABLE))
-    runtime.decisions = DecisionStore(decisions)
-    runtime.index_writer = IndexWriter(runtime.index, runtime.metrics, settings)
-    runtime.dead_letters = DeadLetters(runtime.topics.dlq, runtime.metrics)
-    app.runtime = runtime
-    return app
-
-
-app = create_app(Settings())

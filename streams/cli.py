@@ -25,16 +25,14 @@ def main() -> None:
 @click.option("--web-port", type=int, default=None, help="HTTP port (default: GEODISPATCH_WEB_PORT or 6066).")
 def worker(web_port: int | None) -> None:
     """Run one pipeline worker: all agents, the tables and the HTTP API."""
-    import os
-
-    if web_port is not None:
-        os.environ["GEODISPATCH_WEB_PORT"] = str(web_port)
     try:
         import faust  # noqa: F401
     except ImportError:
         click.echo("error: the worker's dependencies are not installed: pip install 'geodispatch[worker]'", err=True)
         sys.exit(1)
     settings = _settings()
+    if web_port is not None:
+        settings = settings.model_copy(update={"web_port": web_port})
     # faust creates only the last level of its data directory.
     settings.store_dir.mkdir(parents=True, exist_ok=True)
     if settings.event_loop == "uvloop":
@@ -46,8 +44,9 @@ def worker(web_port: int | None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     from faust import Worker
 
-    from streams.app import app
+    from streams.app import DispatchApp
 
+    app = DispatchApp(settings)
     Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True).execute_from_commandline()
 
 
@@ -143,6 +142,20 @@ class _admin:
 
     async def __aexit__(self, *exc_info) -> None:
         await self._client.close()
+
+
+@main.command()
+def topology() -> None:
+    """Say, for every topic the worker reads and every timer, its handler, the state it touches and
+    what it writes (streams/topology.py)."""
+    try:
+        from streams.topology import describe
+    except ImportError:
+        click.echo("error: the worker's dependencies are not installed: pip install 'geodispatch[worker]'", err=True)
+        sys.exit(1)
+    for row in describe():
+        click.echo(f"{row['reads']}\n  read by   {row['by']}\n  handler   {row['handler']}\n"
+                   f"  state     {row['state']}\n  writes    {row['writes']}")
 
 
 @main.group()

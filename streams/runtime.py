@@ -1,19 +1,57 @@
-"""What every agent and view shares besides the app: settings, metrics, codec, the index, rules.
-Built once by streams.app and hung on the app object, so there is no other global."""
+"""What every handler shares besides the app: settings, metrics, codec, the index, the stores and the
+services that follow this worker's partitions. Built once by streams.app.DispatchApp and hung on it,
+so there is no other global."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.settings import Settings
 from infra.topics import TopicNames
-from schemas.codec import Codec, default_codec
+from schemas.codec import Codec
 from streams.index import RegionIndex
 from streams.logic.fencing import Fence
 from streams.logic.scoring import ScoreWeights
 from streams.logic.sessions import SessionRules
 from streams.metrics import Metrics
+
+if TYPE_CHECKING:  # the services import their handlers, which take a Runtime
+    from streams.agents.pings import PingBatches
+    from streams.auth import Verifier
+    from streams.dlq import DeadLetters
+    from streams.index_writer import IndexWriter
+    from streams.tables import DecisionStore, SessionStore
+    from streams.topics import Topics
+
+
+class PartitionService:
+    """State or work that belongs to this worker's partitions. The app calls `restored` once a
+    rebalance has restored its tables (with its partitions of the driver topics), then `revoked` when
+    they are taken away, on its services in the order `Runtime.partition_services` gives for the
+    first and in reverse for the second: what reads records starts last and stops first."""
+
+    async def restored(self, partitions: set[int]) -> None:
+        """This worker's partitions from now on, tables restored."""
+
+    async def revoked(self) -> None:
+        """Partitions are being given up: none of what was kept of them can be trusted any more."""
+
+
+@dataclass
+class DriverProgress(PartitionService):
+    """How far this worker has got with its drivers' partitions, beyond the tables: driver-command
+    offsets applied (the index's sync waits on them) and heartbeat checks sent and not yet applied."""
+
+    # The next driver-command offset to apply, by partition (streams.agents.sessions).
+    commands_applied: dict[int, int] = field(default_factory=dict)
+    # Driver id to when its heartbeat check was sent (streams.agents.upkeep).
+    heartbeat_checks: dict[str, int] = field(default_factory=dict)
+
+    async def revoked(self) -> None:
+        """The drivers' heartbeat checks are now the new owner's to send."""
+        self.commands_applied.clear()
+        self.heartbeat_checks.clear()
 
 
 @dataclass
@@ -25,45 +63,42 @@ class Runtime:
     index: RegionIndex
     rules: SessionRules
     weights: ScoreWeights
-    # Wired by streams.app once the app exists.
-    topics: Any = None
-    sessions: Any = None
-    decisions: Any = None
-    index_writer: Any = None
-    dead_letters: Any = None
-    pings: Any = None  # streams.agents.pings.PingBatches
-    verifier: Any = None  # streams.auth.Verifier, or None when the API is open
+    topics: Topics
+    sessions: SessionStore
+    decisions: DecisionStore
+    index_writer: IndexWriter
+    dead_letters: DeadLetters
+    pings: PingBatches
+    verifier: Verifier | None  # None when the API is open
+    # This worker's fencing token, advanced on every partition assignment (streams.app).
+    fence: Fence
+    progress: DriverProgress = field(default_factory=DriverProgress)
+    # Drivers online and available, counted by the heartbeat timer for /stats.
     stats: dict[str, Any] = field(default_factory=dict)
-    # The next driver-command offset to apply, by partition (streams.agents.sessions).
-    commands_applied: dict[int, int] = field(default_factory=dict)
-    # Heartbeat checks sent and not yet applied: driver id to when (streams.agents.upkeep).
-    heartbeat_checks: dict[str, int] = field(default_factory=dict)
-    # This worker's fencing token, advanced on every partition assignment (streams.agents.upkeep).
-    fence: Fence = field(default_factory=Fence)
 
-    @classmethod
-    def build(cls, settings: Settings) -> Runtime:
-        return cls(
-            settings=settings,
-            names=TopicNames(settings.topic_prefix),
-            metrics=Metrics(),
-            codec=default_codec(),
-            index=RegionIndex.from_url(
-                settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions
-            ),
-            rules=SessionRules(
-                min_ping_interval_ms=int(settings.min_ping_interval_s * 1000),
-                max_future_skew_ms=int(settings.max_future_skew_s * 1000),
-                tracking_interval_ms=int(1000 / settings.tracking_max_per_s),
-                heartbeat_timeout_ms=int(settings.heartbeat_timeout_s * 1000),
-            ),
-            weights=ScoreWeights(
-                base=settings.score_base,
-                slack_bonus_per_min=settings.score_slack_bonus_per_min,
-                slack_bonus_cap=settings.score_slack_bonus_cap,
-                slack_penalty_per_min=settings.score_slack_penalty_per_min,
-                distance_penalty_per_km=settings.score_distance_penalty_per_km,
-                eta_penalty_per_min=settings.score_eta_penalty_per_min,
-                avg_speed_kmh=settings.avg_speed_kmh,
-            ),
-        )
+    @property
+    def partition_services(self) -> tuple[PartitionService, ...]:
+        """In the order they are restored: sessions read while the tables were restored are dropped
+        before pings are read again, and pings stop before anything of theirs is forgotten."""
+        return self.sessions, self.index_writer, self.progress, self.pings
+
+
+def session_rules(settings: Settings) -> SessionRules:
+    return SessionRules(
+        min_ping_interval_ms=int(settings.min_ping_interval_s * 1000),
+        max_future_skew_ms=int(settings.max_future_skew_s * 1000),
+        tracking_interval_ms=int(1000 / settings.tracking_max_per_s),
+        heartbeat_timeout_ms=int(settings.heartbeat_timeout_s * 1000),
+    )
+
+
+def score_weights(settings: Settings) -> ScoreWeights:
+    return ScoreWeights(
+        base=settings.score_base,
+        slack_bonus_per_min=settings.score_slack_bonus_per_min,
+        slack_bonus_cap=settings.score_slack_bonus_cap,
+        slack_penalty_per_min=settings.score_slack_penalty_per_min,
+        distance_penalty_per_km=settings.score_distance_penalty_per_km,
+        eta_penalty_per_min=settings.score_eta_penalty_per_min,
+        avg_speed_kmh=settings.avg_speed_kmh,
+    )

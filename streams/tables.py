@@ -18,6 +18,7 @@ from faust.types import TP
 from streams.logic.fencing import Fence, Stamp, advances_persisted_offset, entries_to_keep
 from streams.logic.sessions import DriverSession
 from streams.restore import BulkRestore
+from streams.runtime import PartitionService
 
 log = structlog.get_logger(__name__)
 # The writer's fence token, stored beside the session's own fields in each changelog value.
@@ -165,9 +166,11 @@ def fenced_table(
                   on_stale=on_stale)
 
 
-class SessionStore:
+class SessionStore(PartitionService):
     """Driver sessions by driver id. Writes go to the partition of the driver's own records, and carry
-    this worker's fence token so that a restore can tell the owner's writes from a zombie's."""
+    this worker's fence token so that a restore can tell the owner's writes from a zombie's. The cache
+    in front of the table is dropped whenever partitions move: dropping is always safe, as every write
+    goes to the table as well."""
 
     def __init__(self, table: Any, fence: Fence) -> None:
         self.table = table
@@ -188,7 +191,13 @@ class SessionStore:
         await self.table.write(session.driver_id.encode(),
                                orjson.dumps({**session.to_dict(), FENCE_FIELD: self.fence.token}), partition)
 
-    def forget_all(self) -> None:
+    async def restored(self, partitions: set[int]) -> None:
+        """Sessions read while the tables were restored (an HTTP request, a rebuild that began before
+        the rebalance) came from a store that did not yet hold the restored changelog."""
+        self.cache.clear()
+
+    async def revoked(self) -> None:
+        """A partition given up may change elsewhere before it comes back."""
         self.cache.clear()
 
     def load_all(self) -> Iterator[DriverSession]:

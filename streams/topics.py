@@ -23,19 +23,10 @@ def raw_topic(app: faust.App, *names: str) -> Any:
 
 
 class Topics:
-    """Every topic the agents read or write."""
+    """Every topic the handlers write to (streams.topology names what each reads)."""
 
-    def __init__(self, app: faust.App, names: TopicNames, regions: tuple[str, ...]) -> None:
+    def __init__(self, app: faust.App, names: TopicNames) -> None:
         self._app = app
-        # Pings are read in batches by a consumer of their own (streams/agents/pings.py), not by faust.
-        self.locations = tuple(names.locations(region) for region in regions)
-        self.driver_inputs = raw_topic(
-            app,
-            names.status,
-            names.trip_events,
-            names.driver_commands,
-        )
-        self.requests = raw_topic(app, *[names.requests(region) for region in regions])
         self.responses = raw_topic(app, names.responses)
         self.presence = raw_topic(app, names.presence)
         self.tracking = raw_topic(app, names.tracking)

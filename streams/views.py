@@ -11,7 +11,6 @@ import structlog
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.app import app
 from streams.index import now_ms
 from streams.logic.queries import BadQuery, parse_nearby
 from streams.runtime import Runtime
@@ -21,16 +20,12 @@ PREFIX = "/driver-sessions/sessions"
 METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not p.startswith("charset="))
 
 
-def _runtime() -> Runtime:
-    return app.runtime
-
-
 def _timed(route: str):
     """Counts and times each request; turns an unexpected error into a JSON 500."""
 
     def decorate(handler):
         async def wrapper(self: View, request: Request, **kwargs: Any) -> Response:
-            runtime = _runtime()
+            runtime: Runtime = self.app.runtime
             started = time.perf_counter()
             try:
                 response = await handler(self, request, **kwargs)
@@ -46,8 +41,6 @@ def _timed(route: str):
     return decorate
 
 
-# Registered before the {driver_id} route, which would otherwise match "nearby" too.
-@app.page(f"{PREFIX}/nearby")
 class NearbyDrivers(View):
     @_timed("nearby")
     async def get(self, request: Request) -> Response:
@@ -55,33 +48,31 @@ class NearbyDrivers(View):
             query = parse_nearby(request.query)
         except BadQuery as exc:
             return self.json({"error": exc.reason, "parameter": exc.parameter}, status=400)
-        runtime = _runtime()
+        runtime: Runtime = self.app.runtime
         fresh_since = now_ms() - int(runtime.settings.location_max_age_s * 1000)
         drivers, cells = await runtime.index.nearby(query.h3, query.k, query.limit, fresh_since)
         return self.json({"drivers": drivers, "queried_cells": cells})
 
 
-@app.page(PREFIX + "/{driver_id}")
 class DriverSessionView(View):
     @_timed("session")
     async def get(self, request: Request, driver_id: str) -> Response:
-        document = await _runtime().index.session_document(driver_id)
+        document = await self.app.runtime.index.session_document(driver_id)
         if document is None:
             return self.json({"error": f"no session for driver {driver_id!r}", "driver_id": driver_id}, status=404)
         return self.bytes(document.encode(), content_type="application/json")
 
 
-@app.page("/health")
 class Health(View):
     @_timed("health")
     async def get(self, request: Request) -> Response:
-        runtime = _runtime()
-        checks = {"kafka": await _kafka_reachable(), "redis": await _redis_reachable(runtime)}
+        runtime: Runtime = self.app.runtime
+        checks = {"kafka": await _kafka_reachable(self.app), "redis": await _redis_reachable(runtime)}
         healthy = all(state == "connected" for state in checks.values())
         return self.json({"status": "healthy" if healthy else "unhealthy", **checks}, status=200 if healthy else 503)
 
 
-async def _kafka_reachable() -> str:
+async def _kafka_reachable(app: Any) -> str:
     producer = getattr(app.producer, "_producer", None)
     if producer is None:
         return "not started"
@@ -100,11 +91,10 @@ async def _redis_reachable(runtime: Runtime) -> str:
     return "connected"
 
 
-@app.page("/stats")
 class Stats(View):
     @_timed("stats")
     async def get(self, request: Request) -> Response:
-        runtime = _runtime()
+        runtime: Runtime = self.app.runtime
         return self.json(stats_document(runtime))
 
 
@@ -144,10 +134,20 @@ def stats_document(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-@app.page("/metrics")
 class Metrics(View):
     async def get(self, request: Request) -> Response:
         # aiohttp refuses a charset inside content_type; the Prometheus text format is UTF-8 anyway.
-        return self.bytes(generate_latest(_runtime().metrics.registry), content_type=METRICS_CONTENT_TYPE)
+        return self.bytes(generate_latest(self.app.runtime.metrics.registry), content_type=METRICS_CONTENT_TYPE)
 
 
+
+
+# Path and view, in the order they are registered: /nearby before the {driver_id} route, which would
+# otherwise match "nearby" too.
+ROUTES: tuple[tuple[str, type[View]], ...] = (
+    (f"{PREFIX}/nearby", NearbyDrivers),
+    (PREFIX + "/{driver_id}", DriverSessionView),
+    ("/health", Health),
+    ("/stats", Stats),
+    ("/metrics", Metrics),
+)

@@ -1,1 +1,1 @@
-"""Agents, one module per domain; streams.app autodiscovers them."""
+"""The handlers, one module per domain; streams.topology says which topic each reads and wires them."""

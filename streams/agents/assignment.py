@@ -13,7 +13,6 @@ import structlog
 
 from schemas.codec import InvalidMessage
 from schemas.models import AssignmentRequested, DriverCommand
-from streams.app import app
 from streams.dlq import Completion, process_overlapping
 from streams.index import now_ms
 from streams.logic import assignment as decide
@@ -262,8 +261,6 @@ async def _answer(
     return taken
 
 
-@app.agent(app.runtime.topics.requests, name="assignments")
-async def assignments(stream) -> None:
-    runtime: Runtime = app.runtime
+async def assignments(runtime: Runtime, stream) -> None:
     handle = functools.partial(process, runtime, Chooser(runtime))
     await process_overlapping(stream, runtime.dead_letters, STAGE, handle, runtime.settings.answers_in_flight)

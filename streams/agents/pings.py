@@ -1,26 +1,25 @@
 """Location pings, read in batches by a consumer of their own instead of one faust event each.
 
 A faust event costs more CPU before any work is done than the work of a ping (bench/README.md), and
-pings are most of the input. Here they are fetched
-thousands at a time and each goes through the same `streams.agents.sessions.process` as every other
-driver record (decode, checks, the session, the table write, the index, presence, tracking, the
-dead-letter topic on failure).
+pings are most of the input. Here they are fetched thousands at a time and each goes to the handler
+streams.topology gives (`streams.agents.sessions.process`, as for every other driver record: decode,
+checks, the session, the table write, the index, presence, tracking, the dead-letter topic on failure).
 
 Ownership follows faust's: a worker reads the ping partitions whose sessions it owns, from when its
-tables are restored after a rebalance (`start`, called at faust's rebalance-complete) until its
-partitions are revoked (`stop`). Offsets are committed in a consumer group of their own
-(`<app id>.pings`), at faust's commit interval, and only after the producer has every changelog
-record, presence change and tracking update of the records before them: a crash leaves pings to apply
-again (stale then, and dropped as such), never one skipped. A partition without a commit in that group
-starts where the app's own group had it (a worker upgraded from reading pings through faust), or else
-at the beginning of its log."""
+tables are restored after a rebalance (`restored`) until its partitions are revoked (`revoked`).
+Offsets are committed in a consumer group of their own (`<app id>.pings`), at faust's commit interval,
+and only after the producer has every changelog record, presence change and tracking update of the
+records before them: a crash leaves pings to apply again (stale then, and dropped as such), never one
+skipped. A partition without a commit in that group starts where the app's own group had it (a worker
+upgraded from reading pings through faust), or else at the beginning of its log."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,12 +27,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from infra.clients import new_consumer
-from streams.agents.sessions import process
-from streams.app import app
 from streams.dlq import guarded
 from streams.faust_fixes import still_in_generation
 from streams.logging import handling_record
-from streams.runtime import Runtime
+from streams.runtime import PartitionService, Runtime
+
+if TYPE_CHECKING:
+    from streams.app import DispatchApp
 
 log = structlog.get_logger(__name__)
 STAGE = "sessions"
@@ -44,27 +44,29 @@ YIELD_EVERY = 100
 RETRY_AFTER_S = 1.0
 
 
-class PingBatches:
-    """The ping consumer of one worker: started and stopped with its partitions."""
+class PingBatches(PartitionService):
+    """The ping consumer of one worker: started and stopped with its partitions. Each record goes to
+    `handle`, the ping topics' handler in streams.topology."""
 
-    def __init__(self, app: Any, runtime: Runtime) -> None:
+    def __init__(self, app: DispatchApp, topics: tuple[str, ...],
+                 handle: Callable[[Runtime, Any], Awaitable[None]]) -> None:
         self._app = app
-        self._runtime = runtime
-        settings = runtime.settings
-        self._group = f"{settings.faust_app_id}.pings"
+        self._topics = topics
+        self._handle = handle
+        self._group = f"{app.conf.id}.pings"
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future | None = None
         self._stopping = False
         # The next offset to read of each partition, once everything before it is applied.
         self._positions: dict[TopicPartition, int] = {}
 
-    async def start(self, partitions: set[int]) -> None:
+    async def restored(self, partitions: set[int]) -> None:
         """Reads the ping partitions `partitions` from their committed offsets on."""
-        await self.stop()
+        await self.revoked()
         if not partitions:
             return
         consumer = await self._started_consumer()
-        tps = [TopicPartition(topic, p) for topic in self._runtime.topics.locations for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for topic in self._topics for p in sorted(partitions)]
         consumer.assign(tps)
         starts = await self._committed(consumer, tps)
         for tp in tps:
@@ -77,7 +79,7 @@ class PingBatches:
         log.info("pings_started", partitions=sorted(partitions), group=self._group,
                  starts={f"{tp.topic}:{tp.partition}": starts.get(tp) for tp in tps})
 
-    async def stop(self) -> None:
+    async def revoked(self) -> None:
         """Finishes the batch in hand, commits it, and stops reading."""
         if self._task is None:
             return
@@ -95,14 +97,14 @@ class PingBatches:
             self._consumer.assign([])
 
     async def close(self) -> None:
-        await self.stop()
+        await self.revoked()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
 
     async def _started_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            settings = self._runtime.settings
+            settings = self._app.runtime.settings
             self._consumer = new_consumer(settings, group_id=self._group,
                                           max_partition_fetch_bytes=4 * 1024 * 1024)
             await self._consumer.start()
@@ -117,7 +119,7 @@ class PingBatches:
 
     async def _app_group_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Where the app's own consumer group had these partitions: pings went through faust before."""
-        settings = self._runtime.settings
+        settings = self._app.runtime.settings
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
                                     **settings.kafka_client_options())
         await admin.start()
@@ -128,7 +130,7 @@ class PingBatches:
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        runtime = self._runtime
+        runtime = self._app.runtime
         max_records = runtime.settings.ping_batch_max_records
         commit_every = self._app.conf.broker_commit_interval
         committed_at = time.monotonic()
@@ -155,11 +157,10 @@ class PingBatches:
             raise
 
     async def _apply(self, records: list[Any]) -> None:
-        runtime = self._runtime
-        apply = functools.partial(process, runtime)
+        runtime, handle = self._app.runtime, self._handle
         for n, record in enumerate(records, 1):
             with handling_record(record):
-                await guarded(runtime.dead_letters, record, STAGE, functools.partial(apply, record))
+                await guarded(runtime.dead_letters, record, STAGE, functools.partial(handle, runtime, record))
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
 
@@ -180,12 +181,5 @@ class PingBatches:
         except KafkaError as exc:
             # Applied again after a crash or a rebalance before the next commit: dropped as stale.
             log.error("ping_commit_failed", error=repr(exc), partitions=len(positions))
-            self._runtime.metrics.retries.labels(stage="ping_commit").inc()
+            self._app.runtime.metrics.retries.labels(stage="ping_commit").inc()
 
-
-app.runtime.pings = PingBatches(app, app.runtime)
-
-
-@app.on_before_shutdown.connect
-async def stop_pings(sender: Any, **kwargs: Any) -> None:
-    await app.runtime.pings.close()

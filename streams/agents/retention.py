@@ -3,27 +3,25 @@ decisions table (Redis expires its copies itself, streams/lua/reserve_first.lua)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import structlog
 from redis.exceptions import RedisError
 
-from streams.app import app
 from streams.index import now_ms
 from streams.logic import assignment as decide
-from streams.runtime import Runtime
+
+if TYPE_CHECKING:
+    from streams.app import DispatchApp
 
 log = structlog.get_logger(__name__)
-SWEEP_EVERY_S = 1.0
 # Entries read per sweep: a decision outlives its retention by at most one pass over this worker's
 # table, (its entries / SWEEP_ENTRIES) seconds, for a steady and small cost per second.
 SWEEP_ENTRIES = 5000
 
 
-@app.timer(interval=SWEEP_EVERY_S, name="decisions_expiry")
-async def expire_decisions() -> None:
-    await sweep_decisions(app.runtime)
-
-
-async def sweep_decisions(runtime: Runtime) -> None:
+async def sweep_decisions(app: DispatchApp) -> None:
+    runtime = app.runtime
     settings, now = runtime.settings, now_ms()
     failed_ttl_ms, retention_ms = settings.failed_decision_ttl_s * 1000, settings.decision_retention_s * 1000
     expired = runtime.decisions.expired(lambda d: decide.reusable(d, now, failed_ttl_ms, retention_ms),

@@ -9,7 +9,6 @@ import structlog
 
 from schemas.codec import InvalidMessage
 from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
-from streams.app import app
 from streams.dlq import process_each, timestamp_ms
 from streams.index import now_ms
 from streams.logic import InvalidEvent
@@ -58,7 +57,7 @@ def _apply(runtime: Runtime, kind: str, region: str | None, record, now: int) ->
         return apply_trip(session, record)
     if record.kind == "assign":
         return apply_assignment(session, record.driver_id, record.order_id)
-    runtime.heartbeat_checks.pop(record.driver_id, None)
+    runtime.progress.heartbeat_checks.pop(record.driver_id, None)
     return check_heartbeat(session, now, runtime.rules) if session else Effects("unknown")
 
 
@@ -98,7 +97,7 @@ async def process(runtime: Runtime, message) -> None:
         raise
     finally:
         if kind == "command":  # applied, or dead-lettered by the caller: either way done with
-            runtime.commands_applied[message.partition] = message.offset + 1
+            runtime.progress.commands_applied[message.partition] = message.offset + 1
 
 
 async def _process(runtime: Runtime, message, kind: str, region: str | None) -> None:
@@ -126,8 +125,8 @@ async def _process(runtime: Runtime, message, kind: str, region: str | None) -> 
         )
 
 
-@app.agent(app.runtime.topics.driver_inputs, name="driver_sessions")
-async def driver_sessions(stream) -> None:
-    runtime: Runtime = app.runtime
+async def driver_sessions(runtime: Runtime, stream) -> None:
+    """The agent of the status, trip-event and driver-command topics (pings come through
+    streams.agents.pings, to the same `process`)."""
     await process_each(stream, runtime.dead_letters, "sessions", functools.partial(process, runtime))
 

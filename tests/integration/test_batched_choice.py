@@ -15,6 +15,7 @@ from infra.settings import Settings
 from schemas.models import AssignmentRequested
 from streams.agents import assignment
 from streams.agents.assignment import Chooser
+from streams.app import DispatchApp
 from streams.index import now_ms
 from streams.logic import assignment as decide
 from streams.logic.sessions import DriverSession
@@ -39,7 +40,7 @@ def request(order_id: str, at: tuple[float, float]) -> AssignmentRequested:
 @pytest.fixture
 async def runtime():
     prefix = f"gd:t{uuid.uuid4().hex[:8]}:"
-    built = Runtime.build(Settings(redis_url=SecretStr(REDIS_URL), redis_prefix=prefix, candidates_wanted=2))
+    built = DispatchApp(Settings(redis_url=SecretStr(REDIS_URL), redis_prefix=prefix, candidates_wanted=2)).runtime
     yield built
     keys = [key async for key in built.index.redis.scan_iter(match=prefix + "*")]
     if keys:
@@ -127,7 +128,7 @@ async def test_requests_decided_before_a_failure_keep_their_drivers_and_only_the
 
 async def test_a_failed_search_fails_every_request_of_its_batch():
     nothing_there = Settings(redis_url=SecretStr("redis://127.0.0.1:1/0"), retry_attempts=1)
-    runtime = Runtime.build(nothing_there)
+    runtime = DispatchApp(nothing_there).runtime
     chooser = Chooser(runtime)
     outcomes = await asyncio.gather(*(chooser.choose(request(f"ord_{n}", A)) for n in range(3)),
                                     return_exceptions=True)

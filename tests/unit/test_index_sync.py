@@ -1,6 +1,7 @@
 """The index rebuild after a rebalance, against a rebalance that begins while it waits for Redis
 (faust begins one from its consumer thread): a zombie fault run lost a trip when such a rebuild loaded
-sessions from a table not yet restored and counted as the rebuild of the rebalance that followed."""
+sessions from a table not yet restored and counted as the rebuild of the rebalance that followed. And
+the order in which the app tells its partition services that partitions moved."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from faust.types import TP
 
-from streams.agents import upkeep
-from streams.app import app
+from infra.settings import Settings
+from streams.app import DispatchApp
+from streams.index_writer import IndexWriter
+from streams.metrics import Metrics
+from streams.runtime import PartitionService
 
 REBALANCE = 3
 TOKEN = 1_796_122_094_617
@@ -23,101 +26,132 @@ class Index:
     def __init__(self) -> None:
         self.meanwhile = {"epoch": lambda: None, "write": lambda: None}
         self.written: list[tuple[int, int]] = []
+        self.unready_partitions: list[int] = []
+        self.readied: list[int] = []
 
     async def current_epoch(self) -> str:
         self.meanwhile["epoch"]()
         return "epoch-1"
 
     async def unready(self, partitions) -> list[int]:
-        return []
+        return [p for p in self.unready_partitions if p in partitions]
 
     async def write_sessions(self, sessions, token: int, rebuild: bool) -> None:
         self.meanwhile["write"]()
         self.written.append((len(sessions), token))
 
     async def mark_ready(self, partitions, epoch: str) -> None:
-        pass
+        self.readied += partitions
 
 
-class Sessions:
+class Owner:
+    """The worker as the rebuild sees it (streams.index_writer.PartitionOwner)."""
+
     def __init__(self) -> None:
-        self.loads = 0
-        self.forgotten = 0
+        self.rebalance, self.token, self.loads = REBALANCE, TOKEN, 0
+        self.is_settled = True
+        self.applied = {0: 0}
+        self.ends = {0: 5}
 
-    def load_all(self):
+    def settled(self) -> bool:
+        return self.is_settled
+
+    def rebalances(self) -> int:
+        return self.rebalance
+
+    def fence_token(self) -> int:
+        return self.token
+
+    def driver_partitions(self) -> set[int]:
+        return {0}
+
+    async def driver_command_ends(self, partitions) -> dict[int, int]:
+        return {p: self.ends[p] for p in partitions}
+
+    def driver_commands_applied(self, partition: int) -> int:
+        return self.applied[partition]
+
+    def load_sessions(self) -> list:
         self.loads += 1
-        yield SimpleNamespace(driver_id="fd_19")
+        return [SimpleNamespace(driver_id="fd_19")]
 
-    def forget_all(self) -> None:
-        self.forgotten += 1
-
-
-class Pings:
-    """The ping consumer: which partitions it was started for, in order with the sessions' state."""
-
-    def __init__(self, sessions: Sessions) -> None:
-        self.sessions = sessions
-        self.calls: list[tuple[str, object, int]] = []
-
-    async def start(self, partitions: set[int]) -> None:
-        self.calls.append(("start", partitions, self.sessions.forgotten))
-
-    async def stop(self) -> None:
-        self.calls.append(("stop", None, self.sessions.forgotten))
+    def rebalance_begins(self) -> None:
+        self.rebalance += 1
+        self.token += 1000
 
 
 @pytest.fixture
-def worker(monkeypatch):
+def rebuild():
+    index, owner = Index(), Owner()
+    writer = IndexWriter(index, Metrics(), Settings())
+    return SimpleNamespace(index=index, owner=owner, writer=writer, sync=lambda: asyncio.run(writer.sync(owner)))
+
+
+def test_a_rebuild_loads_the_sessions_and_records_the_rebalance_it_was_for(rebuild) -> None:
+    rebuild.sync()
+    assert rebuild.owner.loads == 1
+    assert rebuild.index.written == [(1, TOKEN)]
+    assert rebuild.writer.epoch == "epoch-1"
+    rebuild.sync()  # nothing changed since: nothing to rebuild
+    assert rebuild.owner.loads == 1
+
+
+def test_a_rebalance_that_begins_before_the_sessions_are_loaded_stops_the_rebuild(rebuild) -> None:
+    rebuild.index.meanwhile["epoch"] = rebuild.owner.rebalance_begins
+    rebuild.sync()
+    assert rebuild.owner.loads == 0 and rebuild.index.written == []
+    assert rebuild.writer.epoch is None
+    rebuild.index.meanwhile["epoch"] = lambda: None
+    rebuild.sync()  # the next tick rebuilds for the new rebalance
+    assert rebuild.index.written == [(1, TOKEN + 1000)]
+
+
+def test_a_rebalance_that_begins_while_the_index_is_written_is_left_for_the_next_rebuild(rebuild) -> None:
+    rebuild.index.meanwhile["write"] = rebuild.owner.rebalance_begins
+    rebuild.sync()
+    assert rebuild.index.written == [(1, TOKEN)]  # the token of the sessions it loaded, not the newer one
+    rebuild.index.meanwhile["write"] = lambda: None
+    rebuild.sync()  # recorded as the rebuild of the rebalance before: this one rebuilds again
+    assert rebuild.index.written == [(1, TOKEN), (1, TOKEN + 1000)]
+
+
+def test_an_unready_partition_waits_for_the_driver_commands_sent_before_the_loss(rebuild) -> None:
+    rebuild.index.unready_partitions = [0]
+    rebuild.sync()
+    assert rebuild.index.written == [] and rebuild.index.readied == []
+    rebuild.owner.ends[0] = 9  # commands sent after the loss was noticed are not waited for
+    rebuild.owner.applied[0] = 5
+    rebuild.sync()
+    assert rebuild.index.written == [(1, TOKEN)] and rebuild.index.readied == [0]
+
+
+def test_an_unsettled_worker_does_not_rebuild(rebuild) -> None:
+    rebuild.owner.is_settled = False
+    rebuild.sync()
+    assert rebuild.owner.loads == 0
+
+
+class Recorded(PartitionService):
+    def __init__(self, name: str, calls: list) -> None:
+        self.name, self.calls = name, calls
+
+    async def restored(self, partitions: set[int]) -> None:
+        self.calls.append(("restored", self.name, partitions))
+
+    async def revoked(self) -> None:
+        self.calls.append(("revoked", self.name))
+
+
+def test_partition_services_start_in_order_and_stop_in_reverse(monkeypatch) -> None:
+    """Sessions read while the tables were restored are dropped before pings are read again; pings
+    stop before anything of theirs is forgotten."""
+    app = DispatchApp(Settings())
+    calls: list = []
     runtime = app.runtime
-    index, sessions = Index(), Sessions()
-    pings = Pings(sessions)
-    writer = SimpleNamespace(unready=set(), epoch=None, rebalance=-1, catch_up=None, forget_all=lambda: None)
-    monkeypatch.setattr(runtime, "index", index)
-    monkeypatch.setattr(runtime, "sessions", sessions)
-    monkeypatch.setattr(runtime, "index_writer", writer)
-    monkeypatch.setattr(runtime, "pings", pings)
-    monkeypatch.setattr(runtime.fence, "token", TOKEN)
-    monkeypatch.setattr(app, "_consumer", SimpleNamespace(assignment=lambda: {TP(runtime.names.driver_commands, 0)}))
-    monkeypatch.setattr(app, "rebalancing_count", REBALANCE)
-    monkeypatch.setattr(app, "rebalancing", False)
-    return SimpleNamespace(runtime=runtime, index=index, sessions=sessions, writer=writer, pings=pings)
-
-
-def _rebalance_begins(worker) -> None:
-    app.rebalancing_count += 1
-    worker.runtime.fence.token += 1000
-
-
-def test_a_rebuild_loads_the_sessions_and_records_the_rebalance_it_was_for(worker) -> None:
-    asyncio.run(upkeep.sync_index(worker.runtime))
-    assert worker.sessions.loads == 1
-    assert worker.index.written == [(1, TOKEN)]
-    assert (worker.writer.epoch, worker.writer.rebalance) == ("epoch-1", REBALANCE)
-
-
-def test_a_rebalance_that_begins_before_the_sessions_are_loaded_stops_the_rebuild(worker) -> None:
-    worker.index.meanwhile["epoch"] = lambda: _rebalance_begins(worker)
-    asyncio.run(upkeep.sync_index(worker.runtime))
-    assert worker.sessions.loads == 0 and worker.index.written == []
-    assert worker.writer.rebalance == -1  # the next tick rebuilds for the new rebalance
-
-
-def test_a_rebalance_that_begins_while_the_index_is_written_is_left_for_the_next_rebuild(worker) -> None:
-    worker.index.meanwhile["write"] = lambda: _rebalance_begins(worker)
-    asyncio.run(upkeep.sync_index(worker.runtime))
-    assert worker.index.written == [(1, TOKEN)]  # the token of the sessions it loaded, not the newer one
-    assert worker.writer.rebalance == REBALANCE
-
-
-def test_sessions_read_during_a_restore_are_dropped_when_it_completes(worker) -> None:
-    asyncio.run(upkeep.forget_unrestored(app))
-    assert worker.sessions.forgotten == 1
-    # Pings are read again once the sessions are forgotten, for this worker's partitions.
-    assert worker.pings.calls == [("start", {0}, 1)]
-
-
-def test_pings_stop_before_a_revoked_partitions_sessions_are_forgotten(worker, monkeypatch) -> None:
-    monkeypatch.setattr(worker.runtime, "heartbeat_checks", {"fd_19": 1})
-    asyncio.run(upkeep.forget_revoked(app, revoked={TP(worker.runtime.names.driver_commands, 0)}))
-    assert worker.pings.calls == [("stop", None, 0)]
-    assert worker.sessions.forgotten == 1
+    for field in ("sessions", "index_writer", "progress", "pings"):
+        monkeypatch.setattr(runtime, field, Recorded(field, calls))
+    monkeypatch.setattr(DispatchApp, "driver_partitions", lambda self: {0})
+    asyncio.run(app._partitions_restored(app))
+    asyncio.run(app._partitions_revoked(app, revoked=set()))
+    order = ["sessions", "index_writer", "progress", "pings"]
+    assert calls == [("restored", name, {0}) for name in order] + [("revoked", name) for name in reversed(order)]

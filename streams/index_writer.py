@@ -1,0 +1,144 @@
+"""This worker's writes to the shared index: session changes in batches, and the rebuild of its part
+of the index from its table after a rebalance or when Redis lost it. The writer alone holds what the
+rebuild was last done for and which partitions wait for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+import structlog
+
+from infra.settings import Settings
+from streams.index import RegionIndex, WriteResult
+from streams.logic.sessions import DriverSession
+from streams.metrics import Metrics
+from streams.routing import key_partition
+from streams.runtime import PartitionService
+
+log = structlog.get_logger(__name__)
+# Sessions per write of a rebuild: each is one pipelined round trip.
+REBUILD_CHUNK = 2000
+
+
+class PartitionOwner(Protocol):
+    """What a rebuild needs to know of the worker it runs in (streams.app.DispatchApp)."""
+
+    def settled(self) -> bool:
+        """Partitions assigned, tables restored, no rebalance under way."""
+
+    def rebalances(self) -> int:
+        """How many rebalances this worker has begun: one that begins during a rebuild changes it."""
+
+    def fence_token(self) -> int: ...
+
+    def driver_partitions(self) -> set[int]: ...
+
+    async def driver_command_ends(self, partitions: Iterable[int]) -> dict[int, int]: ...
+
+    def driver_commands_applied(self, partition: int) -> int:
+        """The next driver-command offset of the partition still to apply."""
+
+    def load_sessions(self) -> list[DriverSession]:
+        """Every session of this worker's partitions, from its table."""
+
+
+class IndexWriter(PartitionService):
+    """Collects session changes and writes them to the index in batches. Only the newest version of
+    each driver is kept while waiting; the index is derived state, rebuilt from the table when Redis
+    is emptied, so a batch that keeps failing waits and is tried again."""
+
+    def __init__(self, index: RegionIndex, metrics: Metrics, settings: Settings) -> None:
+        self._index = index
+        self._metrics = metrics
+        self._settings = settings
+        self._pending: dict[str, DriverSession] = {}
+        self.failures = 0
+        # What this worker last rebuilt the index for: the index's epoch and the rebalance count.
+        self.epoch: str | None = None
+        self._rebalance = -1
+        # While partitions are not ready: which, and the driver-command offsets to apply first.
+        self._unready: set[int] = set()
+        self._catch_up: dict[int, int] | None = None
+
+    def stage(self, session: DriverSession) -> None:
+        self._pending[session.driver_id] = session
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def revoked(self) -> None:
+        """Drops what waits: after a rebalance some of it may be another worker's now, and flushed
+        with this worker's new token it would fence the new owner out. The rebuild that follows every
+        rebalance rewrites this worker's sessions from its table."""
+        self._pending.clear()
+
+    async def flush(self, fence: int) -> WriteResult:
+        if not self._pending:
+            return WriteResult()
+        batch, self._pending = self._pending, {}
+        if self._unready:
+            # Redis would refuse them anyway: keep them back without a round trip each.
+            partitions = self._settings.partitions
+            for driver_id in [d for d in batch if key_partition(d.encode(), partitions) in self._unready]:
+                self._pending[driver_id] = batch.pop(driver_id)
+            if not batch:
+                return WriteResult()
+        started = time.perf_counter()
+        try:
+            result = await self._index.write_sessions(batch.values(), fence)
+        except (aioredis.RedisError, OSError):
+            # Put the batch back under anything newer that arrived meanwhile.
+            for driver_id, change in batch.items():
+                self._pending.setdefault(driver_id, change)
+            self.failures += 1
+            raise
+        self.failures = 0
+        for driver_id in result.held:
+            self._pending.setdefault(driver_id, batch[driver_id])
+        self._metrics.index_write_seconds.observe(time.perf_counter() - started)
+        if result.fenced:
+            self._metrics.fenced_writes.labels(store="index").inc(result.fenced)
+        return result
+
+    async def sync(self, worker: PartitionOwner) -> None:
+        """Rebuilds from the table when this worker's partitions changed or the index's epoch did
+        (Redis emptied or replaced, or `geodispatch index rebuild`). A partition that is not ready
+        (Redis was emptied) is rebuilt and marked ready only once this worker has applied every driver
+        command sent to it before the loss was noticed: a lost reservation comes back from the
+        session's trip, and the session hears of the trip through such a command."""
+        if not worker.settled():
+            return
+        # What this rebuild is for. A rebalance can begin while it waits for Redis (faust starts one
+        # from its consumer thread): it then must neither load sessions from a table not yet
+        # restored, nor count as the rebuild of that rebalance (a zombie fault run lost a trip to
+        # exactly that).
+        rebalance, token = worker.rebalances(), worker.fence_token()
+        index = self._index
+        epoch = await index.current_epoch()
+        unready = await index.unready(worker.driver_partitions())
+        self._unready = set(unready)
+        if not unready and epoch == self.epoch and rebalance == self._rebalance:
+            return
+        if unready and not await self._commands_applied(worker, unready):
+            return
+        if not worker.settled() or worker.rebalances() != rebalance:
+            return
+        sessions = worker.load_sessions()
+        for start in range(0, len(sessions), REBUILD_CHUNK):
+            await index.write_sessions(sessions[start : start + REBUILD_CHUNK], token, rebuild=True)
+        await index.mark_ready(unready, epoch)
+        self._unready, self._catch_up = set(), None
+        self.epoch, self._rebalance = epoch, rebalance
+        log.info("index_rebuilt", drivers=len(sessions), epoch=epoch, rebalance=rebalance, readied=unready)
+
+    async def _commands_applied(self, worker: PartitionOwner, partitions: list[int]) -> bool:
+        """Whether this worker has applied the driver commands of these partitions up to their end
+        offsets as measured when it first found them not ready."""
+        if self._catch_up is None or set(self._catch_up) != set(partitions):
+            self._catch_up = await worker.driver_command_ends(partitions)
+            log.info("index_partitions_not_ready", partitions=partitions, apply_commands_up_to=self._catch_up)
+        return all(worker.driver_commands_applied(p) >= end for p, end in self._catch_up.items())

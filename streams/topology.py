@@ -1,0 +1,148 @@
+"""Where every record goes. For each input: the topics it reads, what reads them, the handler of each
+record or stream, the state it touches and the topics it writes; for each timer, its period, handler,
+state and output. streams.app wires the worker from these tables and nothing else, so the handler of
+topic X is one look away, and `geodispatch topology` prints them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from infra.settings import Settings
+from infra.topics import (
+    DECISIONS_TABLE,
+    DLQ,
+    DRIVER_COMMANDS,
+    LOCATIONS,
+    PRESENCE,
+    REQUESTS,
+    RESPONSES,
+    SESSIONS_TABLE,
+    STATUS,
+    TRACKING,
+    TRIP_EVENTS,
+    TopicNames,
+)
+from streams.agents import assignment, pings, retention, sessions, upkeep
+from streams.topics import raw_topic
+
+if TYPE_CHECKING:
+    from streams.app import DispatchApp
+
+# What reads an input's topics.
+FAUST_AGENT = "faust agent"  # one faust agent; the handler gets the stream: (runtime, stream)
+PING_BATCHES = "ping batches"  # streams.agents.pings.PingBatches; the handler gets each record: (runtime, record)
+
+# The state handlers touch, as a reader would look for it.
+SESSIONS = f"table {SESSIONS_TABLE}"
+DECISIONS = f"table {DECISIONS_TABLE}"
+INDEX = "Redis index: sessions, available drivers by cell (written by streams.index_writer)"
+RESERVATIONS = "Redis index: reservations, decisions (streams/lua/reserve_first.lua)"
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    reads: Callable[[TopicNames, tuple[str, ...]], tuple[str, ...]]  # (names, regions) -> topics
+    reader: str
+    handler: Callable[..., Awaitable[None]]
+    state: tuple[str, ...]
+    writes: tuple[str, ...]
+    # The regional topic families read, for the table printed: `reads` names them for given regions.
+    topics: str
+
+
+@dataclass(frozen=True)
+class Timer:
+    name: str
+    every_s: Callable[[Settings], float]
+    handler: Callable[[DispatchApp], Awaitable[None]]
+    state: tuple[str, ...]
+    writes: tuple[str, ...]
+
+
+INPUTS: tuple[Input, ...] = (
+    Input(
+        name="driver_pings",
+        reads=lambda names, regions: tuple(names.locations(region) for region in regions),
+        topics=f"{LOCATIONS}.{{geo}}",
+        reader=PING_BATCHES,
+        handler=sessions.process,
+        state=(SESSIONS, INDEX),
+        writes=(PRESENCE, TRACKING, DLQ),
+    ),
+    Input(
+        name="driver_sessions",
+        reads=lambda names, regions: (names.status, names.trip_events, names.driver_commands),
+        topics=f"{STATUS}, {TRIP_EVENTS}, {DRIVER_COMMANDS}",
+        reader=FAUST_AGENT,
+        handler=sessions.driver_sessions,
+        state=(SESSIONS, INDEX),
+        writes=(PRESENCE, TRACKING, DLQ),
+    ),
+    Input(
+        name="assignments",
+        reads=lambda names, regions: tuple(names.requests(region) for region in regions),
+        topics=f"{REQUESTS}.{{geo}}",
+        reader=FAUST_AGENT,
+        handler=assignment.assignments,
+        state=(DECISIONS, RESERVATIONS),
+        writes=(RESPONSES, DRIVER_COMMANDS, DLQ),
+    ),
+)
+
+INDEX_FLUSH_EVERY_S = 0.01
+
+TIMERS: tuple[Timer, ...] = (
+    Timer("index_flush", lambda settings: INDEX_FLUSH_EVERY_S, upkeep.flush_index, state=(INDEX,), writes=()),
+    Timer("index_sync", lambda settings: 1.0, upkeep.keep_index_whole, state=(SESSIONS, INDEX), writes=()),
+    # Twice per heartbeat interval, so that a missed heartbeat is noticed within half an interval.
+    Timer("heartbeat_checks", lambda settings: max(0.2, settings.heartbeat_interval_s / 2),
+          upkeep.check_heartbeats, state=(SESSIONS,), writes=(DRIVER_COMMANDS,)),
+    Timer("decisions_expiry", lambda settings: 1.0, retention.sweep_decisions, state=(DECISIONS, RESERVATIONS),
+          writes=()),
+)
+
+
+def wire(app: DispatchApp, settings: Settings) -> pings.PingBatches:
+    """Registers every agent and timer on the app; returns the ping reader, which the app starts and
+    stops with its partitions."""
+    names, regions = TopicNames(settings.topic_prefix), settings.regions
+    readers = []
+    for source in INPUTS:
+        topics = source.reads(names, regions)
+        if source.reader == PING_BATCHES:
+            readers.append(pings.PingBatches(app, topics, source.handler))
+        else:
+            app.agent(raw_topic(app, *topics), name=source.name)(_agent(app, source.handler))
+    for timer in TIMERS:
+        app.timer(interval=timer.every_s(settings), name=timer.name)(timer.handler)
+    (ping_reader,) = readers  # a worker reads pings through one consumer
+    return ping_reader
+
+
+def _agent(app: DispatchApp, handler: Callable[..., Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    async def agent(stream: Any) -> None:
+        await handler(app.runtime, stream)
+
+    return agent
+
+
+def describe() -> list[dict[str, str]]:
+    """The tables as rows for people: `geodispatch topology`, and the README's topic table points here."""
+    rows = [
+        {"reads": source.topics, "by": f"{source.reader} {source.name}", "handler": _qualified(source.handler),
+         "state": "; ".join(source.state), "writes": ", ".join(source.writes) or "-"}
+        for source in INPUTS
+    ]
+    rows += [
+        {"reads": "-", "by": f"timer {timer.name}", "handler": _qualified(timer.handler),
+         "state": "; ".join(timer.state), "writes": ", ".join(timer.writes) or "-"}
+        for timer in TIMERS
+    ]
+    return rows
+
+
+def _qualified(handler: Callable[..., Any]) -> str:
+    return f"{handler.__module__}.{handler.__qualname__}"
