@@ -120,7 +120,7 @@ def profile(run) -> None:
         dep.tool("bench.load", "pings", "--drivers", str(drivers), "--count", str(pings))
         worker = dep.start_worker("w1")
         worker.wait_ready()
-        raw = dep.run_dir / "profile.raw.txt"
+        raw = dep.workdir / "profile.raw.txt"
         seen0, cpu0 = pings_seen(worker.stats()), cpu_seconds(worker.pid)
         t0 = time.time()
         result = subprocess.run(

@@ -18,10 +18,11 @@ from bench import baselines
 from bench.deploy import (
     BOOTSTRAP,
     REDIS_URL,
+    ROOT,
     Deployment,
     OffsetWatcher,
     Sampler,
-    Worker,
+    WorkerProcess,
     counter_sum,
     cpu_seconds,
     end_offsets,
@@ -81,9 +82,11 @@ class Run:
     sizes: Sizes
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: Path | None = None
+    # Whose workers run (bench.pairs runs an earlier commit's from a worktree); the measuring is ours.
+    checkout: Path = ROOT
 
     def deployment(self, tag: str, **kwargs: Any) -> Deployment:
-        return Deployment(run_dir=self.run_dir, prefix=f"{self.run_id}.{tag}.", **kwargs)
+        return Deployment(workdir=self.run_dir, prefix=f"{self.run_id}.{tag}.", checkout=self.checkout, **kwargs)
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -92,7 +95,7 @@ class Run:
 # -- following a worker from outside -------------------------------------------------------------
 
 
-def follow(workers: list[Worker], count, target: int, timeout: float, settle=None) -> list[tuple[float, ...]]:
+def follow(workers: list[WorkerProcess], count, target: int, timeout: float, settle=None) -> list[tuple[float, ...]]:
     """Polls /stats of every worker until `count(stats)` summed reaches `target` (and `settle` holds);
     returns (time, total, per-worker counts...) samples."""
     series: list[tuple[float, ...]] = []
@@ -182,12 +185,11 @@ def pings_and_restart(run: Run) -> None:
         restart = {"drivers_in_state": s.city_drivers, "city_load": city_result}
         for kind, env in RESTARTS:
             worker.stop()
-            data_dir = dep.run_dir / f"{dep.prefix}{dep.app_id}-w1"
             if kind != "warm":
-                shutil.rmtree(data_dir, ignore_errors=True)
+                shutil.rmtree(dep.data_dir("w1"), ignore_errors=True)
             run.log(f"restart: {kind} start with {s.city_drivers} drivers in state")
             restart[kind], worker = asyncio.run(measure_restart(
-                dep, lambda d=data_dir, e=env: dep.start_worker("w1", data_dir=d, **e), f"{run.run_id}-rs{kind}"
+                dep, lambda e=env: dep.start_worker("w1", **e), f"{run.run_id}-rs{kind}"
             ))
             run.log(f"restart: {kind}: {restart[kind]}")
         run.results["restart"] = restart
@@ -195,27 +197,7 @@ def pings_and_restart(run: Run) -> None:
         # Capacity: a backlog produced while the worker is stopped, drained by it alone.
         worker.stop()
         base = asyncio.run(end_offsets([loc_topic]))[loc_topic]
-        run.log(f"pings: backlog of {s.drain_pings} pings while the worker is stopped")
-        backlog = dep.tool("bench.load", "pings", "--drivers", str(s.city_drivers), "--count", str(s.drain_pings))
-        worker = dep.start_worker("w1", data_dir=dep.run_dir / f"{dep.prefix}{dep.app_id}-w1")
-        worker.wait_ready()
-        seen0 = 0  # a new process: its counters start at zero (it may have begun before it was ready)
-        seen_ready, cpu0, t_cpu0 = pings_seen(worker.stats()), cpu_seconds(worker.pid), time.time()
-        series = follow([worker], pings_seen, seen0 + s.drain_pings, timeout=150, settle=index_settled)
-        cpu_used = cpu_seconds(worker.pid) - cpu0
-        drain_s = series[-1][0] - t_cpu0
-        drain_rate = window_rate([(t, c - seen0) for t, c, *_ in series])
-        run.log(f"pings: drained at {drain_rate or 0:.0f}/s (window), CPU {cpu_used / drain_s:.0%} of a core")
-        drain = {
-            "pings": s.drain_pings,
-            "producer": backlog,
-            "rate_window": round(drain_rate, 1),
-            "seconds": round(drain_s, 2),
-            "worker_cpu_seconds": round(cpu_used, 2),
-            "worker_cpu_share": round(cpu_used / drain_s, 3),
-            "cpu_us_per_ping": round(1e6 * cpu_used / max(1, s.drain_pings - seen_ready), 1),
-            "series": [(round(t - t_cpu0, 2), c - seen0) for t, c, *_ in series],
-        }
+        drain, worker = drain_backlog(run, dep, s.city_drivers, s.drain_pings)
 
         ramp = asyncio.run(ping_ramp(run, dep, worker, loc_topic))
         sustained = max((st["offered"] for st in ramp["steps"] if st["bounded"]), default=0)
@@ -245,15 +227,41 @@ def pings_and_restart(run: Run) -> None:
             "sustained_offered_per_second": sustained,
             "baselines": bl,
             "correctness": correctness,
-            "ratio_drain_to_aiokafka": round(drain_rate / bl["aiokafka"]["per_second"], 4),
-            "ratio_drain_to_aiokafka_decode": round(drain_rate / bl["aiokafka_decode"]["per_second"], 4),
-            "ratio_drain_to_consumer_perf": round(drain_rate / bl["consumer_perf"]["per_second"], 4),
+            "ratio_drain_to_aiokafka": round(drain["rate_window"] / bl["aiokafka"]["per_second"], 4),
+            "ratio_drain_to_aiokafka_decode": round(drain["rate_window"] / bl["aiokafka_decode"]["per_second"], 4),
+            "ratio_drain_to_consumer_perf": round(drain["rate_window"] / bl["consumer_perf"]["per_second"], 4),
         }
     finally:
         dep.cleanup()
 
 
-async def measure_restart(dep: Deployment, start, tag: str) -> tuple[dict[str, Any], Worker]:
+def drain_backlog(run: Run, dep: Deployment, drivers: int, pings: int) -> tuple[dict[str, Any], WorkerProcess]:
+    """Produces a backlog of `pings` from `drivers` while no worker runs, then starts one and measures
+    how fast it drains it and at what CPU cost; returns the figures and the running worker."""
+    run.log(f"pings: backlog of {pings} pings while the worker is stopped")
+    backlog = dep.tool("bench.load", "pings", "--drivers", str(drivers), "--count", str(pings))
+    worker = dep.start_worker("w1")
+    worker.wait_ready()
+    seen0 = 0  # a new process: its counters start at zero (it may have begun before it was ready)
+    seen_ready, cpu0, t_cpu0 = pings_seen(worker.stats()), cpu_seconds(worker.pid), time.time()
+    series = follow([worker], pings_seen, seen0 + pings, timeout=150, settle=index_settled)
+    cpu_used = cpu_seconds(worker.pid) - cpu0
+    drain_s = series[-1][0] - t_cpu0
+    drain_rate = window_rate([(t, c - seen0) for t, c, *_ in series])
+    run.log(f"pings: drained at {drain_rate or 0:.0f}/s (window), CPU {cpu_used / drain_s:.0%} of a core")
+    return {
+        "pings": pings,
+        "producer": backlog,
+        "rate_window": round(drain_rate, 1),
+        "seconds": round(drain_s, 2),
+        "worker_cpu_seconds": round(cpu_used, 2),
+        "worker_cpu_share": round(cpu_used / drain_s, 3),
+        "cpu_us_per_ping": round(1e6 * cpu_used / max(1, pings - seen_ready), 1),
+        "series": [(round(t - t_cpu0, 2), c - seen0) for t, c, *_ in series],
+    }, worker
+
+
+async def measure_restart(dep: Deployment, start, tag: str) -> tuple[dict[str, Any], WorkerProcess]:
     """From process start: HTTP answering, a session read, the index rebuilt, and an assignment
     request (produced while the worker was down, as orders keep coming) answered."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -315,7 +323,7 @@ async def measure_restart(dep: Deployment, start, tag: str) -> tuple[dict[str, A
     return marks, worker
 
 
-async def ping_ramp(run: Run, dep: Deployment, worker: Worker, loc_topic: str) -> dict[str, Any]:
+async def ping_ramp(run: Run, dep: Deployment, worker: WorkerProcess, loc_topic: str) -> dict[str, Any]:
     """Offered rates in steps, each for a few seconds from the load generator process; a step is
     sustained when the input lag at its end is under one second of input. Stops at the first step
     that is not."""
@@ -346,7 +354,7 @@ async def ping_ramp(run: Run, dep: Deployment, worker: Worker, loc_topic: str) -
                 str(rate),
                 "--seconds",
                 str(s.ramp_step_s),
-                out=dep.run_dir / f"ramp-{rate}.json",
+                out=dep.workdir / f"ramp-{rate}.json",
             )
             started = time.time()
             lags = []
@@ -360,7 +368,7 @@ async def ping_ramp(run: Run, dep: Deployment, worker: Worker, loc_topic: str) -
             first += int(rate * s.ramp_step_s)
             produced = await watcher.total() - produced0
             seen = pings_seen(await asyncio.to_thread(worker.stats)) - seen0
-            gen = orjson.loads((dep.run_dir / f"ramp-{rate}.json").read_bytes().splitlines()[-1])
+            gen = orjson.loads((dep.workdir / f"ramp-{rate}.json").read_bytes().splitlines()[-1])
             # Kept up: processed at least 95 % of the step's input, and under one second of input behind
             # at its end. The second alone let a worker 13 % short of the rate pass a 6 s step.
             bounded = seen >= 0.95 * produced and produced - seen <= max(1000, rate)
@@ -399,7 +407,7 @@ def run_baselines(run: Run, dep: Deployment, loc_topic: str, produced: int) -> d
     raw = dep.tool("bench.baselines", "aiokafka", "--topic", loc_topic, "--expect", str(produced))
     decoded = dep.tool("bench.baselines", "aiokafka", "--topic", loc_topic, "--expect", str(produced), "--decode")
     consumer = baselines.consumer_performance(loc_topic, produced, f"{dep.prefix}consumer-perf")
-    payload = dep.run_dir / "ping-payloads.txt"
+    payload = dep.workdir / "ping-payloads.txt"
     pings = [
         orjson.dumps(m.model_dump(mode="json", exclude_none=True)).decode()
         for _, _, m in ping_records(0, 1000, 1000, wall_clock=True)
@@ -449,11 +457,12 @@ def scale(run: Run) -> None:
         result: dict[str, Any] = {"pings": s.scale_pings}
         for n in (1, 2):
             group = Deployment(
-                run_dir=dep.run_dir,
+                workdir=dep.workdir,
                 prefix=dep.prefix,
                 app_id=f"x{n}",
                 redis_prefix=f"{dep.redis_prefix}x{n}:",
                 partitions=dep.partitions,
+                checkout=dep.checkout,
             )
             workers = [group.start_worker(f"w{i}") for i in range(n)]
             series = follow(workers, pings_seen, s.scale_pings, timeout=300, settle=index_settled)
@@ -479,7 +488,7 @@ def scale(run: Run) -> None:
 # -- 2, 5, 6: a city of 10,000 available drivers: sessions API, requests, mixed ------------------
 
 
-def assignment_city(run: Run, tag: str) -> tuple[Deployment, Worker]:
+def assignment_city(run: Run, tag: str) -> tuple[Deployment, WorkerProcess]:
     """A deployment with a city of available drivers loaded into state and index."""
     s = run.sizes
     dep = run.deployment(tag)
@@ -531,7 +540,7 @@ def city_of_10k(run: Run) -> None:
         dep.cleanup()
 
 
-def server_side_http(worker: Worker) -> dict[str, Any]:
+def server_side_http(worker: WorkerProcess) -> dict[str, Any]:
     """The worker's own histogram of request handling time, as cumulative shares per bucket."""
     status, text = worker.get("/metrics")
     buckets: dict[str, dict[str, float]] = {}
@@ -550,7 +559,7 @@ def server_side_http(worker: Worker) -> dict[str, Any]:
 
 
 def collect_answers(dep: Deployment, tag: str, count: int, timeout: float) -> Any:
-    out = dep.run_dir / f"answers-{tag}.jsonl"
+    out = dep.workdir / f"answers-{tag}.jsonl"
     proc = dep.spawn(
         "bench.load",
         "collect",
@@ -562,7 +571,7 @@ def collect_answers(dep: Deployment, tag: str, count: int, timeout: float) -> An
         str(timeout),
         "--out",
         str(out),
-        out=dep.run_dir / f"collect-{tag}.json",
+        out=dep.workdir / f"collect-{tag}.json",
     )
     time.sleep(1.5)  # the collector's consumer is assigned before the first request goes out
     return proc, out
@@ -617,16 +626,16 @@ async def reservation_holders(dep: Deployment, pairs: list[tuple[str, str]]) -> 
     return {"checked": len(pairs), "mismatched": mismatched}
 
 
-def requests_only(run: Run, dep: Deployment, worker: Worker) -> dict[str, Any]:
+def requests_only(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
     s = run.sizes
     tag = f"{run.run_id}-s5"
     proc, answers = collect_answers(dep, tag, s.requests, timeout=s.requests_bound_s)
-    sent_log = dep.run_dir / f"sent-{tag}.jsonl"
+    sent_log = dep.workdir / f"sent-{tag}.jsonl"
     cpu0 = cpu_seconds(worker.pid)
     gen = dep.tool("bench.load", "requests", "--count", str(s.requests), "--tag", tag, "--sent-log", str(sent_log))
     from bench.profile import fold, spy
 
-    raw = dep.run_dir / "requests.profile.raw.txt"
+    raw = dep.workdir / "requests.profile.raw.txt"
     sampling = spy(worker.pid, min(10, s.requests_bound_s / 3), raw)
     proc.wait(s.requests_bound_s + 30)
     sampling.wait(30)
@@ -652,16 +661,16 @@ def requests_only(run: Run, dep: Deployment, worker: Worker) -> dict[str, Any]:
     return report
 
 
-def mixed(run: Run, dep: Deployment, worker: Worker) -> dict[str, Any]:
+def mixed(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
     s = run.sizes
     tag = f"{run.run_id}-s6"
     expected = int(s.mixed_request_rate * s.mixed_seconds)
     proc, answers = collect_answers(dep, tag, expected, timeout=s.mixed_seconds + s.mixed_grace_s)
-    sent_log = dep.run_dir / f"sent-{tag}.jsonl"
+    sent_log = dep.workdir / f"sent-{tag}.jsonl"
     loc_topic = dep.names.locations("4_-7")
     base = asyncio.run(end_offsets([loc_topic]))[loc_topic]
     seen0 = pings_seen(worker.stats())
-    gen_out = dep.run_dir / f"mixed-{tag}.json"
+    gen_out = dep.workdir / f"mixed-{tag}.json"
     gen = dep.spawn(
         "bench.load",
         "mixed",

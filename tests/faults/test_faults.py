@@ -14,7 +14,7 @@ from tests.faults import scenarios
 def deployment(tmp_path):
     from tests.integration.harness import Deployment
 
-    dep = Deployment(tmp=tmp_path)
+    dep = Deployment(workdir=tmp_path)
     yield dep
     dep.cleanup()
 

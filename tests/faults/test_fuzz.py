@@ -46,7 +46,7 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 @pytest.fixture
 def deployment(tmp_path):
-    dep = Deployment(tmp=tmp_path)
+    dep = Deployment(workdir=tmp_path)
     # Nobody times out or goes stale while the run lasts: what is checked is bad input, not liveness.
     dep.extra_env.update(GEODISPATCH_MISSED_HEARTBEATS=str(MISSED_HEARTBEATS), GEODISPATCH_LOCATION_MAX_AGE_S="600")
     dep.apply_topics()

@@ -39,7 +39,7 @@ def infrastructure() -> None:
 
 @pytest.fixture
 def deployment(tmp_path):
-    dep = Deployment(tmp=tmp_path)
+    dep = Deployment(workdir=tmp_path)
     dep.apply_topics()
     yield dep
     dep.cleanup()

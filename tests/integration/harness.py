@@ -4,32 +4,19 @@ the real broker and Redis, runs real workers as subprocesses, and reads what the
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from infra.cleanup import remove_deployment
-from infra.topics import TopicNames
+from infra.local import BOOTSTRAP, PYTHON, REDIS_URL, ROOT, LocalDeployment, WorkerProcess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-PYTHON = sys.executable
+__all__ = ["BOOTSTRAP", "PYTHON", "REDIS_URL", "ROOT", "Deployment", "WorkerProcess", "free_port", "run",
+           "topic_with", "wait_for"]
 
 
 async def topic_with(name: str, partitions: int, records: Iterable[tuple[int, bytes, bytes]]) -> str:
@@ -52,166 +39,20 @@ async def topic_with(name: str, partitions: int, records: Iterable[tuple[int, by
     return name
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(coro):
     return asyncio.run(coro)
 
 
-def _code_of(checkout: Path) -> dict[str, str]:
-    """The environment that makes Python import the packages of `checkout` rather than this one's
-    (installed in editable mode, found after PYTHONPATH)."""
-    return {} if checkout == ROOT else {"PYTHONPATH": str(checkout)}
-
-
 @dataclass
-class WorkerProcess:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
+class Deployment(LocalDeployment):
+    """One isolated pipeline on the shared broker and Redis, with drivers' liveness on a test's clock."""
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(self.url(path), headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                body = response.read()
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            body, status = exc.read(), exc.code
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, body.decode(errors="replace")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until the worker answers /health and has been assigned partitions (index rebuilt)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            try:
-                status, body = self.get("/stats")
-                if status == 200 and body.get("index", {}).get("epoch"):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready within {timeout}s:\n{self.log()[-4000:]}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@dataclass
-class Deployment:
-    """One isolated pipeline on the shared broker and Redis."""
-
-    tmp: Path
-    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
-    partitions: int = 2
-    regions: tuple[str, ...] = ("4_-7", "0_0")
-    extra_env: dict[str, str] = field(default_factory=dict)
-    workers: list[WorkerProcess] = field(default_factory=list)
-    # The shared broker and Redis unless a test brings servers of its own (fault tests restart them).
-    bootstrap: str = BOOTSTRAP
-    redis_url: str = REDIS_URL
-
-    @property
-    def names(self) -> TopicNames:
-        return TopicNames(self.prefix)
-
-    @property
-    def redis_prefix(self) -> str:
-        return f"gd:{self.prefix}"
-
-    def env(self, **overrides: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
-            REDIS_URL=self.redis_url,
-            GEODISPATCH_TOPIC_PREFIX=self.prefix,
-            GEODISPATCH_REDIS_PREFIX=self.redis_prefix,
-            GEODISPATCH_PARTITIONS=str(self.partitions),
-            GEODISPATCH_REGIONS=",".join(self.regions),
-            GEODISPATCH_LOG_FORMAT="json",
-            GEODISPATCH_HEARTBEAT_INTERVAL_S="1",
-            GEODISPATCH_MISSED_HEARTBEATS="2",
-            GEODISPATCH_MIN_PING_INTERVAL_S="0",
-            GEODISPATCH_TRACKING_MAX_PER_S="1",
-        )
-        env.update(self.extra_env)
-        env.update(overrides)
-        return env
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 120, checkout: Path = ROOT,
-            **env: str) -> subprocess.CompletedProcess:
-        """`geodispatch ARGS`, of this checkout or of another one (a release's worktree)."""
-        result = subprocess.run(
-            [PYTHON, "-m", "streams", *args],
-            env=self.env(**_code_of(checkout), **env),
-            cwd=checkout,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"geodispatch {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def apply_topics(self) -> None:
-        self.cli("topics", "apply")
-
-    def start_worker(self, name: str = "w1", checkout: Path = ROOT, **env: str) -> WorkerProcess:
-        """A worker of this checkout, or of another one (a release's worktree), on its own port, with a
-        data directory named after it."""
-        port = free_port()
-        data_dir = self.tmp / f"worker-{name}"
-        log_path = self.tmp / f"worker-{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 (closed with the process)
-        process = subprocess.Popen(
-            [PYTHON, "-m", "streams", "worker"],
-            env=self.env(GEODISPATCH_WEB_PORT=str(port), GEODISPATCH_DATA_DIR=str(data_dir), **_code_of(checkout),
-                         **env),
-            cwd=checkout,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        worker = WorkerProcess(process, port, log_path)
-        self.workers.append(worker)
-        return worker
-
-    def stop_all(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-
-    def cleanup(self) -> None:
-        """Stops the workers and removes the deployment's topics and Redis keys from the shared servers."""
-        self.stop_all()
-        for problem in asyncio.run(remove_deployment(self.bootstrap, self.redis_url, self.prefix, self.redis_prefix)):
-            print(f"harness: {problem}", file=sys.stderr)
+    defaults: ClassVar[dict[str, str]] = {
+        "GEODISPATCH_HEARTBEAT_INTERVAL_S": "1",
+        "GEODISPATCH_MISSED_HEARTBEATS": "2",
+        "GEODISPATCH_MIN_PING_INTERVAL_S": "0",
+        "GEODISPATCH_TRACKING_MAX_PER_S": "1",
+    }
 
     # -- Kafka ------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def test_two_app_ids_on_one_data_directory_both_start(deployment):
     other = deployment.start_worker("w1", GEODISPATCH_APP_ID="other", **PATIENT)  # same directory
     other.wait_ready(timeout=90)
     other.stop()
-    stores = {path.name for path in (deployment.tmp / "worker-w1").iterdir()}
+    stores = {path.name for path in deployment.data_dir("w1").iterdir()}
     assert stores == {f"{deployment.prefix}geodispatch", f"{deployment.prefix}other"}, stores
 
     again = deployment.start_worker("w1", **PATIENT)  # the first app id finds its own stores
@@ -49,5 +49,5 @@ def test_a_store_ahead_of_its_changelog_stops_the_worker_saying_what_to_do(deplo
     assert worker.process.wait(timeout=90) != 0
     log = worker.log()
     assert "table_store_ahead_of_changelog" in log, log[-3000:]
-    store_dir = deployment.tmp / "worker-w1" / f"{deployment.prefix}geodispatch"
+    store_dir = deployment.data_dir("w1") / f"{deployment.prefix}geodispatch"
     assert f"delete {store_dir}" in log, log[-3000:]

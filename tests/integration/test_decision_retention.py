@@ -29,7 +29,7 @@ def _tombstoned(deployment) -> bool:
 
 def _stored(deployment, order: str) -> bytes | None:
     partition = key_partition(order.encode(), deployment.partitions)
-    (path,) = (deployment.tmp / "worker-w1").glob(f"**/assignment_decisions-{partition}.db")
+    (path,) = (deployment.data_dir("w1")).glob(f"**/assignment_decisions-{partition}.db")
     store = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
     try:
         return store.get(order.encode())

@@ -15,7 +15,7 @@ RES8 = h3.cell_to_parent(cell9(), 8)
 def worker(tmp_path_factory):
     from tests.integration.harness import Deployment
 
-    dep = Deployment(tmp=tmp_path_factory.mktemp("http"))
+    dep = Deployment(workdir=tmp_path_factory.mktemp("http"))
     dep.apply_topics()
     worker = dep.start_worker()
     worker.wait_ready()

@@ -115,7 +115,7 @@ def test_a_stopped_worker_has_persisted_the_offset_of_every_changelog_write_it_m
     ends = end_offsets(changelog, deployment.partitions)
     assert sum(ends.values()) >= 2 * len(DRIVERS)  # a status and a ping each, at least
     for partition, end in ends.items():
-        (path,) = (deployment.tmp / "worker-w1").glob(f"**/driver_sessions-{partition}.db")
+        (path,) = (deployment.data_dir("w1")).glob(f"**/driver_sessions-{partition}.db")
         store = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
             persisted = store.get(PERSISTED_OFFSET_KEY)

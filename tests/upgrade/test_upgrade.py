@@ -5,12 +5,12 @@ and no session, reservation or answer is lost (CHANGELOG.md says what the upgrad
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import redis
 
+from infra.local import worktree
 from infra.redis_keys import RedisKeys
 from tests.integration.harness import REDIS_URL, ROOT, Deployment, wait_for
 from tests.integration.test_assignment import City
@@ -29,19 +29,15 @@ def last_release() -> tuple[str, str]:
 
 def release_checkout(version: str, commit: str) -> Path:
     """The release's tree beside this one (.cache/upgrade/), made once with `git worktree`."""
-    path = ROOT / ".cache" / "upgrade" / f"{version}-{commit[:12]}"
-    if not (path / "streams").is_dir():
-        git = subprocess.run(["git", "worktree", "add", "--force", "--detach", str(path), commit], cwd=ROOT,
-                             capture_output=True, text=True)
-        if git.returncode != 0:
-            pytest.fail(f"cannot check out release {version} ({commit}): {git.stderr.strip()} (a shallow clone "
-                        f"lacks it: git fetch --unshallow)", pytrace=False)
-    return path
+    try:
+        return worktree(commit, ROOT / ".cache" / "upgrade" / f"{version}-{commit[:12]}")
+    except RuntimeError as exc:
+        pytest.fail(f"release {version}: {exc} (a shallow clone lacks it: git fetch --unshallow)", pytrace=False)
 
 
 @pytest.fixture
 def upgrade(tmp_path):
-    dep = Deployment(tmp=tmp_path)
+    dep = Deployment(workdir=tmp_path)
     dep.extra_env.update(GEODISPATCH_MISSED_HEARTBEATS="1000", GEODISPATCH_LOCATION_MAX_AGE_S="120")
     yield dep
     dep.cleanup()
