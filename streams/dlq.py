@@ -71,14 +71,27 @@ async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: A
     silently), and the result is then None."""
     try:
         return await action()
-    except (InvalidMessage, InvalidEvent) as exc:
-        await dead_letters.send(source_of(message), stage, exc)
-    except GaveUp as exc:
-        await dead_letters.send(source_of(message), stage, exc.last, attempts=exc.attempts)
-    except Exception as exc:  # a bug or an unforeseen input: keep the record, keep the agent alive
-        log.exception("processing_failed", stage=stage, topic=message.topic, offset=message.offset)
-        await dead_letters.send(source_of(message), stage, exc)
+    except Exception as exc:
+        await give_up(dead_letters, message, stage, exc)
     return None
+
+
+def expected_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a record's own fault or a transient failure retried to the end, as opposed to
+    a bug or an unforeseen input, which is logged with its traceback where it is caught."""
+    return isinstance(exc, InvalidMessage | InvalidEvent | GaveUp)
+
+
+async def give_up(dead_letters: DeadLetters, message: Any, stage: str, exc: Exception) -> None:
+    """Dead-letters `message` for `exc`, with the last error and the attempts when retries ran out.
+    Called inside the `except` that caught an unexpected `exc`, it logs the traceback too."""
+    if isinstance(exc, GaveUp):
+        await dead_letters.send(source_of(message), stage, exc.last, attempts=exc.attempts)
+        return
+    if not expected_failure(exc):  # a bug or an unforeseen input: keep the record, keep the agent alive
+        log.error("processing_failed", stage=stage, topic=message.topic, partition=message.partition,
+                  offset=message.offset, exc_info=exc)
+    await dead_letters.send(source_of(message), stage, exc)
 
 
 async def process_each(stream: Any, dead_letters: DeadLetters, stage: str, process: Any) -> None:

@@ -188,6 +188,18 @@ class SessionStore(PartitionService):
 
     async def put(self, session: DriverSession, partition: int) -> None:
         self.cache[session.driver_id] = session
+        await self._write(session, partition)
+
+    def remember(self, session: DriverSession) -> None:
+        """The session from now on, for this worker's reads; the table gets it with `write_all`."""
+        self.cache[session.driver_id] = session
+
+    async def write_all(self, sessions: Iterable[tuple[DriverSession, int]]) -> None:
+        """Writes each (session, partition) to the table: a batch's last version of each driver."""
+        for session, partition in sessions:
+            await self._write(session, partition)
+
+    async def _write(self, session: DriverSession, partition: int) -> None:
         await self.table.write(session.driver_id.encode(),
                                orjson.dumps({**session.to_dict(), FENCE_FIELD: self.fence.token}), partition)
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # What reads an input's topics.
 FAUST_AGENT = "faust agent"  # one faust agent; the handler gets the stream: (runtime, stream)
-PING_BATCHES = "ping batches"  # streams.agents.pings.PingBatches; the handler gets each record: (runtime, record)
+PING_BATCHES = "ping batches"  # streams.agents.pings.PingBatches; the handler gets blocks: (runtime, records)
 
 # The state handlers touch, as a reader would look for it.
 SESSIONS = f"table {SESSIONS_TABLE}"
@@ -68,7 +68,7 @@ INPUTS: tuple[Input, ...] = (
         reads=lambda names, regions: tuple(names.locations(region) for region in regions),
         topics=f"{LOCATIONS}.{{geo}}",
         reader=PING_BATCHES,
-        handler=sessions.process,
+        handler=sessions.process_pings,
         state=(SESSIONS, INDEX),
         writes=(PRESENCE, TRACKING, DLQ),
     ),

@@ -16,7 +16,6 @@ upgraded from reading pings through faust), or else at the beginning of its log.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -27,29 +26,26 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from infra.clients import new_consumer
-from streams.dlq import guarded
 from streams.faust_fixes import still_in_generation
-from streams.logging import handling_record
 from streams.runtime import PartitionService, Runtime
 
 if TYPE_CHECKING:
     from streams.app import DispatchApp
 
 log = structlog.get_logger(__name__)
-STAGE = "sessions"
 FETCH_WAIT_MS = 100
-# Records applied between two yields to the event loop: HTTP requests, assignment requests and timers
-# wait for at most this many pings.
-YIELD_EVERY = 100
+# Records applied as one block between two yields to the event loop: HTTP requests, assignment
+# requests and timers wait for at most this many pings.
+YIELD_EVERY = 200
 RETRY_AFTER_S = 1.0
 
 
 class PingBatches(PartitionService):
-    """The ping consumer of one worker: started and stopped with its partitions. Each record goes to
-    `handle`, the ping topics' handler in streams.topology."""
+    """The ping consumer of one worker: started and stopped with its partitions. What it fetches goes
+    to `handle`, the ping topics' handler in streams.topology, a block of records at a time."""
 
     def __init__(self, app: DispatchApp, topics: tuple[str, ...],
-                 handle: Callable[[Runtime, Any], Awaitable[None]]) -> None:
+                 handle: Callable[[Runtime, list[Any]], Awaitable[None]]) -> None:
         self._app = app
         self._topics = topics
         self._handle = handle
@@ -158,11 +154,9 @@ class PingBatches(PartitionService):
 
     async def _apply(self, records: list[Any]) -> None:
         runtime, handle = self._app.runtime, self._handle
-        for n, record in enumerate(records, 1):
-            with handling_record(record):
-                await guarded(runtime.dead_letters, record, STAGE, functools.partial(handle, runtime, record))
-            if n % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        for start in range(0, len(records), YIELD_EVERY):
+            await handle(runtime, records[start : start + YIELD_EVERY])
+            await asyncio.sleep(0)
 
     async def _commit(self) -> None:
         """Commits what was applied, once the broker has everything it produced. Not when the app's

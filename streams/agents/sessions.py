@@ -4,16 +4,20 @@ the shared index, presence changes and rider tracking."""
 from __future__ import annotations
 
 import functools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from schemas.codec import InvalidMessage
 from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
-from streams.dlq import process_each, timestamp_ms
+from streams.dlq import give_up, process_each, timestamp_ms
 from streams.index import now_ms
 from streams.logic import InvalidEvent
 from streams.logic.sessions import (
     HEARTBEAT_TIMEOUT,
+    DriverSession,
     Effects,
     apply_assignment,
     apply_ping,
@@ -28,15 +32,28 @@ from streams.topics import send_confirmed
 log = structlog.get_logger(__name__)
 
 
-def _classify(runtime: Runtime, topic: str) -> tuple[str, str | None]:
+def _classify(runtime: Runtime, topic: str) -> str:
+    """The kind of a driver_sessions agent's record (pings come in batches, to `process_pings`)."""
     names = runtime.names
     if topic == names.status:
-        return "status", None
+        return "status"
     if topic == names.trip_events:
-        return "trip", None
-    if topic == names.driver_commands:
-        return "command", None
-    return "location", topic.rsplit(".", 1)[-1]
+        return "trip"
+    return "command"
+
+
+def _region_of(topic: str) -> str:
+    """The region key of a regional topic: its name's last part (`driver_locations.4_-7`)."""
+    return topic.rsplit(".", 1)[-1]
+
+
+def _placement(message: Any, driver_id: str, partitions: int) -> tuple[bytes, int | None]:
+    """The record's driver key, and the partition it belongs on when it is not on it (it is moved
+    there, streams.routing); a record keyed by another id than its driver's is invalid."""
+    driver_key = driver_id.encode()
+    if message.key is not None and message.key != driver_key:
+        raise InvalidMessage(f"record key {message.key[:64]!r} is not the record's driver id", "key")
+    return driver_key, misrouted(driver_key, message.partition, partitions)
 
 
 async def _reroute(runtime: Runtime, message, driver_key: bytes, partition: int) -> None:
@@ -47,10 +64,8 @@ async def _reroute(runtime: Runtime, message, driver_key: bytes, partition: int)
     runtime.metrics.rerouted.labels(stream="sessions").inc()
 
 
-def _apply(runtime: Runtime, kind: str, region: str | None, record, now: int) -> Effects:
+def _apply(runtime: Runtime, kind: str, record, now: int) -> Effects:
     session = runtime.sessions.get(_driver_id(record))
-    if kind == "location":
-        return apply_ping(session, record, region, now, runtime.rules)
     if kind == "status":
         return apply_status(session, record, now, runtime.rules)
     if kind == "trip":
@@ -61,21 +76,16 @@ def _apply(runtime: Runtime, kind: str, region: str | None, record, now: int) ->
     return check_heartbeat(session, now, runtime.rules) if session else Effects("unknown")
 
 
-MODELS = {"location": LocationPing, "status": DriverStatus, "trip": TripEvent, "command": DriverCommand}
+MODELS = {"status": DriverStatus, "trip": TripEvent, "command": DriverCommand}
 
 
 def _driver_id(record) -> str:
     return record.driverId if isinstance(record, TripEvent) else record.driver_id
 
 
-def _count(runtime: Runtime, kind: str, effects: Effects, record, now: int) -> None:
+def _count(runtime: Runtime, kind: str, effects: Effects) -> None:
     m = runtime.metrics
-    if kind == "location":
-        m.child(m.pings, effects.outcome).inc()
-        m.child(m.event_lag, "locations").observe(max(0.0, now / 1000 - record.ts.timestamp()))
-        if effects.session is not None and effects.session.trip_id is not None:
-            m.child(m.tracking_updates, "sent" if effects.tracking else "throttled").inc()
-    elif kind == "status":
+    if kind == "status":
         m.status_changes.labels(change=effects.outcome).inc()
     elif kind == "trip":
         m.trip_events.labels(status=effects.outcome).inc()
@@ -86,33 +96,24 @@ def _count(runtime: Runtime, kind: str, effects: Effects, record, now: int) -> N
 
 
 async def process(runtime: Runtime, message) -> None:
-    kind, region = _classify(runtime, message.topic)
+    """One status change, trip event or driver command."""
+    kind = _classify(runtime, message.topic)
     try:
-        await _process(runtime, message, kind, region)
-    except (InvalidMessage, InvalidEvent) as exc:
-        # Dead-lettered by the caller; counted here too so ping outcomes add up, by the field at
-        # fault (a bounded label: the message's own field names).
-        if kind == "location":
-            runtime.metrics.pings.labels(outcome=f"invalid_{exc.field or 'value'}").inc()
-        raise
+        await _process(runtime, message, kind)
     finally:
         if kind == "command":  # applied, or dead-lettered by the caller: either way done with
             runtime.progress.commands_applied[message.partition] = message.offset + 1
 
 
-async def _process(runtime: Runtime, message, kind: str, region: str | None) -> None:
+async def _process(runtime: Runtime, message, kind: str) -> None:
     record = runtime.codec.decode(MODELS[kind], message.value)
-    driver_id = _driver_id(record)
-    driver_key = driver_id.encode()
-    if message.key is not None and message.key != driver_key:
-        raise InvalidMessage(f"record key {message.key[:64]!r} is not the record's driver id", "key")
-    target = misrouted(driver_key, message.partition, runtime.settings.partitions)
+    driver_key, target = _placement(message, _driver_id(record), runtime.settings.partitions)
     if target is not None:
         await _reroute(runtime, message, driver_key, target)
         return
     now = now_ms()
-    effects = _apply(runtime, kind, region, record, now)
-    _count(runtime, kind, effects, record, now)
+    effects = _apply(runtime, kind, record, now)
+    _count(runtime, kind, effects)
     if effects.session is not None:
         await runtime.sessions.put(effects.session, message.partition)
         runtime.index_writer.stage(effects.session)
@@ -130,3 +131,91 @@ async def driver_sessions(runtime: Runtime, stream) -> None:
     streams.agents.pings, to the same `process`)."""
     await process_each(stream, runtime.dead_letters, "sessions", functools.partial(process, runtime))
 
+
+
+@dataclass
+class PingEffects:
+    """What a batch of pings produced, gathered while it is applied and written once it all is."""
+
+    # Each driver's last version, with the partition of its records.
+    sessions: dict[str, tuple[DriverSession, int]] = field(default_factory=dict)
+    presence: list[tuple[bytes, Any]] = field(default_factory=list)
+    tracking: list[Any] = field(default_factory=list)
+    # (record, driver key, the partition it belongs on)
+    reroutes: list[tuple[Any, bytes, int]] = field(default_factory=list)
+    failures: list[tuple[Any, Exception]] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    tracking_updates: Counter[str] = field(default_factory=Counter)
+    presence_changes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+async def process_pings(runtime: Runtime, records: list[Any]) -> None:
+    """A fetched batch of pings as one block: decoded and applied to the sessions in one plain loop,
+    then written once: each driver's session once (its last version), staged for the index, presence
+    and tracking sent, outcomes counted. A record that fails is dead-lettered alone with its reason,
+    and the others are applied as if it were not there. A failure to write (the producer refusing)
+    stops the ping reader, which then commits nothing of the batch: it is read and applied again."""
+    effects = _apply_pings(runtime, records)
+    await _write_pings(runtime, effects)
+
+
+def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
+    codec, rules, sessions = runtime.codec, runtime.rules, runtime.sessions
+    partitions = runtime.settings.partitions
+    lag = runtime.metrics.child(runtime.metrics.event_lag, "locations")
+    out = PingEffects()
+    regions: dict[str, str] = {}
+    now = now_ms()
+    for message in records:
+        try:
+            ping = codec.decode(LocationPing, message.value)
+            driver_key, target = _placement(message, ping.driver_id, partitions)
+            if target is not None:
+                out.reroutes.append((message, driver_key, target))
+                continue
+            region = regions.get(message.topic)
+            if region is None:
+                region = regions[message.topic] = _region_of(message.topic)
+            applied = apply_ping(sessions.get(ping.driver_id), ping, region, now, rules)
+        except Exception as exc:  # dead-lettered with the batch's effects (give_up logs the unexpected)
+            if isinstance(exc, InvalidMessage | InvalidEvent):
+                # Counted here too so that ping outcomes add up, by the field at fault.
+                out.outcomes[f"invalid_{exc.field or 'value'}"] += 1
+            out.failures.append((message, exc))
+            continue
+        out.outcomes[applied.outcome] += 1
+        lag.observe(max(0.0, now / 1000 - ping.ts.timestamp()))
+        session = applied.session
+        if session is not None:
+            sessions.remember(session)
+            out.sessions[ping.driver_id] = (session, message.partition)
+            if session.trip_id is not None:
+                out.tracking_updates["sent" if applied.tracking else "throttled"] += 1
+        if applied.presence is not None:
+            out.presence.append((driver_key, applied.presence))
+            out.presence_changes[(applied.presence.reason, str(applied.presence.online).lower())] += 1
+        if applied.tracking is not None:
+            out.tracking.append(applied.tracking)
+    return out
+
+
+async def _write_pings(runtime: Runtime, out: PingEffects) -> None:
+    await runtime.sessions.write_all(out.sessions.values())
+    for session, _ in out.sessions.values():
+        runtime.index_writer.stage(session)
+    codec, topics = runtime.codec, runtime.topics
+    for driver_key, presence in out.presence:
+        await topics.presence.send(key=driver_key, value=codec.encode(presence))
+    for tracking in out.tracking:
+        await topics.tracking.send(key=tracking.booking_id.encode(), value=codec.encode(tracking))
+    for message, driver_key, target in out.reroutes:
+        await _reroute(runtime, message, driver_key, target)
+    for message, exc in out.failures:
+        await give_up(runtime.dead_letters, message, "sessions", exc)
+    m = runtime.metrics
+    for outcome, count in out.outcomes.items():
+        m.child(m.pings, outcome).inc(count)
+    for state, count in out.tracking_updates.items():
+        m.child(m.tracking_updates, state).inc(count)
+    for (reason, online), count in out.presence_changes.items():
+        m.presence_changes.labels(reason=reason, online=online).inc(count)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.routing import key_partition
-from tests.integration.drivers import NYC, send_ping, wait_session
+from tests.integration.drivers import NYC, now_plus, ping_value, send_ping, wait_session
 from tests.integration.harness import BOOTSTRAP, run, wait_for
+from tests.integration.test_sessions_restart import sessions_changelog
 
 PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "30"}
 REGION = "4_-7"
@@ -92,3 +93,33 @@ def test_a_partition_without_a_commit_of_its_own_starts_where_the_app_group_had_
     wait_for(lambda: committed(pings_group(deployment), [tp])[tp] == 2, message="its own commit after the ping")
     assert pings_counted(worker) == 1
     assert wait_session(worker, driver, lambda s: True)["last_loc"]["lat"] == NYC[0] + 0.003
+
+
+def test_a_poisoned_ping_inside_a_batch_is_dead_lettered_alone_and_the_others_applied_once(deployment):
+    """Pings produced while no worker runs arrive as one batch: the poisoned one goes to the DLQ with its
+    reason, every other one is applied, and a driver with two pings in it gets one changelog record."""
+    deployment.apply_topics()
+    topic = deployment.names.locations(REGION)
+    drivers = [f"pp_{n}" for n in range(8)]
+    partition = key_partition(drivers[0].encode(), deployment.partitions)
+    drivers = [d for d in drivers if key_partition(d.encode(), deployment.partitions) == partition]
+    started = now_plus(-5)
+    records = [(d.encode(), ping_value(d, NYC[0] + 0.001 * n, NYC[1], started)) for n, d in enumerate(drivers)]
+    poison = (drivers[0].encode(), ping_value(drivers[0], 95.0, NYC[1], now_plus(-4)))  # latitude out of range
+    last = (drivers[0].encode(), ping_value(drivers[0], NYC[0] + 0.01, NYC[1], now_plus(-3)))
+    middle = len(records) // 2
+    deployment.produce(topic, [*records[:middle], poison, *records[middle:], last], partition=partition)
+
+    worker = deployment.start_worker(**PATIENT)
+    worker.wait_ready()
+    for n, driver in enumerate(drivers):
+        lat = NYC[0] + (0.01 if n == 0 else 0.001 * n)
+        wait_session(worker, driver, lambda s, lat=lat: (s["last_loc"] or {}).get("lat") == lat, message="located")
+    (letter,) = deployment.read(deployment.names.dlq, 1)
+    headers = dict(letter.headers)
+    assert letter.value == poison[1]
+    assert headers["dlq.error.class"] == b"InvalidMessage" and b"lat" in headers["dlq.error.message"]
+    counted = worker.get("/stats")[1]["pings"]
+    assert counted.get("accepted") == len(drivers) + 1 and counted.get("invalid_lat") == 1, counted
+    changelog = [r for r in deployment.read_all(sessions_changelog(deployment)) if r.key == drivers[0].encode()]
+    assert len(changelog) == 1, "a driver's session is written once per batch"
