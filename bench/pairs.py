@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.deploy import ROOT
+from bench.deploy import ROOT, Deployment, WorkerProcess
 from bench.scenarios import (
     Run,
     Sizes,
@@ -52,34 +52,35 @@ class Figure:
         return float(value) if isinstance(value, int | float) else None
 
 
+def _on_a_city(run: Run, tag: str, measure: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """`measure(run, deployment, worker)` on the requests' city, removed afterwards."""
+    dep, worker = assignment_city(run, tag)
+    try:
+        return measure(run, dep, worker)
+    finally:
+        dep.cleanup()
+
+
 def drain(run: Run) -> dict[str, Any]:
     """The requests' city, then a backlog of pings produced while its worker is stopped, drained."""
-    dep, worker = assignment_city(run, "d")
-    try:
+
+    def measure(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
         worker.stop()
         result, worker = drain_backlog(run, dep, run.sizes.assign_drivers, run.sizes.drain_pings)
         worker.stop()
         return result
-    finally:
-        dep.cleanup()
+
+    return _on_a_city(run, "d", measure)
 
 
 def requests(run: Run) -> dict[str, Any]:
-    dep, worker = assignment_city(run, "r")
-    try:
-        result = requests_only(run, dep, worker)
-        result["worker_cpu_ms_per_request"] = round(1000 * result["worker_cpu_seconds"] / max(1, result["sent"]), 3)
-        return result
-    finally:
-        dep.cleanup()
+    result = _on_a_city(run, "r", requests_only)
+    result["worker_cpu_ms_per_request"] = round(1000 * result["worker_cpu_seconds"] / max(1, result["sent"]), 3)
+    return result
 
 
 def mixed_load(run: Run) -> dict[str, Any]:
-    dep, worker = assignment_city(run, "m")
-    try:
-        return mixed(run, dep, worker)
-    finally:
-        dep.cleanup()
+    return _on_a_city(run, "m", mixed)
 
 
 SCENARIOS: dict[str, tuple[Callable[[Run], dict[str, Any]], tuple[Figure, ...]]] = {

@@ -67,7 +67,7 @@ class DispatchApp(faust.App):
             decisions=DecisionStore(decisions),
             index_writer=IndexWriter(index, metrics, settings),
             dead_letters=DeadLetters(topics.dlq, metrics),
-            pings=topology.wire(self, settings),
+            pings=topology.wire(self, settings, names),
             verifier=verifier,
             fence=fence,
         )

@@ -105,13 +105,12 @@ TIMERS: tuple[Timer, ...] = (
 )
 
 
-def wire(app: DispatchApp, settings: Settings) -> pings.PingBatches:
+def wire(app: DispatchApp, settings: Settings, names: TopicNames) -> pings.PingBatches:
     """Registers every agent and timer on the app; returns the ping reader, which the app starts and
     stops with its partitions."""
-    names, regions = TopicNames(settings.topic_prefix), settings.regions
     readers = []
     for source in INPUTS:
-        topics = source.reads(names, regions)
+        topics = source.reads(names, settings.regions)
         if source.reader == PING_BATCHES:
             readers.append(pings.PingBatches(app, topics, source.handler))
         else:
