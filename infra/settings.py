@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_s * self.missed_heartbeats
 
+    @property
+    def position_recovery_s(self) -> float:
+        """How far back the ping log is read when partitions are assigned (streams/agents/pings.py): a
+        position older than the location age is never offered, and a driver's last sign of life older
+        than the heartbeat timeout times it out anyway."""
+        return max(self.location_max_age_s, self.heartbeat_timeout_s)
+
     def kafka_client_options(self) -> dict[str, object]:
         """aiokafka keyword arguments for security, shared by every client the project creates."""
         options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}

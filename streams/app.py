@@ -107,7 +107,9 @@ class DispatchApp(faust.App):
     # -- what the index's rebuild asks of its worker (streams.index_writer.PartitionOwner) ---------
 
     def settled(self) -> bool:
-        return not (self.rebalancing or self.in_recovery or not self.consumer.assignment())
+        if self.rebalancing or self.in_recovery or not self.consumer.assignment():
+            return False
+        return self.runtime.pings.ready
 
     def rebalances(self) -> int:
         return self.rebalancing_count
@@ -131,7 +133,7 @@ class DispatchApp(faust.App):
         return max(self.runtime.progress.commands_applied.get(partition, 0), committed or 0)
 
     def load_sessions(self) -> list[DriverSession]:
-        return list(self.runtime.sessions.load_all())
+        return self.runtime.sessions.load_all()
 
 
 def faust_options(settings: Settings, web_middlewares: list | None = None) -> dict[str, object]:

@@ -27,7 +27,7 @@ class PartitionOwner(Protocol):
     """What a rebuild needs to know of the worker it runs in (streams.app.DispatchApp)."""
 
     def settled(self) -> bool:
-        """Partitions assigned, tables restored, no rebalance under way."""
+        """Partitions assigned, tables restored and positions read back, no rebalance under way."""
 
     def rebalances(self) -> int:
         """How many rebalances this worker has begun: one that begins during a rebuild changes it."""

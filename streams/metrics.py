@@ -59,6 +59,13 @@ class Metrics:
         )
         # -- driver sessions
         self.pings = Counter("geodispatch_pings_total", "Location pings by outcome.", ["outcome"], registry=r)
+        self.positions_recovered = Counter(
+            "geodispatch_positions_recovered_total",
+            "Pings read back from the log when partitions were assigned: applied, or passed over (failed the "
+            "first time too).",
+            ["outcome"],
+            registry=r,
+        )
         self.status_changes = Counter(
             "geodispatch_status_changes_total",
             "Driver status records applied, by what changed.",

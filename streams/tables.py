@@ -169,8 +169,10 @@ def fenced_table(
 class SessionStore(PartitionService):
     """Driver sessions by driver id. Writes go to the partition of the driver's own records, and carry
     this worker's fence token so that a restore can tell the owner's writes from a zombie's. The cache
-    in front of the table is dropped whenever partitions move: dropping is always safe, as every write
-    goes to the table as well."""
+    in front of the table holds the sessions as they are now; the table holds every change but those
+    of position, which the ping log gives back (streams.agents.sessions.recover_positions). The cache is
+    dropped whenever partitions move, and filled again from the table and that log before any record of
+    theirs is read."""
 
     def __init__(self, table: Any, fence: Fence) -> None:
         self.table = table
@@ -191,7 +193,8 @@ class SessionStore(PartitionService):
         await self._write(session, partition)
 
     def remember(self, session: DriverSession) -> None:
-        """The session from now on, for this worker's reads; the table gets it with `write_all`."""
+        """The session from now on, for this worker's reads; the table gets it with `write_all` if its
+        change is one the ping log cannot give back."""
         self.cache[session.driver_id] = session
 
     async def write_all(self, sessions: Iterable[tuple[DriverSession, int]]) -> None:
@@ -212,13 +215,15 @@ class SessionStore(PartitionService):
         """A partition given up may change elsewhere before it comes back."""
         self.cache.clear()
 
-    def load_all(self) -> Iterator[DriverSession]:
-        """Every session of this worker's partitions, read from the table into the cache."""
-        self.cache.clear()
-        for raw in self.table.values():
-            session = DriverSession.from_dict(orjson.loads(raw))
-            self.cache[session.driver_id] = session
-            yield session
+    def load_all(self) -> list[DriverSession]:
+        """Every session of this worker's partitions: those of the cache, which are at least as new as
+        the table's and include drivers known by their pings alone, and the rest read from the table."""
+        cache = self.cache
+        for key, raw in self.table.items():
+            if key.decode() not in cache:
+                session = DriverSession.from_dict(orjson.loads(raw))
+                cache[session.driver_id] = session
+        return list(cache.values())
 
 
 class DecisionStore:

@@ -51,6 +51,9 @@ class Input:
     writes: tuple[str, ...]
     # The regional topic families read, for the table printed: `reads` names them for given regions.
     topics: str
+    # PING_BATCHES: what the records read back when partitions are assigned go to (the ping log is the
+    # changelog of position): (runtime, records) -> how many were passed over.
+    recover: Callable[..., int] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ INPUTS: tuple[Input, ...] = (
         topics=f"{LOCATIONS}.{{geo}}",
         reader=PING_BATCHES,
         handler=sessions.process_pings,
+        recover=sessions.recover_positions,
         state=(SESSIONS, INDEX),
         writes=(PRESENCE, TRACKING, DLQ),
     ),
@@ -112,7 +116,8 @@ def wire(app: DispatchApp, settings: Settings, names: TopicNames) -> pings.PingB
     for source in INPUTS:
         topics = source.reads(names, settings.regions)
         if source.reader == PING_BATCHES:
-            readers.append(pings.PingBatches(app, topics, source.handler))
+            assert source.recover is not None, source.name
+            readers.append(pings.PingBatches(app, topics, source.handler, source.recover))
         else:
             app.agent(raw_topic(app, *topics), name=source.name)(_agent(app, source.handler))
     for timer in TIMERS:
@@ -131,7 +136,8 @@ def _agent(app: DispatchApp, handler: Callable[..., Awaitable[None]]) -> Callabl
 def describe() -> list[dict[str, str]]:
     """The tables as rows for people: `geodispatch topology`, and the README's topic table points here."""
     rows = [
-        {"reads": source.topics, "by": f"{source.reader} {source.name}", "handler": _qualified(source.handler),
+        {"reads": source.topics, "by": f"{source.reader} {source.name}",
+         "handler": _handlers(source),
          "state": "; ".join(source.state), "writes": ", ".join(source.writes) or "-"}
         for source in INPUTS
     ]
@@ -141,6 +147,12 @@ def describe() -> list[dict[str, str]]:
         for timer in TIMERS
     ]
     return rows
+
+
+def _handlers(source: Input) -> str:
+    if source.recover is None:
+        return _qualified(source.handler)
+    return f"{_qualified(source.handler)}; on assignment {_qualified(source.recover)}"
 
 
 def _qualified(handler: Callable[..., Any]) -> str:

@@ -11,7 +11,13 @@ Offsets are committed in a consumer group of their own (`<app id>.pings`), at fa
 and only after the producer has every changelog record, presence change and tracking update of the
 records before them: a crash leaves pings to apply again (stale then, and dropped as such), never one
 skipped. A partition without a commit in that group starts where the app's own group had it (a worker
-upgraded from reading pings through faust), or else at the beginning of its log."""
+upgraded from reading pings through faust), or else at the beginning of its log.
+
+The ping log is also the changelog of position, as a source topic is for a Kafka Streams table built
+from it: no table write per ping. Before reading on from its commits, the reader reads back each
+partition's last `Settings.position_recovery_s` of pings up to them (`offsets_for_times`) and hands
+them to the recovery handler, which restores positions without producing anything again. Until
+that is done the worker is not `ready`: the index is not rebuilt from sessions without positions."""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from aiokafka.errors import KafkaError
 
 from infra.clients import new_consumer
 from streams.faust_fixes import still_in_generation
+from streams.index import now_ms
 from streams.runtime import PartitionService, Runtime
 
 if TYPE_CHECKING:
@@ -45,21 +52,30 @@ class PingBatches(PartitionService):
     to `handle`, the ping topics' handler in streams.topology, a block of records at a time."""
 
     def __init__(self, app: DispatchApp, topics: tuple[str, ...],
-                 handle: Callable[[Runtime, list[Any]], Awaitable[None]]) -> None:
+                 handle: Callable[[Runtime, list[Any]], Awaitable[None]],
+                 recover: Callable[[Runtime, list[Any]], int]) -> None:
         self._app = app
         self._topics = topics
         self._handle = handle
+        self._recover = recover
         self._group = f"{app.conf.id}.pings"
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future | None = None
         self._stopping = False
         # The next offset to read of each partition, once everything before it is applied.
         self._positions: dict[TopicPartition, int] = {}
+        # Positions read back for the partitions assigned: the sessions are whole.
+        self.ready = False
+        # Bumped by every revocation: a recovery under way for partitions since taken away stops.
+        self._assignment = 0
 
     async def restored(self, partitions: set[int]) -> None:
-        """Reads the ping partitions `partitions` from their committed offsets on."""
+        """Reads back the positions of the ping partitions `partitions`, then reads them on from
+        their committed offsets."""
         await self.revoked()
+        assignment = self._assignment
         if not partitions:
+            self.ready = True
             return
         consumer = await self._started_consumer()
         tps = [TopicPartition(topic, p) for topic in self._topics for p in sorted(partitions)]
@@ -70,13 +86,56 @@ class PingBatches(PartitionService):
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, starts[tp])
+        await self._recover_positions(consumer, starts, assignment)
+        if assignment != self._assignment:
+            return
         self._positions = {}
+        self.ready = True
         self._task = asyncio.ensure_future(self._run(consumer))
         log.info("pings_started", partitions=sorted(partitions), group=self._group,
                  starts={f"{tp.topic}:{tp.partition}": starts.get(tp) for tp in tps})
 
+    async def _recover_positions(self, consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int | None],
+                                 assignment: int) -> None:
+        """Hands the pings of the last `position_recovery_s` before each partition's start to the
+        recovery handler, then leaves every partition at its start."""
+        runtime = self._app.runtime
+        since_ms = now_ms() - int(runtime.settings.position_recovery_s * 1000)
+        found = await consumer.offsets_for_times({tp: since_ms for tp in starts})
+        ends = {tp: start for tp, start in starts.items()
+                if start is not None and found.get(tp) is not None and found[tp].offset < start}
+        if not ends:
+            return
+        for tp in ends:
+            consumer.seek(tp, found[tp].offset)
+        started, read, passed_over = time.monotonic(), 0, 0
+        max_records = runtime.settings.ping_batch_max_records
+        while ends and assignment == self._assignment:
+            try:
+                batch = await consumer.getmany(*ends, timeout_ms=FETCH_WAIT_MS, max_records=max_records)
+                for tp, records in batch.items():
+                    wanted = [record for record in records if record.offset < ends[tp]]
+                    for first in range(0, len(wanted), YIELD_EVERY):
+                        passed_over += self._recover(runtime, wanted[first : first + YIELD_EVERY])
+                        await asyncio.sleep(0)
+                    read += len(wanted)
+                for tp in list(ends):
+                    if await consumer.position(tp) >= ends[tp]:
+                        consumer.seek(tp, ends.pop(tp))
+            except KafkaError as exc:
+                log.error("ping_fetch_failed", error=repr(exc), recovering=True)
+                runtime.metrics.retries.labels(stage="ping_fetch").inc()
+                await asyncio.sleep(RETRY_AFTER_S)
+        recovered = runtime.metrics.positions_recovered
+        recovered.labels(outcome="applied").inc(read - passed_over)
+        recovered.labels(outcome="passed_over").inc(passed_over)
+        log.info("positions_recovered", pings=read, passed_over=passed_over, drivers=len(runtime.sessions.cache),
+                 seconds=round(time.monotonic() - started, 3), since_ms=since_ms)
+
     async def revoked(self) -> None:
         """Finishes the batch in hand, commits it, and stops reading."""
+        self._assignment += 1
+        self.ready = False
         if self._task is None:
             return
         self._stopping = True

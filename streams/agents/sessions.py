@@ -47,6 +47,14 @@ def _region_of(topic: str) -> str:
     return topic.rsplit(".", 1)[-1]
 
 
+class _Regions(dict[str, str]):
+    """Region keys by topic, each worked out once."""
+
+    def __missing__(self, topic: str) -> str:
+        region = self[topic] = _region_of(topic)
+        return region
+
+
 def _placement(message: Any, driver_id: str, partitions: int) -> tuple[bytes, int | None]:
     """The record's driver key, and the partition it belongs on when it is not on it (it is moved
     there, streams.routing); a record keyed by another id than its driver's is invalid."""
@@ -137,8 +145,11 @@ async def driver_sessions(runtime: Runtime, stream) -> None:
 class PingEffects:
     """What a batch of pings produced, gathered while it is applied and written once it all is."""
 
-    # Each driver's last version, with the partition of its records.
-    sessions: dict[str, tuple[DriverSession, int]] = field(default_factory=dict)
+    # Each driver's last version: staged for the index.
+    sessions: dict[str, DriverSession] = field(default_factory=dict)
+    # The drivers whose change the ping log cannot give back after a restart (a ping that brought a
+    # timed-out driver back online), with the partition of their records: written to the table.
+    persist: dict[str, int] = field(default_factory=dict)
     presence: list[tuple[bytes, Any]] = field(default_factory=list)
     tracking: list[Any] = field(default_factory=list)
     # (record, driver key, the partition it belongs on)
@@ -151,8 +162,10 @@ class PingEffects:
 
 async def process_pings(runtime: Runtime, records: list[Any]) -> None:
     """A fetched batch of pings as one block: decoded and applied to the sessions in one plain loop,
-    then written once: each driver's session once (its last version), staged for the index, presence
-    and tracking sent, outcomes counted. A record that fails is dead-lettered alone with its reason,
+    then written once: each driver's last version staged for the index, presence and tracking sent,
+    outcomes counted. Position needs no changelog record: the ping log itself gives it back after a
+    rebalance (`recover_positions`); only a change it cannot give back goes to the table, once per
+    driver per block. A record that fails is dead-lettered alone with its reason,
     and the others are applied as if it were not there. A failure to write (the producer refusing)
     stops the ping reader, which then commits nothing of the batch: it is read and applied again."""
     effects = _apply_pings(runtime, records)
@@ -164,7 +177,7 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
     partitions = runtime.settings.partitions
     lag = runtime.metrics.child(runtime.metrics.event_lag, "locations")
     out = PingEffects()
-    regions: dict[str, str] = {}
+    regions = _Regions()
     now = now_ms()
     for message in records:
         try:
@@ -173,10 +186,7 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
             if target is not None:
                 out.reroutes.append((message, driver_key, target))
                 continue
-            region = regions.get(message.topic)
-            if region is None:
-                region = regions[message.topic] = _region_of(message.topic)
-            applied = apply_ping(sessions.get(ping.driver_id), ping, region, now, rules)
+            applied = apply_ping(sessions.get(ping.driver_id), ping, regions[message.topic], now, rules)
         except Exception as exc:  # dead-lettered with the batch's effects (give_up logs the unexpected)
             if isinstance(exc, InvalidMessage | InvalidEvent):
                 # Counted here too so that ping outcomes add up, by the field at fault.
@@ -188,10 +198,13 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
         session = applied.session
         if session is not None:
             sessions.remember(session)
-            out.sessions[ping.driver_id] = (session, message.partition)
+            out.sessions[ping.driver_id] = session
             if session.trip_id is not None:
                 out.tracking_updates["sent" if applied.tracking else "throttled"] += 1
         if applied.presence is not None:
+            # Back online after a timeout: read back from the log alone, the ping would find the
+            # driver offline and, by then older than a heartbeat, leave it so.
+            out.persist[ping.driver_id] = message.partition
             out.presence.append((driver_key, applied.presence))
             out.presence_changes[(applied.presence.reason, str(applied.presence.online).lower())] += 1
         if applied.tracking is not None:
@@ -200,8 +213,8 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
 
 
 async def _write_pings(runtime: Runtime, out: PingEffects) -> None:
-    await runtime.sessions.write_all(out.sessions.values())
-    for session, _ in out.sessions.values():
+    await runtime.sessions.write_all((out.sessions[driver], partition) for driver, partition in out.persist.items())
+    for session in out.sessions.values():
         runtime.index_writer.stage(session)
     codec, topics = runtime.codec, runtime.topics
     for driver_key, presence in out.presence:
@@ -219,3 +232,28 @@ async def _write_pings(runtime: Runtime, out: PingEffects) -> None:
         m.child(m.tracking_updates, state).inc(count)
     for (reason, online), count in out.presence_changes.items():
         m.presence_changes.labels(reason=reason, online=online).inc(count)
+
+
+def recover_positions(runtime: Runtime, records: list[Any]) -> int:
+    """Pings read back from the log when partitions are assigned (streams.agents.pings), applied to the
+    sessions restored from the table: the positions, times and tracking clocks no changelog record
+    holds. Nothing is sent or counted: what they produced was produced when they were first read. A
+    record that fails, or belongs on another partition, is passed over, as it was dead-lettered or
+    moved then. Returns how many were passed over."""
+    codec, rules, sessions = runtime.codec, runtime.rules, runtime.sessions
+    partitions = runtime.settings.partitions
+    regions = _Regions()
+    now = now_ms()
+    passed_over = 0
+    for message in records:
+        try:
+            ping = codec.decode(LocationPing, message.value)
+            if _placement(message, ping.driver_id, partitions)[1] is not None:
+                continue
+            applied = apply_ping(sessions.get(ping.driver_id), ping, regions[message.topic], now, rules)
+        except Exception:  # counted, and logged once per recovery by the reader
+            passed_over += 1
+            continue
+        if applied.session is not None:
+            sessions.remember(applied.session)
+    return passed_over

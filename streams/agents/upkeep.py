@@ -56,6 +56,9 @@ async def check_heartbeats(app: DispatchApp) -> None:
     runtime.stats["regions"] = set(online)
     runtime.stats["drivers_online"] = sum(online.values())
     runtime.stats["drivers_available"] = sum(available.values())
+    if not runtime.pings.ready:
+        # Sessions without the positions and times still to be read back from the ping log look silent.
+        return
     ts = datetime.now(UTC)
     sent = runtime.progress.heartbeat_checks
     for driver_id in heartbeat_checks_due(sessions, now, runtime.rules, sent):
