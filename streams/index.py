@@ -12,16 +12,19 @@ from importlib import resources
 import h3
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from infra.redis_keys import RedisKeys
 from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
-from streams.logic.sessions import DriverSession, session_response
+from streams.logic.sessions import DriverSession, last_location, unlocated_response
 from streams.routing import key_partition
 
 # Drivers per upsert.lua call: Redis serves no other client while a script runs, so an index rebuild
 # goes in calls small enough that a reservation waits at most a few ms behind one.
 UPSERT_BATCH = 100
+# Drivers per move.lua call: a move is a fraction of an upsert's work.
+MOVE_BATCH = 400
 # The circle a candidate search starts from (candidates.lua): in a city of a few drivers per km2 it
 # holds a request's handful of candidates already.
 FIRST_CIRCLE_KM = 0.5
@@ -40,6 +43,9 @@ class WriteResult:
     stale: int = 0  # the index already had this version or a newer one
     fenced: int = 0  # refused: the driver's state was written by a newer owner (a higher fence token)
     held: tuple[str, ...] = ()  # drivers whose partition is not ready yet: to be written again later
+    # Moves the index could not take (the driver unknown there, or written under an older token): to
+    # be written again as whole sessions.
+    unmovable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class RegionIndex:
         self.keys = RedisKeys(prefix)
         self.partitions = partitions
         self._upsert = client.register_script(lua("upsert"))
+        self._move = client.register_script(lua("move"))
         self._reserve_first = client.register_script(lua("reserve_first"))
         self._record_failure = client.register_script(lua("record_failure"))
         self._forget_unexpiring = client.register_script(lua("forget_unexpiring"))
@@ -83,31 +90,46 @@ class RegionIndex:
     # -- writes from the sessions agent ---------------------------------------------------------
 
     async def write_sessions(
-        self, sessions: Iterable[DriverSession], fence: int, rebuild: bool = False
+        self, sessions: Iterable[DriverSession], fence: int, rebuild: bool = False,
+        moves: Iterable[DriverSession] = (),
     ) -> WriteResult:
-        """Applies session changes in one pipelined round trip, UPSERT_BATCH drivers per script call,
-        fenced by the writer's token."""
-        sessions = list(sessions)
-        batches = [
-            [fence, "1" if rebuild else "0", *map(self._session_entry, sessions[start : start + UPSERT_BATCH])]
+        """Applies session changes in one pipelined round trip, fenced by the writer's token: whole
+        sessions UPSERT_BATCH drivers per upsert.lua call, and `moves` (sessions whose position alone
+        changed since their last write) MOVE_BATCH per move.lua call."""
+        sessions, moves = list(sessions), list(moves)
+        flags = [fence, "1" if rebuild else "0"]
+        calls = [
+            (self._upsert, [*flags, *map(self._session_entry, sessions[start : start + UPSERT_BATCH])])
             for start in range(0, len(sessions), UPSERT_BATCH)
         ]
-        if not batches:
+        calls += [
+            (self._move, [fence, orjson.dumps([self._move_entry(s) for s in moves[start : start + MOVE_BATCH]])])
+            for start in range(0, len(moves), MOVE_BATCH)
+        ]
+        if not calls:
             return WriteResult()
         try:
-            results = await self._upsert_batches(batches)
+            results = await self._write_batches(calls)
         except NoScriptError:
-            # Redis restarted or was replaced and forgot the script: load it and send again.
-            await self.redis.script_load(self._upsert.script)
-            results = await self._upsert_batches(batches)
-        held = tuple(s.driver_id for s, result in zip(sessions, results, strict=True) if result == -2)
-        return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1), held=held)
+            # Redis restarted or was replaced and forgot the scripts: load them and send again.
+            for script in (self._upsert, self._move):
+                await self.redis.script_load(script.script)
+            results = await self._write_batches(calls)
+        drivers = [s.driver_id for s in sessions] + [s.driver_id for s in moves]
+        outcomes = list(zip(drivers, results, strict=True))
+        return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1),
+                           held=tuple(d for d, result in outcomes if result == -2),
+                           unmovable=tuple(d for d, result in outcomes if result == -3))
 
-    async def _upsert_batches(self, batches: list[list[object]]) -> list[int]:
+    async def _write_batches(self, calls: list[tuple[AsyncScript, list[object]]]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
-        for args in batches:
-            pipe.evalsha(self._upsert.sha, 0, self.keys.driver(""), self.keys.reservation(""), self.keys.available,
-                         self.cell_prefix, *args)
+        keys = self.keys
+        for script, args in calls:
+            if script is self._upsert:
+                pipe.evalsha(script.sha, 0, keys.driver(""), keys.reservation(""), keys.available, self.cell_prefix,
+                             *args)
+            else:
+                pipe.evalsha(script.sha, 0, keys.driver(""), keys.available, self.cell_prefix, *args)
         return [result for batch in await pipe.execute() for result in batch]
 
     def _session_entry(self, session: DriverSession) -> bytes:
@@ -116,15 +138,31 @@ class RegionIndex:
             session.driver_id,
             self.keys.ready(key_partition(session.driver_id.encode(), self.partitions)),
             str(session.version),
-            orjson.dumps(session_response(session)).decode(),
-            "" if session.lat is None else repr(session.lat),
-            "" if session.lng is None else repr(session.lng),
+            orjson.dumps(unlocated_response(session)).decode(),
+            _text(session.lat),
+            _text(session.lng),
             str(session.loc_ts_ms or 0),
             session.h3_res9 or "",
             "1" if session.assignable else "0",
             list(session.closed_trips),
             session.trip_id or "",
+            _text(session.speed_mps),
+            _text(session.heading_deg),
         ])
+
+    def _move_entry(self, session: DriverSession) -> list[str]:
+        """One driver's entry of move.lua."""
+        return [
+            session.driver_id,
+            self.keys.ready(key_partition(session.driver_id.encode(), self.partitions)),
+            str(session.version),
+            _text(session.lat),
+            _text(session.lng),
+            str(session.loc_ts_ms or 0),
+            session.h3_res9 or "",
+            _text(session.speed_mps),
+            _text(session.heading_deg),
+        ]
 
     # -- the index's generation: lets every worker notice Redis was emptied or replaced ---------
 
@@ -158,8 +196,18 @@ class RegionIndex:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def session_document(self, driver_id: str) -> bytes | None:
-        return await self.redis.hget(self.keys.driver(driver_id), "doc")
+    async def session_response(self, driver_id: str) -> dict | None:
+        """The driver's DriverSessionResponse: its document, and `last_loc` from the position fields."""
+        doc, lat, lng, ts, c9, speed, heading = await self.redis.hmget(
+            self.keys.driver(driver_id), "doc", "lat", "lng", "ts", "c9", "spd", "hdg"
+        )
+        if doc is None:
+            return None
+        response = orjson.loads(doc)
+        if "last_loc" not in response:  # documents written by 0.1.0 carry their position
+            response["last_loc"] = last_location(_number(lat), _number(lng), c9 or None, _number(speed),
+                                                 _number(heading), int(ts) if ts and ts != "0" else None)
+        return response
 
     async def nearby(self, origin: str, k: int, limit: int, min_loc_ts_ms: int) -> tuple[list[str], list[str]]:
         """Available drivers in the k-ring of a resolution-9 cell, nearest to its centre first."""
@@ -242,6 +290,15 @@ def _located(payload: str) -> list[Located]:
     return [
         Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)
     ]
+
+
+def _text(value: float | None) -> str:
+    """A number as the index stores it: repr keeps every digit of a float; "" is none."""
+    return "" if value is None else repr(value)
+
+
+def _number(text: str | None) -> float | None:
+    return float(text) if text else None
 
 
 def now_ms() -> int:

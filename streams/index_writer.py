@@ -47,14 +47,18 @@ class PartitionOwner(Protocol):
 
 class IndexWriter(PartitionService):
     """Collects session changes and writes them to the index in batches. Only the newest version of
-    each driver is kept while waiting; the index is derived state, rebuilt from the table when Redis
-    is emptied, so a batch that keeps failing waits and is tried again."""
+    each driver is kept while waiting, with whether anything but its position changed since its last
+    write (most pings change position alone: the index then rewrites only that). The index is derived
+    state, rebuilt from the table when Redis is emptied, so a batch that keeps failing waits and is
+    tried again."""
 
     def __init__(self, index: RegionIndex, metrics: Metrics, settings: Settings) -> None:
         self._index = index
         self._metrics = metrics
         self._settings = settings
         self._pending: dict[str, DriverSession] = {}
+        # Of the drivers pending, those with a change besides their position: written whole.
+        self._whole: set[str] = set()
         self.failures = 0
         # What this worker last rebuilt the index for: the index's epoch and the rebalance count.
         self.epoch: str | None = None
@@ -63,8 +67,12 @@ class IndexWriter(PartitionService):
         self._unready: set[int] = set()
         self._catch_up: dict[int, int] | None = None
 
-    def stage(self, session: DriverSession) -> None:
+    def stage(self, session: DriverSession, moved_only: bool = False) -> None:
+        """`moved_only`: the change is of position alone (a ping), and so is every change staged for
+        this driver since its last write."""
         self._pending[session.driver_id] = session
+        if not moved_only:
+            self._whole.add(session.driver_id)
 
     @property
     def pending(self) -> int:
@@ -75,34 +83,42 @@ class IndexWriter(PartitionService):
         with this worker's new token it would fence the new owner out. The rebuild that follows every
         rebalance rewrites this worker's sessions from its table."""
         self._pending.clear()
+        self._whole.clear()
 
     async def flush(self, fence: int) -> WriteResult:
         if not self._pending:
             return WriteResult()
-        batch, self._pending = self._pending, {}
+        batch, whole = self._pending, self._whole
+        self._pending, self._whole = {}, set()
         if self._unready:
             # Redis would refuse them anyway: keep them back without a round trip each.
             partitions = self._settings.partitions
-            for driver_id in [d for d in batch if key_partition(d.encode(), partitions) in self._unready]:
-                self._pending[driver_id] = batch.pop(driver_id)
+            kept = [d for d in batch if key_partition(d.encode(), partitions) in self._unready]
+            self._put_back({d: batch.pop(d) for d in kept}, whole)
             if not batch:
                 return WriteResult()
         started = time.perf_counter()
         try:
-            result = await self._index.write_sessions(batch.values(), fence)
+            result = await self._index.write_sessions([s for d, s in batch.items() if d in whole], fence,
+                                                      moves=[s for d, s in batch.items() if d not in whole])
         except (aioredis.RedisError, OSError):
-            # Put the batch back under anything newer that arrived meanwhile.
-            for driver_id, change in batch.items():
-                self._pending.setdefault(driver_id, change)
+            self._put_back(batch, whole)
             self.failures += 1
             raise
         self.failures = 0
-        for driver_id in result.held:
-            self._pending.setdefault(driver_id, batch[driver_id])
+        self._put_back({d: batch[d] for d in result.held}, whole)
+        self._put_back({d: batch[d] for d in result.unmovable}, set(result.unmovable))
         self._metrics.index_write_seconds.observe(time.perf_counter() - started)
         if result.fenced:
             self._metrics.fenced_writes.labels(store="index").inc(result.fenced)
         return result
+
+    def _put_back(self, changes: dict[str, DriverSession], whole: set[str]) -> None:
+        """Pending again, under anything newer staged meanwhile, and whole if either was."""
+        for driver_id, change in changes.items():
+            self._pending.setdefault(driver_id, change)
+            if driver_id in whole:
+                self._whole.add(driver_id)
 
     async def sync(self, worker: PartitionOwner) -> None:
         """Rebuilds from the table when this worker's partitions changed or the index's epoch did

@@ -57,10 +57,10 @@ class NearbyDrivers(View):
 class DriverSessionView(View):
     @_timed("session")
     async def get(self, request: Request, driver_id: str) -> Response:
-        document = await self.app.runtime.index.session_document(driver_id)
-        if document is None:
+        response = await self.app.runtime.index.session_response(driver_id)
+        if response is None:
             return self.json({"error": f"no session for driver {driver_id!r}", "driver_id": driver_id}, status=404)
-        return self.bytes(document.encode(), content_type="application/json")
+        return self.json(response)
 
 
 class Health(View):

@@ -24,6 +24,7 @@ from streams.logic.sessions import (
     apply_status,
     apply_trip,
     check_heartbeat,
+    moved_only,
 )
 from streams.routing import REROUTED_FROM, misrouted
 from streams.runtime import Runtime
@@ -147,6 +148,8 @@ class PingEffects:
 
     # Each driver's last version: staged for the index.
     sessions: dict[str, DriverSession] = field(default_factory=dict)
+    # The drivers with a change besides their position: written to the index whole.
+    whole: set[str] = field(default_factory=set)
     # The drivers whose change the ping log cannot give back after a restart (a ping that brought a
     # timed-out driver back online), with the partition of their records: written to the table.
     persist: dict[str, int] = field(default_factory=dict)
@@ -186,7 +189,8 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
             if target is not None:
                 out.reroutes.append((message, driver_key, target))
                 continue
-            applied = apply_ping(sessions.get(ping.driver_id), ping, regions[message.topic], now, rules)
+            before = sessions.get(ping.driver_id)
+            applied = apply_ping(before, ping, regions[message.topic], now, rules)
         except Exception as exc:  # dead-lettered with the batch's effects (give_up logs the unexpected)
             if isinstance(exc, InvalidMessage | InvalidEvent):
                 # Counted here too so that ping outcomes add up, by the field at fault.
@@ -199,6 +203,8 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
         if session is not None:
             sessions.remember(session)
             out.sessions[ping.driver_id] = session
+            if not moved_only(before, session):
+                out.whole.add(ping.driver_id)
             if session.trip_id is not None:
                 out.tracking_updates["sent" if applied.tracking else "throttled"] += 1
         if applied.presence is not None:
@@ -214,8 +220,8 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
 
 async def _write_pings(runtime: Runtime, out: PingEffects) -> None:
     await runtime.sessions.write_all((out.sessions[driver], partition) for driver, partition in out.persist.items())
-    for session in out.sessions.values():
-        runtime.index_writer.stage(session)
+    for driver_id, session in out.sessions.items():
+        runtime.index_writer.stage(session, moved_only=driver_id not in out.whole)
     codec, topics = runtime.codec, runtime.topics
     for driver_key, presence in out.presence:
         await topics.presence.send(key=driver_key, value=codec.encode(presence))

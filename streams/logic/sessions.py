@@ -149,11 +149,12 @@ def apply_ping(
             timestamp=ping.ts,
         )
         changes["tracking_sent_ms"] = ts
+    moved = ping.lat != current.lat or ping.lng != current.lng
     updated = _changed(
         current,
         lat=ping.lat,
         lng=ping.lng,
-        h3_res9=cell(ping.lat, ping.lng, NEARBY_RESOLUTION),
+        h3_res9=cell(ping.lat, ping.lng, NEARBY_RESOLUTION) if moved else current.h3_res9,
         speed_mps=ping.speed_mps,
         heading_deg=ping.heading_deg,
         loc_ts_ms=ts,
@@ -256,20 +257,47 @@ def heartbeat_checks_due(
 
 def session_response(session: DriverSession) -> dict[str, Any]:
     """The DriverSessionResponse of seed 000."""
-    last_loc = None
-    if session.lat is not None and session.loc_ts_ms is not None:
-        last_loc = {
-            "lat": session.lat,
-            "lng": session.lng,
-            "h3_res9": session.h3_res9,
-            "speed_mps": session.speed_mps,
-            "heading_deg": session.heading_deg,
-            "ts": from_ms(session.loc_ts_ms).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        }
+    response = unlocated_response(session)
+    response["last_loc"] = last_location(
+        session.lat, session.lng, session.h3_res9, session.speed_mps, session.heading_deg, session.loc_ts_ms
+    )
+    return response
+
+
+def moved_only(before: DriverSession | None, after: DriverSession) -> bool:
+    """Whether the index shows `after` as it shows `before` but for the position: the same response
+    without `last_loc` (the same session document), the same availability. A first position makes a
+    driver assignable: not a move alone."""
+    return (
+        before is not None
+        and before.h3_res9 is not None
+        and before.assignable == after.assignable
+        and unlocated_response(before) == unlocated_response(after)
+        and before.closed_trips == after.closed_trips
+    )
+
+
+def unlocated_response(session: DriverSession) -> dict[str, Any]:
+    """The session's response without `last_loc`, which the index keeps in fields of its own that a
+    ping rewrites alone (streams.index)."""
     return {
         "driver_id": session.driver_id,
         "online": session.online,
-        "last_loc": last_loc,
         "trip_id": session.trip_id,
         "eligibility": {"ok": session.eligibility == "ACTIVE", "status": session.eligibility},
+    }
+
+
+def last_location(lat: float | None, lng: float | None, h3_res9: str | None, speed_mps: float | None,
+                  heading_deg: float | None, loc_ts_ms: int | None) -> dict[str, Any] | None:
+    """A session response's `last_loc`: None until the driver's first ping."""
+    if lat is None or loc_ts_ms is None:
+        return None
+    return {
+        "lat": lat,
+        "lng": lng,
+        "h3_res9": h3_res9,
+        "speed_mps": speed_mps,
+        "heading_deg": heading_deg,
+        "ts": from_ms(loc_ts_ms).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }

@@ -2,8 +2,10 @@
 -- KEYS: none (the keys are built from the prefixes, one driver at a time).
 -- ARGV[1] driver hash prefix, ARGV[2] reservation prefix, ARGV[3] GEO set of available drivers,
 -- ARGV[4] cell set prefix, ARGV[5] the writer's fence token, ARGV[6] '1' for a rebuild; ARGV[7..] one
--- JSON array per driver: [id, ready key, version, session document, lat, lng, ts, cell, assignable,
--- closed order ids, trip] (RegionIndex._session_entry).
+-- JSON array per driver: [id, ready key, version, session document without its position, lat, lng,
+-- ts, cell, assignable, closed order ids, trip, speed, heading] (RegionIndex._session_entry). The
+-- position fields are the document's `last_loc` (streams.index.RegionIndex.session_response), so
+-- that a ping rewrites them alone (move.lua).
 -- Returns one integer per driver, in order: 1 applied, 0 stale (the index has this version or a newer
 -- one), -1 fenced (written by a newer owner), -2 held (its partition is not ready).
 --
@@ -26,7 +28,7 @@
 local drivers, reservations, available, cells = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local mine, rebuild = tonumber(ARGV[5]), ARGV[6] == '1'
 
-local function upsert(id, ready, ver, doc, lat, lng, ts, c9, assignable, closed, trip)
+local function upsert(id, ready, ver, doc, lat, lng, ts, c9, assignable, closed, trip, spd, hdg)
   local driver, reservation = drivers .. id, reservations .. id
   local holder = redis.call('GET', reservation)
   if holder then
@@ -55,7 +57,7 @@ local function upsert(id, ready, ver, doc, lat, lng, ts, c9, assignable, closed,
   -- Redis lost it (emptied, then rebuilt from the table), so reservations stay reconciled with sessions.
   if trip ~= '' and redis.call('EXISTS', reservation) == 0 then redis.call('SET', reservation, trip) end
   redis.call('HSET', driver, 'ver', ver, 'fence', ARGV[5], 'doc', doc, 'lat', lat, 'lng', lng, 'ts', ts, 'c9', c9,
-             'avail', avail)
+             'avail', avail, 'spd', spd, 'hdg', hdg)
   if avail == '1' then
     redis.call('SADD', cells .. c9, id)
     if math.abs(tonumber(lat)) <= 85.05112878 then

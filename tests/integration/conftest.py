@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 
 import pytest
 
+from streams.index import RegionIndex
 from tests.integration.harness import BOOTSTRAP, REDIS_URL, Deployment
 
 REQUIRED = os.environ.get("GEODISPATCH_REQUIRE_INFRA") == "1" or os.environ.get("CI") == "true"
@@ -43,3 +45,15 @@ def deployment(tmp_path):
     dep.apply_topics()
     yield dep
     dep.cleanup()
+
+
+@pytest.fixture
+async def index():
+    """A region index of the real Redis under a prefix of its own, deleted afterwards."""
+    prefix = f"gd:t{uuid.uuid4().hex[:8]}:"
+    regions = RegionIndex.from_url(REDIS_URL, prefix, partitions=4)
+    yield regions
+    keys = [key async for key in regions.redis.scan_iter(match=prefix + "*")]
+    if keys:
+        await regions.redis.delete(*keys)
+    await regions.redis.aclose()

@@ -4,14 +4,10 @@ with a fresh position, nearest first; and the batch's reservations."""
 
 from __future__ import annotations
 
-import uuid
-
 import h3
-import pytest
 
-from streams.index import RegionIndex, now_ms
+from streams.index import now_ms
 from streams.logic.sessions import DriverSession
-from tests.integration.harness import REDIS_URL
 
 CENTRE = h3.cell_to_latlng("892a100d2c3ffff")
 FENCE = 1
@@ -23,17 +19,6 @@ def located(driver_id: str, dlat: float, dlng: float, age_ms: int = 0, **fields)
     defaults = {"online": True, "lat": lat, "lng": lng, "h3_res9": h3.latlng_to_cell(lat, lng, 9),
                 "loc_ts_ms": now_ms() - age_ms, "version": 1}
     return DriverSession(driver_id=driver_id, **{**defaults, **fields})
-
-
-@pytest.fixture
-async def index():
-    prefix = f"gd:t{uuid.uuid4().hex[:8]}:"
-    regions = RegionIndex.from_url(REDIS_URL, prefix, partitions=4)
-    yield regions
-    keys = [key async for key in regions.redis.scan_iter(match=prefix + "*")]
-    if keys:
-        await regions.redis.delete(*keys)
-    await regions.redis.aclose()
 
 
 async def test_nearby_offers_only_available_freshly_located_drivers_nearest_first(index):

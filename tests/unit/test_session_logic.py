@@ -25,6 +25,7 @@ from streams.logic.sessions import (
     check_heartbeat,
     heartbeat_checks_due,
     heartbeat_due,
+    moved_only,
     session_response,
 )
 
@@ -348,3 +349,28 @@ def test_sessions_round_trip_and_tolerate_fields_they_do_not_know():
     data = s.to_dict() | {"added_later": 1}
     del data["last_seen_ms"]
     assert DriverSession.from_dict(data).last_seen_ms is None
+
+
+def test_a_ping_that_changes_only_the_position_is_a_move_for_the_index():
+    driver = online_at(T0)
+    moved = apply_ping(driver, ping(T0 + 2000, lat=NYC[0] + 0.01), "4_-7", T0 + 2000, RULES).session
+    assert moved_only(driver, moved)
+    assert moved.h3_res9 == h3.latlng_to_cell(NYC[0] + 0.01, NYC[1], 9)
+
+
+def test_a_first_position_or_a_change_of_what_the_document_shows_is_not_a_move_alone():
+    said_online = apply_status(None, status(T0), T0, RULES).session
+    located = apply_ping(said_online, ping(T0), "4_-7", T0, RULES).session
+    assert not moved_only(None, located)
+    assert not moved_only(said_online, located)  # the first position makes the driver assignable
+    assert not moved_only(located, apply_assignment(located, "drv_7", "ord_1").session)
+    timed_out = check_heartbeat(located, T0 + 20_000, RULES).session
+    back = apply_ping(timed_out, ping(T0 + 21_000), "4_-7", T0 + 21_000, RULES).session
+    assert back.online and not moved_only(timed_out, back)
+
+
+def test_a_ping_from_the_same_place_keeps_the_cell_it_had():
+    driver = online_at(T0)
+    unlikely = replace(driver, h3_res9="a cell worked out before")
+    again = apply_ping(unlikely, ping(T0 + 2000), "4_-7", T0 + 2000, RULES).session
+    assert again.h3_res9 == "a cell worked out before" and again.loc_ts_ms == T0 + 2000
