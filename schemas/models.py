@@ -151,7 +151,9 @@ class DriverCommand(Message):
     avro_name: ClassVar[str] = "DriverCommand"
 
     driver_id: NonEmpty
-    kind: Literal["assign", "heartbeat_check"]
+    # heartbeat_sweep: the owner of the record's partition checks its overdue drivers (the driver id
+    # is then a key for that partition, streams.routing.partition_key).
+    kind: Literal["assign", "heartbeat_check", "heartbeat_sweep"]
     order_id: str | None = None
     ts: Timestamp
 

@@ -4,6 +4,7 @@ is written again to the right one and skipped here, so it is never processed in 
 from __future__ import annotations
 
 import functools
+import itertools
 
 from aiokafka.partitioner import murmur2
 
@@ -24,3 +25,14 @@ def misrouted(key: bytes | None, partition: int, partitions: int) -> int | None:
         return None
     expected = key_partition(key, partitions)
     return None if expected == partition else expected
+
+
+@functools.lru_cache(maxsize=1024)
+def partition_key(name: str, partition: int, partitions: int) -> str:
+    """A key, made of `name`, that Kafka's default partitioner puts on `partition`: for a record
+    addressed to a partition rather than to a driver, which the routing check must leave where it is."""
+    for n in itertools.count():
+        key = f"{name}-{partition}-{n}"
+        if key_partition(key.encode(), partitions) == partition:
+            return key
+    raise AssertionError("unreachable")

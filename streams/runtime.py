@@ -41,17 +41,21 @@ class PartitionService:
 @dataclass
 class DriverProgress(PartitionService):
     """How far this worker has got with its drivers' partitions, beyond the tables: driver-command
-    offsets applied (the index's sync waits on them) and heartbeat checks sent and not yet applied."""
+    offsets applied (the index's sync waits on them), and heartbeat sweeps (streams.agents.upkeep):
+    the overdue drivers of each partition as last found, and the sweeps sent and not yet applied."""
 
     # The next driver-command offset to apply, by partition (streams.agents.sessions).
     commands_applied: dict[int, int] = field(default_factory=dict)
-    # Driver id to when its heartbeat check was sent (streams.agents.upkeep).
-    heartbeat_checks: dict[str, int] = field(default_factory=dict)
+    # Partition to its overdue drivers, as the last heartbeat check found them.
+    heartbeats_overdue: dict[int, set[str]] = field(default_factory=dict)
+    # Partition to when its heartbeat sweep was sent.
+    sweeps_sent: dict[int, int] = field(default_factory=dict)
 
     async def revoked(self) -> None:
-        """The drivers' heartbeat checks are now the new owner's to send."""
+        """The drivers' heartbeats are now the new owner's to check."""
         self.commands_applied.clear()
-        self.heartbeat_checks.clear()
+        self.heartbeats_overdue.clear()
+        self.sweeps_sent.clear()
 
 
 @dataclass

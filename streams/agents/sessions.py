@@ -3,6 +3,7 @@ the shared index, presence changes and rider tracking."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,10 +13,12 @@ import structlog
 
 from schemas.codec import InvalidMessage
 from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
+from streams.agents.pings import YIELD_EVERY
 from streams.dlq import give_up, process_each, timestamp_ms
 from streams.index import now_ms
 from streams.logic import InvalidEvent
 from streams.logic.sessions import (
+    HEARTBEAT_SWEEP,
     HEARTBEAT_TIMEOUT,
     DriverSession,
     Effects,
@@ -81,7 +84,6 @@ def _apply(runtime: Runtime, kind: str, record, now: int) -> Effects:
         return apply_trip(session, record)
     if record.kind == "assign":
         return apply_assignment(session, record.driver_id, record.order_id)
-    runtime.progress.heartbeat_checks.pop(record.driver_id, None)
     return check_heartbeat(session, now, runtime.rules) if session else Effects("unknown")
 
 
@@ -120,6 +122,9 @@ async def _process(runtime: Runtime, message, kind: str) -> None:
     if target is not None:
         await _reroute(runtime, message, driver_key, target)
         return
+    if kind == "command" and record.kind == HEARTBEAT_SWEEP:
+        await _sweep_heartbeats(runtime, message.partition)
+        return
     now = now_ms()
     effects = _apply(runtime, kind, record, now)
     _count(runtime, kind, effects)
@@ -143,8 +148,9 @@ async def driver_sessions(runtime: Runtime, stream) -> None:
 
 
 @dataclass
-class PingEffects:
-    """What a batch of pings produced, gathered while it is applied and written once it all is."""
+class BlockEffects:
+    """What a block of pings or heartbeat checks produced, gathered while it is applied and written
+    once it all is (`_write_block`)."""
 
     # Each driver's last version: staged for the index.
     sessions: dict[str, DriverSession] = field(default_factory=dict)
@@ -158,9 +164,14 @@ class PingEffects:
     # (record, driver key, the partition it belongs on)
     reroutes: list[tuple[Any, bytes, int]] = field(default_factory=list)
     failures: list[tuple[Any, Exception]] = field(default_factory=list)
-    outcomes: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)  # of pings
+    heartbeat_timeouts: int = 0
     tracking_updates: Counter[str] = field(default_factory=Counter)
     presence_changes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def announce(self, driver_key: bytes, presence: Any) -> None:
+        self.presence.append((driver_key, presence))
+        self.presence_changes[(presence.reason, str(presence.online).lower())] += 1
 
 
 async def process_pings(runtime: Runtime, records: list[Any]) -> None:
@@ -172,14 +183,14 @@ async def process_pings(runtime: Runtime, records: list[Any]) -> None:
     and the others are applied as if it were not there. A failure to write (the producer refusing)
     stops the ping reader, which then commits nothing of the batch: it is read and applied again."""
     effects = _apply_pings(runtime, records)
-    await _write_pings(runtime, effects)
+    await _write_block(runtime, effects)
 
 
-def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
+def _apply_pings(runtime: Runtime, records: list[Any]) -> BlockEffects:
     codec, rules, sessions = runtime.codec, runtime.rules, runtime.sessions
     partitions = runtime.settings.partitions
     lag = runtime.metrics.child(runtime.metrics.event_lag, "locations")
-    out = PingEffects()
+    out = BlockEffects()
     regions = _Regions()
     now = now_ms()
     for message in records:
@@ -211,14 +222,13 @@ def _apply_pings(runtime: Runtime, records: list[Any]) -> PingEffects:
             # Back online after a timeout: read back from the log alone, the ping would find the
             # driver offline and, by then older than a heartbeat, leave it so.
             out.persist[ping.driver_id] = message.partition
-            out.presence.append((driver_key, applied.presence))
-            out.presence_changes[(applied.presence.reason, str(applied.presence.online).lower())] += 1
+            out.announce(driver_key, applied.presence)
         if applied.tracking is not None:
             out.tracking.append(applied.tracking)
     return out
 
 
-async def _write_pings(runtime: Runtime, out: PingEffects) -> None:
+async def _write_block(runtime: Runtime, out: BlockEffects) -> None:
     await runtime.sessions.write_all((out.sessions[driver], partition) for driver, partition in out.persist.items())
     for driver_id, session in out.sessions.items():
         runtime.index_writer.stage(session, moved_only=driver_id not in out.whole)
@@ -234,10 +244,36 @@ async def _write_pings(runtime: Runtime, out: PingEffects) -> None:
     m = runtime.metrics
     for outcome, count in out.outcomes.items():
         m.child(m.pings, outcome).inc(count)
+    if out.heartbeat_timeouts:
+        m.heartbeat_timeouts.inc(out.heartbeat_timeouts)
     for state, count in out.tracking_updates.items():
         m.child(m.tracking_updates, state).inc(count)
     for (reason, online), count in out.presence_changes.items():
         m.presence_changes.labels(reason=reason, online=online).inc(count)
+
+
+async def _sweep_heartbeats(runtime: Runtime, partition: int) -> None:
+    """Checks this worker's overdue drivers of `partition` as its last heartbeat check found them, each
+    again now (a ping may have come since), a block at a time with pings applied in between: each
+    timeout written to the table and the index, its presence change sent."""
+    progress, sessions, rules = runtime.progress, runtime.sessions, runtime.rules
+    progress.sweeps_sent.pop(partition, None)
+    drivers = sorted(progress.heartbeats_overdue.pop(partition, ()))
+    for start in range(0, len(drivers), YIELD_EVERY):
+        out, now = BlockEffects(), now_ms()
+        for driver_id in drivers[start : start + YIELD_EVERY]:
+            session = sessions.get(driver_id)
+            effects = check_heartbeat(session, now, rules) if session is not None else Effects("unknown")
+            if effects.session is None or effects.presence is None:
+                continue
+            sessions.remember(effects.session)
+            out.sessions[driver_id] = effects.session
+            out.whole.add(driver_id)
+            out.persist[driver_id] = partition
+            out.announce(driver_id.encode(), effects.presence)
+            out.heartbeat_timeouts += 1
+        await _write_block(runtime, out)
+        await asyncio.sleep(0)
 
 
 def recover_positions(runtime: Runtime, records: list[Any]) -> int:

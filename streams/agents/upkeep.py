@@ -4,6 +4,8 @@ the sessions agent to check drivers whose heartbeat is overdue."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -12,12 +14,15 @@ from redis.exceptions import RedisError
 
 from schemas.models import DriverCommand
 from streams.index import now_ms
-from streams.logic.sessions import heartbeat_checks_due
+from streams.logic.sessions import HEARTBEAT_SWEEP, heartbeat_due, sweeps_due
+from streams.routing import key_partition, partition_key
 
 if TYPE_CHECKING:
     from streams.app import DispatchApp
 
 log = structlog.get_logger(__name__)
+# Sessions looked at between two yields to the event loop: 100,000 of them take a while.
+SCAN_BLOCK = 5000
 
 
 async def flush_index(app: DispatchApp) -> None:
@@ -39,17 +44,27 @@ async def keep_index_whole(app: DispatchApp) -> None:
 
 
 async def check_heartbeats(app: DispatchApp) -> None:
+    """Counts drivers online and available, finds those whose heartbeat is overdue, and sends a sweep
+    to each partition that has some: its owner checks them (streams.agents.sessions), in the order of
+    the partition's other records, whoever sent the sweep. A worker that lost the partition without
+    noticing (paused) can then not time out a driver who pings its new owner."""
     runtime = app.runtime
-    now = now_ms()
-    online: dict[str, int] = {}
-    available: dict[str, int] = {}
+    now, rules, partitions = now_ms(), runtime.rules, runtime.settings.partitions
+    online: Counter[str] = Counter()
+    available: Counter[str] = Counter()
+    overdue: dict[int, set[str]] = {}
     sessions = list(runtime.sessions.cache.values())
-    for session in sessions:
-        region = session.region or "unknown"
-        if session.online:
-            online[region] = online.get(region, 0) + 1
+    for start in range(0, len(sessions), SCAN_BLOCK):
+        for session in sessions[start : start + SCAN_BLOCK]:
+            if not session.online:
+                continue
+            region = session.region or "unknown"
+            online[region] += 1
             if session.assignable:
-                available[region] = available.get(region, 0) + 1
+                available[region] += 1
+            if heartbeat_due(session, now, rules):
+                overdue.setdefault(key_partition(session.driver_id.encode(), partitions), set()).add(session.driver_id)
+        await asyncio.sleep(0)
     for region in set(online) | set(runtime.stats.get("regions", ())):
         runtime.metrics.drivers_online.labels(region=region).set(online.get(region, 0))
         runtime.metrics.drivers_available.labels(region=region).set(available.get(region, 0))
@@ -59,9 +74,12 @@ async def check_heartbeats(app: DispatchApp) -> None:
     if not runtime.pings.ready:
         # Sessions without the positions and times still to be read back from the ping log look silent.
         return
+    progress = runtime.progress
+    progress.heartbeats_overdue = overdue
     ts = datetime.now(UTC)
-    sent = runtime.progress.heartbeat_checks
-    for driver_id in heartbeat_checks_due(sessions, now, runtime.rules, sent):
-        command = DriverCommand(driver_id=driver_id, kind="heartbeat_check", ts=ts)
-        await runtime.topics.driver_commands.send(key=driver_id.encode(), value=runtime.codec.encode(command))
-        sent[driver_id] = now
+    for partition in sweeps_due(overdue, now, rules, progress.sweeps_sent):
+        key = partition_key(HEARTBEAT_SWEEP, partition, partitions)
+        command = DriverCommand(driver_id=key, kind=HEARTBEAT_SWEEP, ts=ts)
+        await runtime.topics.driver_commands.send(key=key.encode(), value=runtime.codec.encode(command),
+                                                  partition=partition)
+        progress.sweeps_sent[partition] = now

@@ -13,6 +13,8 @@ from streams.logic.geo import NEARBY_RESOLUTION, cell
 
 CLOSED_TRIPS_KEPT = 8
 HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+# The driver command that asks the owner of a partition to check its overdue drivers.
+HEARTBEAT_SWEEP = "heartbeat_sweep"
 STATUS = "status"
 
 
@@ -239,20 +241,16 @@ def heartbeat_due(session: DriverSession, now_ms: int, rules: SessionRules) -> b
     return session.online and seen is not None and now_ms - seen >= rules.heartbeat_timeout_ms
 
 
-def heartbeat_checks_due(
-    sessions: Iterable[DriverSession], now_ms: int, rules: SessionRules, outstanding: Mapping[str, int]
-) -> list[str]:
-    """Drivers whose heartbeat is overdue and who have no check on its way (`outstanding`: driver id to
-    when its check was sent). One check per driver at a time: otherwise a worker that falls behind
-    queues another check for every overdue driver at every tick, and the checks bury the pings (the
-    benchmark's 100,000 silent drivers did exactly that). A check unanswered for a whole heartbeat
-    timeout is sent again."""
-    return [
-        s.driver_id
-        for s in sessions
-        if heartbeat_due(s, now_ms, rules)
-        and now_ms - outstanding.get(s.driver_id, now_ms - rules.heartbeat_timeout_ms) >= rules.heartbeat_timeout_ms
-    ]
+def sweeps_due(
+    partitions: Iterable[int], now_ms: int, rules: SessionRules, outstanding: Mapping[int, int]
+) -> list[int]:
+    """Of the partitions with overdue drivers, those to send a heartbeat sweep to: those with none on
+    its way (`outstanding`: partition to when its sweep was sent). One sweep per partition at a time:
+    a worker that falls behind would otherwise queue more at every tick, and they would bury the pings
+    (the benchmark's 100,000 silent drivers did exactly that when each had a check of its own). A
+    sweep unanswered for a whole heartbeat timeout is sent again."""
+    timeout = rules.heartbeat_timeout_ms
+    return sorted(p for p in partitions if now_ms - outstanding.get(p, now_ms - timeout) >= timeout)
 
 
 def session_response(session: DriverSession) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.routing import key_partition, misrouted
+from streams.routing import key_partition, misrouted, partition_key
 
 
 @given(st.binary(min_size=1, max_size=64), st.integers(min_value=1, max_value=256))
@@ -37,3 +37,12 @@ def test_misrouted():
     assert misrouted(b"drv_7", home, 4) is None
     assert misrouted(b"drv_7", (home + 1) % 4, 4) == home
     assert misrouted(None, 3, 4) is None and misrouted(b"", 3, 4) is None
+
+
+@given(st.integers(min_value=1, max_value=64), st.data())
+def test_a_partition_key_lands_on_its_partition(partitions, data):
+    partition = data.draw(st.integers(min_value=0, max_value=partitions - 1))
+    key = partition_key("heartbeat_sweep", partition, partitions)
+    assert key.startswith("heartbeat_sweep-")
+    assert key_partition(key.encode(), partitions) == partition
+    assert misrouted(key.encode(), partition, partitions) is None

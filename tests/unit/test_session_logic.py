@@ -23,10 +23,10 @@ from streams.logic.sessions import (
     apply_status,
     apply_trip,
     check_heartbeat,
-    heartbeat_checks_due,
     heartbeat_due,
     moved_only,
     session_response,
+    sweeps_due,
 )
 
 T0 = 1_768_473_000_000  # 2026-01-15T10:30:00Z
@@ -198,16 +198,14 @@ def test_a_driver_offline_by_status_is_never_timed_out():
     assert not heartbeat_due(s, T0 + 10**9, RULES)
 
 
-def test_one_heartbeat_check_per_overdue_driver_at_a_time():
-    silent = [replace(online_at(T0), driver_id=f"drv_{i}") for i in range(3)]
-    pinging = replace(online_at(T0 + 10_000), driver_id="drv_alive")
+def test_one_heartbeat_sweep_per_partition_at_a_time():
     now = T0 + 15_000
-    assert heartbeat_checks_due([*silent, pinging], now, RULES, {}) == ["drv_0", "drv_1", "drv_2"]
-    outstanding = {"drv_0": now, "drv_1": now}
-    # The next ticks, while those two checks wait behind a backlog: only drv_2 is asked for again.
-    assert heartbeat_checks_due(silent, now + 2_500, RULES, outstanding) == ["drv_2"]
-    # A check unanswered for a whole heartbeat timeout is sent again.
-    assert heartbeat_checks_due(silent, now + 15_000, RULES, outstanding) == ["drv_0", "drv_1", "drv_2"]
+    assert sweeps_due({4, 0, 7}, now, RULES, {}) == [0, 4, 7]
+    outstanding = {0: now, 4: now}
+    # The next ticks, while those two sweeps wait behind a backlog: only partition 7 is swept again.
+    assert sweeps_due({0, 4, 7}, now + 2_500, RULES, outstanding) == [7]
+    # A sweep unanswered for a whole heartbeat timeout is sent again.
+    assert sweeps_due({0, 4, 7}, now + 15_000, RULES, outstanding) == [0, 4, 7]
 
 
 def test_a_timed_out_driver_comes_back_with_its_next_ping():
