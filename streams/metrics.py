@@ -61,8 +61,8 @@ class Metrics:
         self.pings = Counter("geodispatch_pings_total", "Location pings by outcome.", ["outcome"], registry=r)
         self.positions_recovered = Counter(
             "geodispatch_positions_recovered_total",
-            "Pings read back from the log when partitions were assigned: applied, or passed over (failed the "
-            "first time too).",
+            "Pings read back from the log when partitions were assigned: applied (each driver's last), "
+            "superseded (by a later one of the same driver), or passed over (failed the first time too).",
             ["outcome"],
             registry=r,
         )

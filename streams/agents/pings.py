@@ -16,7 +16,8 @@ upgraded from reading pings through faust), or else at the beginning of its log.
 The ping log is also the changelog of position, as a source topic is for a Kafka Streams table built
 from it: no table write per ping. Before reading on from its commits, the reader reads back each
 partition's last `Settings.position_recovery_s` of pings up to them (`offsets_for_times`) and hands
-them to the recovery handler, which restores positions without producing anything again. Until
+each driver's last one to the recovery handler, which restores positions without producing anything
+again. Until
 that is done the worker is not `ready`: the index is not rebuilt from sessions without positions."""
 
 from __future__ import annotations
@@ -97,28 +98,39 @@ class PingBatches(PartitionService):
 
     async def _recover_positions(self, consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int | None],
                                  assignment: int) -> None:
-        """Hands the pings of the last `position_recovery_s` before each partition's start to the
-        recovery handler, then leaves every partition at its start."""
+        """Hands each driver's last ping of the last `position_recovery_s` before each partition's start
+        to the recovery handler (the last value per key, as Kafka Streams restores a table from its
+        source topic), then leaves every partition at its start."""
         runtime = self._app.runtime
         since_ms = now_ms() - int(runtime.settings.position_recovery_s * 1000)
         found = await consumer.offsets_for_times({tp: since_ms for tp in starts})
-        ends = {tp: start for tp, start in starts.items()
-                if start is not None and found.get(tp) is not None and found[tp].offset < start}
+        log_ends = await consumer.end_offsets(list(starts))
+        # A commit past the log's end (the topic was emptied or created again) is not waited for.
+        ends = {tp: min(start, log_ends[tp]) for tp, start in starts.items() if start is not None}
+        ends = {tp: end for tp, end in ends.items() if found.get(tp) is not None and found[tp].offset < end}
         if not ends:
             return
         for tp in ends:
             consumer.seek(tp, found[tp].offset)
-        started, read, passed_over = time.monotonic(), 0, 0
+        started, read = time.monotonic(), 0
+        latest: dict[bytes, Any] = {}
+        keyless: list[Any] = []
         max_records = runtime.settings.ping_batch_max_records
         while ends and assignment == self._assignment:
             try:
                 batch = await consumer.getmany(*ends, timeout_ms=FETCH_WAIT_MS, max_records=max_records)
                 for tp, records in batch.items():
-                    wanted = [record for record in records if record.offset < ends[tp]]
-                    for first in range(0, len(wanted), YIELD_EVERY):
-                        passed_over += self._recover(runtime, wanted[first : first + YIELD_EVERY])
-                        await asyncio.sleep(0)
-                    read += len(wanted)
+                    for record in records:
+                        if record.offset >= ends[tp]:
+                            break
+                        read += 1
+                        if record.key is None:
+                            keyless.append(record)
+                            continue
+                        kept = latest.get(record.key)
+                        # A driver who changed region has pings in two topics: the later one wins.
+                        if kept is None or kept.topic == record.topic or record.timestamp >= kept.timestamp:
+                            latest[record.key] = record
                 for tp in list(ends):
                     if await consumer.position(tp) >= ends[tp]:
                         consumer.seek(tp, ends.pop(tp))
@@ -126,10 +138,17 @@ class PingBatches(PartitionService):
                 log.error("ping_fetch_failed", error=repr(exc), recovering=True)
                 runtime.metrics.retries.labels(stage="ping_fetch").inc()
                 await asyncio.sleep(RETRY_AFTER_S)
+        if assignment != self._assignment:
+            return
+        handed, passed_over = [*keyless, *latest.values()], 0
+        for first in range(0, len(handed), YIELD_EVERY):
+            passed_over += self._recover(runtime, handed[first : first + YIELD_EVERY])
+            await asyncio.sleep(0)
         recovered = runtime.metrics.positions_recovered
-        recovered.labels(outcome="applied").inc(read - passed_over)
+        recovered.labels(outcome="applied").inc(len(handed) - passed_over)
+        recovered.labels(outcome="superseded").inc(read - len(handed))
         recovered.labels(outcome="passed_over").inc(passed_over)
-        log.info("positions_recovered", pings=read, passed_over=passed_over, drivers=len(runtime.sessions.cache),
+        log.info("positions_recovered", pings=read, applied=len(handed) - passed_over, passed_over=passed_over,
                  seconds=round(time.monotonic() - started, 3), since_ms=since_ms)
 
     async def revoked(self) -> None:

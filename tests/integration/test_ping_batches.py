@@ -95,6 +95,23 @@ def test_a_partition_without_a_commit_of_its_own_starts_where_the_app_group_had_
     assert wait_session(worker, driver, lambda s: True)["last_loc"]["lat"] == NYC[0] + 0.003
 
 
+def test_a_commit_past_the_end_of_the_log_does_not_keep_the_worker_from_becoming_ready(deployment):
+    """The ping topic emptied or created again under an old commit: positions are read back up to the
+    log's end, not waited for up to the commit."""
+    deployment.apply_topics()
+    topic = deployment.names.locations(REGION)
+    driver = "pb_recreated"
+    tp = TopicPartition(topic, key_partition(driver.encode(), deployment.partitions))
+    send_ping(deployment, driver, lat=NYC[0] + 0.004)
+    commit(pings_group(deployment), {tp: 1000})
+
+    worker = deployment.start_worker(**PATIENT)
+    worker.wait_ready(timeout=60)
+    body = wait_session(worker, driver, lambda s: s["last_loc"] is not None, message="located from the log")
+    assert body["last_loc"]["lat"] == NYC[0] + 0.004
+    assert "positions_recovered" in worker.log()
+
+
 def test_a_poisoned_ping_inside_a_batch_is_dead_lettered_alone_and_the_others_applied_once(deployment):
     """Pings produced while no worker runs arrive as one batch: the poisoned one goes to the DLQ with its
     reason, every other one is applied, and a driver with two pings in it gets one changelog record."""
