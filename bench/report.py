@@ -7,6 +7,9 @@ from typing import Any
 
 import orjson
 
+# The request p99 targets: the seed's mixed load, and the fleet of 50,000 drivers.
+MIXED_P99_MS = 50.0
+FLEET_P99_MS = 100.0
 
 def write_json(folder: Path, name: str, data: dict[str, Any]) -> None:
     (folder / f"{name}.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
@@ -147,13 +150,13 @@ def chart_requests(folder: Path, r: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def chart_mixed(folder: Path, r: dict[str, Any]) -> None:
+def chart_mixed(folder: Path, r: dict[str, Any], name: str = "mixed", target_ms: float = MIXED_P99_MS) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     lat = sorted(r["latencies_sample"])
     if lat:
         axes[0].plot(lat, [(i + 1) / len(lat) for i in range(len(lat))])
-        axes[0].axvline(50, color="red", linestyle="--", label="target p99 50 ms")
+        axes[0].axvline(target_ms, color="red", linestyle="--", label=f"target p99 {target_ms:.0f} ms")
         axes[0].set_xscale("log")
         axes[0].legend()
     q = r["latency_ms"]
@@ -164,12 +167,13 @@ def chart_mixed(folder: Path, r: dict[str, Any]) -> None:
     )
     axes[1].plot([t for t, _ in r["ping_lag"]], [lag for _, lag in r["ping_lag"]])
     axes[1].set(
-        title=f"ping input lag at {r['ping_rate']} pings/s + {r['request_rate']} requests/s",
+        title=f"ping input lag at {r['ping_rate']} pings/s + {r['request_rate']} requests/s, "
+        f"{r.get('drivers', 10_000):,} drivers",
         xlabel="s",
         ylabel="records behind",
     )
     fig.tight_layout()
-    fig.savefig(folder / "mixed.png", dpi=90)
+    fig.savefig(folder / f"{name}.png", dpi=90)
     plt.close(fig)
 
 
@@ -195,6 +199,7 @@ CHARTS = {
     "api": chart_api,
     "requests": chart_requests,
     "mixed": chart_mixed,
+    "fleet": lambda folder, r: chart_mixed(folder, r, "fleet", FLEET_P99_MS),
 }
 
 
@@ -227,14 +232,20 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
             (
                 "pings/s sustained, kept up within 5 % (generator on the same box)",
                 p["sustained_offered_per_second"],
-                ">= 10,000",
-                p["sustained_offered_per_second"] >= 10_000,
+                ">= 15,000",
+                p["sustained_offered_per_second"] >= 15_000,
+            ),
+            (
+                "  the generator's own ceiling, same box (pings/s)",
+                max((step["generator_rate"] for step in p["ramp"]["steps"]), default=None),
+                "",
+                None,
             ),
             (
                 "pings/s backlog drain, one worker",
                 p["drain"]["rate_window"],
-                ">= 10,000",
-                p["drain"]["rate_window"] >= 10_000,
+                ">= 25,000",
+                p["drain"]["rate_window"] >= 25_000,
             ),
             ("worker CPU per ping (us)", p["drain"]["cpu_us_per_ping"], "", None),
             ("bare aiokafka loop, same topic (records/s)", p["baselines"]["aiokafka"]["per_second"], "", None),
@@ -252,7 +263,12 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
                 None,
             ),
             ("pipeline drain / aiokafka loop", Ratio(p["ratio_drain_to_aiokafka"]), "", None),
-            ("pipeline drain / aiokafka + decode", Ratio(p["ratio_drain_to_aiokafka_decode"]), "", None),
+            (
+                "pipeline drain / aiokafka + decode",
+                Ratio(p["ratio_drain_to_aiokafka_decode"]),
+                ">= 0.2",
+                p["ratio_drain_to_aiokafka_decode"] >= 0.2,
+            ),
             ("pipeline drain / ConsumerPerformance", Ratio(p["ratio_drain_to_consumer_perf"]), "", None),
             (
                 "pings reconcile (produced = seen, every driver indexed)",
@@ -274,35 +290,9 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
             ("requests: none answered twice", r["never_twice"], "yes", r["never_twice"]),
             ("requests: no driver assigned twice", r["no_double_assignment"], "yes", r["no_double_assignment"]),
         ]
-    m = results.get("mixed")
-    if m:
-        q = m["latency_ms"]
-        # Unanswered requests count as infinitely late; a results file read back has them as null
-        # (JSON has no infinity).
-        p99 = m["latency_ms_all_sent"]["p99"]
-        p99 = float("inf") if p99 is None else p99
-        out += [
-            ("mixed: request->response p50 / p95 (ms)", f"{_fmt(q['p50'])} / {_fmt(q['p95'])}", "", None),
-            (
-                "mixed: request->response p99 (ms), unanswered = infinitely late",
-                p99,
-                "<= 50",
-                p99 <= 50,
-            ),
-            (
-                "mixed: answered within the bound / sent",
-                f"{m['answered_orders']:,} / {m['sent']:,}",
-                "all",
-                m["unanswered"] == 0,
-            ),
-            ("mixed: request->response max (ms)", q["max"], "", None),
-            (
-                "mixed: none answered twice, no driver assigned twice",
-                m["never_twice"] and m["no_double_assignment"],
-                "yes",
-                m["never_twice"] and m["no_double_assignment"],
-            ),
-        ]
+    for key, label, target_ms in (("mixed", "mixed", MIXED_P99_MS), ("fleet", "fleet of 50k", FLEET_P99_MS)):
+        if results.get(key):
+            out += _mixed_rows(label, results[key], target_ms)
     a = results.get("api")
     if a:
         out += [
@@ -350,7 +340,14 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
             out.append(("  cold, faust's recovery alone (same-run baseline) (s)", baseline, "", None))
             cold = rs["cold"].get("assignment_answered_s")
             out.append(("  cold: faust alone / with the bulk catch-up", cold and round(baseline / cold, 2), "", None))
+        default_age = [r.get("assignment_answered_s") for r in rs.get("cold_default_age", [])]
+        if default_age:
+            worst = None if None in default_age else max(default_age)
+            label = f"restart (cold, 100k drivers, location age 60 s), worst of {len(default_age)} (s)"
+            out.append((label, worst, "<= 15", worst is not None and worst <= 15))
+            out.append(("  each repetition (s)", " / ".join(_fmt(t) for t in default_age), "", None))
         restarts = [rs[kind] for kind in ("warm", "cold_faust_only", "cold") if kind in rs]
+        restarts += rs.get("cold_default_age", [])
         rss = max(rs["city_load"]["rss_mib_loaded"], *(r["rss_mib"] for r in restarts))
         peak = max(rs["city_load"]["peak_rss_mib"] or 0, *(r["peak_rss_mib"] for r in restarts))
         out.append(("worker RSS with 100k drivers (MiB)", rss, "<= 500", rss <= 500))
@@ -361,6 +358,24 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
             ("two workers / one worker, pings", s["ratio"], ">= 1.5", s["ratio"] is not None and s["ratio"] >= 1.5)
         )
     return out
+
+
+def _mixed_rows(label: str, m: dict[str, Any], target_ms: float) -> list[tuple[str, Any, str, bool | None]]:
+    q = m["latency_ms"]
+    # Unanswered requests count as infinitely late; a results file read back has them as null
+    # (JSON has no infinity).
+    p99 = m["latency_ms_all_sent"]["p99"]
+    p99 = float("inf") if p99 is None else p99
+    return [
+        (f"{label}: request->response p50 / p95 (ms)", f"{_fmt(q['p50'])} / {_fmt(q['p95'])}", "", None),
+        (f"{label}: request->response p99 (ms), unanswered = infinitely late", p99, f"<= {target_ms:.0f}",
+         p99 <= target_ms),
+        (f"{label}: answered within the bound / sent", f"{m['answered_orders']:,} / {m['sent']:,}", "all",
+         m["unanswered"] == 0),
+        (f"{label}: request->response max (ms)", q["max"], "", None),
+        (f"{label}: none answered twice, no driver assigned twice", m["never_twice"] and m["no_double_assignment"],
+         "yes", m["never_twice"] and m["no_double_assignment"]),
+    ]
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:

@@ -40,7 +40,9 @@ class Sizes:
     city_drivers: int = 100_000
     # Backlogs big enough to last well over ten seconds at the batched ping path's rate.
     drain_pings: int = 120_000
-    ramp_rates: tuple[int, ...] = (500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000)
+    ramp_rates: tuple[int, ...] = (
+        500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000, 20_000, 25_000,
+    )
     ramp_step_s: float = 6.0
     scale_pings: int = 80_000
     scale_drivers: int = 20_000
@@ -51,6 +53,12 @@ class Sizes:
     mixed_ping_rate: int = 5_000
     mixed_request_rate: int = 300
     mixed_grace_s: float = 30.0  # answers later than this after the load ends count as unanswered
+    # A city twice the seed's: 50,000 drivers pinging every 5 s beside a steady trickle of orders.
+    fleet_drivers: int = 50_000
+    fleet_ping_rate: int = 10_000
+    fleet_request_rate: int = 100
+    # Cold restarts with the default location age, each after the city pinged once more.
+    default_age_restarts: int = 5
     requests_bound_s: float = 60.0
     baseline_producer_records: int = 500_000
     profile_pings: int = 100_000
@@ -69,6 +77,10 @@ class Sizes:
             api_seconds=4,
             requests=1_000,
             mixed_seconds=6,
+            fleet_drivers=10_000,
+            fleet_ping_rate=2_000,
+            fleet_request_rate=50,
+            default_age_restarts=1,
             baseline_producer_records=100_000,
             profile_pings=20_000,
             profile_seconds=6,
@@ -152,6 +164,12 @@ RESTARTS = (
     ("cold_faust_only", {"GEODISPATCH_BULK_RESTORE_MIN_RECORDS": "0"}),
     ("cold", {}),
 )
+# The default location age (60 s): positions are read back from the last minute of the ping log. The
+# heartbeat timeout is a minute too (not 15 s), so that the city, which pinged once just before each
+# start, is not timed out while the restart is measured; the log is then read back for 60 s, as with
+# every default.
+DEFAULT_AGE = {"GEODISPATCH_LOCATION_MAX_AGE_S": "60", "GEODISPATCH_HEARTBEAT_INTERVAL_S": "20",
+               "GEODISPATCH_MISSED_HEARTBEATS": "3"}
 
 
 def pings_and_restart(run: Run) -> None:
@@ -192,6 +210,17 @@ def pings_and_restart(run: Run) -> None:
                 dep, lambda e=env: dep.start_worker("w1", **e), f"{run.run_id}-rs{kind}"
             ))
             run.log(f"restart: {kind}: {restart[kind]}")
+        restart["cold_default_age"] = []
+        for repetition in range(s.default_age_restarts):
+            worker.stop()
+            shutil.rmtree(dep.data_dir("w1"), ignore_errors=True)
+            dep.tool("bench.load", "pings", "--drivers", str(s.city_drivers), "--count", str(s.city_drivers))
+            run.log(f"restart: cold, default location age, {repetition + 1}/{s.default_age_restarts}")
+            marks, worker = asyncio.run(measure_restart(
+                dep, lambda: dep.start_worker("w1", **DEFAULT_AGE), f"{run.run_id}-rsage{repetition}"
+            ))
+            restart["cold_default_age"].append(marks)
+            run.log(f"restart: cold, default location age: {marks}")
         run.results["restart"] = restart
 
         # Capacity: a backlog produced while the worker is stopped, drained by it alone.
@@ -488,16 +517,17 @@ def scale(run: Run) -> None:
 # -- 2, 5, 6: a city of 10,000 available drivers: sessions API, requests, mixed ------------------
 
 
-def assignment_city(run: Run, tag: str) -> tuple[Deployment, WorkerProcess]:
-    """A deployment with a city of available drivers loaded into state and index."""
-    s = run.sizes
+def assignment_city(run: Run, tag: str, drivers: int | None = None) -> tuple[Deployment, WorkerProcess]:
+    """A deployment with a city of available drivers (the sizes' `assign_drivers` unless given) loaded
+    into state and index."""
+    drivers = drivers or run.sizes.assign_drivers
     dep = run.deployment(tag)
     dep.apply_topics()
-    dep.tool("bench.load", "city", "--drivers", str(s.assign_drivers))
+    dep.tool("bench.load", "city", "--drivers", str(drivers))
     worker = dep.start_worker("w1")
     worker.wait_ready()
-    follow([worker], sessions_seen, 2 * s.assign_drivers, timeout=200, settle=index_settled)
-    run.log(f"city: {s.assign_drivers} available drivers loaded")
+    follow([worker], sessions_seen, 2 * drivers, timeout=400, settle=index_settled)
+    run.log(f"city: {drivers} available drivers loaded")
     return dep, worker
 
 
@@ -506,6 +536,17 @@ def mixed_scenario(run: Run) -> None:
     dep, worker = assignment_city(run, "m")
     try:
         run.results["mixed"] = mixed(run, dep, worker)
+    finally:
+        dep.cleanup()
+
+
+def fleet_scenario(run: Run) -> None:
+    """The mixed load on a fleet of 50,000 drivers pinging every 5 s, with a trickle of orders."""
+    s = run.sizes
+    dep, worker = assignment_city(run, "f", s.fleet_drivers)
+    try:
+        run.results["fleet"] = mixed(run, dep, worker, MixedLoad(s.fleet_drivers, s.fleet_ping_rate,
+                                                                 s.fleet_request_rate, s.mixed_seconds))
     finally:
         dep.cleanup()
 
@@ -661,11 +702,22 @@ def requests_only(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str,
     return report
 
 
-def mixed(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
+@dataclass(frozen=True)
+class MixedLoad:
+    drivers: int
+    ping_rate: int
+    request_rate: int
+    seconds: float
+
+
+def mixed(run: Run, dep: Deployment, worker: WorkerProcess, load: MixedLoad | None = None) -> dict[str, Any]:
+    """Pings and requests at once (the sizes' mixed load unless given): answers' latency, exactly once,
+    and how far pings fell behind."""
     s = run.sizes
-    tag = f"{run.run_id}-s6"
-    expected = int(s.mixed_request_rate * s.mixed_seconds)
-    proc, answers = collect_answers(dep, tag, expected, timeout=s.mixed_seconds + s.mixed_grace_s)
+    load = load or MixedLoad(s.assign_drivers, s.mixed_ping_rate, s.mixed_request_rate, s.mixed_seconds)
+    tag = f"{run.run_id}-s6-{load.drivers}"
+    expected = int(load.request_rate * load.seconds)
+    proc, answers = collect_answers(dep, tag, expected, timeout=load.seconds + s.mixed_grace_s)
     sent_log = dep.workdir / f"sent-{tag}.jsonl"
     loc_topic = dep.names.locations("4_-7")
     base = asyncio.run(end_offsets([loc_topic]))[loc_topic]
@@ -675,13 +727,13 @@ def mixed(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
         "bench.load",
         "mixed",
         "--drivers",
-        str(s.assign_drivers),
+        str(load.drivers),
         "--ping-rate",
-        str(s.mixed_ping_rate),
+        str(load.ping_rate),
         "--request-rate",
-        str(s.mixed_request_rate),
+        str(load.request_rate),
         "--seconds",
-        str(s.mixed_seconds),
+        str(load.seconds),
         "--tag",
         tag,
         "--sent-log",
@@ -694,7 +746,7 @@ def mixed(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
         time.sleep(0.5)
         produced = asyncio.run(end_offsets([loc_topic]))[loc_topic] - base
         lags.append((round(time.time() - started, 2), produced - (pings_seen(worker.stats()) - seen0)))
-    proc.wait(s.mixed_seconds + s.mixed_grace_s + 30)
+    proc.wait(load.seconds + s.mixed_grace_s + 30)
     generator = orjson.loads(gen_out.read_bytes().splitlines()[-1])
     report = answers_report(dep, tag, sent_log, answers)
     report.pop("arrivals")
@@ -702,12 +754,13 @@ def mixed(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
     report.update(
         generator=generator,
         ping_lag=lags,
-        ping_rate=s.mixed_ping_rate,
-        request_rate=s.mixed_request_rate,
-        seconds=s.mixed_seconds,
+        drivers=load.drivers,
+        ping_rate=load.ping_rate,
+        request_rate=load.request_rate,
+        seconds=load.seconds,
         latencies_sample=latencies[:: max(1, len(latencies) // 2000)],
     )
-    run.log(f"mixed: latency ms {report['latency_ms']}; exactly once {report['exactly_once']}")
+    run.log(f"mixed ({load.drivers} drivers): latency ms {report['latency_ms']}; exactly once {report['exactly_once']}")
     return report
 
 
@@ -722,5 +775,6 @@ ALL = {
     "scale": scale,
     "city": city_of_10k,
     "mixed": mixed_scenario,
+    "fleet": fleet_scenario,
     "profile": _profile,
 }
