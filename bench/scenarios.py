@@ -39,7 +39,7 @@ class Sizes:
 
     city_drivers: int = 100_000
     # Backlogs big enough to last well over ten seconds at the batched ping path's rate.
-    drain_pings: int = 120_000
+    drain_pings: int = 600_000
     ramp_rates: tuple[int, ...] = (
         500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000, 20_000, 25_000,
     )
@@ -61,14 +61,15 @@ class Sizes:
     default_age_restarts: int = 5
     requests_bound_s: float = 60.0
     baseline_producer_records: int = 500_000
-    profile_pings: int = 100_000
+    # Enough to outlast the profile: the worker drains tens of thousands a second.
+    profile_pings: int = 800_000
     profile_seconds: float = 12.0
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
             city_drivers=10_000,
-            drain_pings=20_000,
+            drain_pings=60_000,
             ramp_rates=(500, 1_000, 2_000),
             ramp_step_s=4,
             scale_pings=20_000,
@@ -329,7 +330,7 @@ async def measure_restart(dep: Deployment, start, tag: str) -> tuple[dict[str, A
             if not worker.alive():
                 raise RuntimeError(f"worker died:\n{worker.log_tail()}")
             try:
-                status, body = await asyncio.to_thread(worker.get, "/driver-sessions/sessions/drv_1", 2.0)
+                status, body = await asyncio.to_thread(worker.get, "/driver-sessions/sessions/drv_1", timeout=2.0)
                 marks.setdefault("http_up_s", time.time() - worker.started_at)
                 if status == 200 and isinstance(body, dict) and body.get("last_loc"):
                     marks["session_answered_s"] = time.time() - worker.started_at

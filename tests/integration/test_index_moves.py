@@ -10,7 +10,7 @@ import h3
 
 from infra.settings import Settings
 from streams.index import RegionIndex, now_ms
-from streams.index_writer import IndexWriter
+from streams.index_writer import FLUSH_MAX, IndexWriter
 from streams.metrics import Metrics
 from tests.integration.test_index_search import FENCE, located
 
@@ -98,3 +98,13 @@ async def test_a_change_besides_the_position_staged_after_a_move_is_written_whol
     response = await index.session_response("drv_busy")
     assert response["trip_id"] == "ord_7"
     assert await index.reservation_holder("drv_busy") == "ord_7"
+
+
+async def test_a_flush_writes_a_bounded_number_of_drivers_and_leaves_the_rest_pending(index):
+    await _ready(index)
+    writer = IndexWriter(index, Metrics(), Settings(partitions=index.partitions))
+    fleet = [located(f"drv_{n}", 0.00001 * n, 0) for n in range(FLUSH_MAX + 10)]
+    for driver in fleet:
+        writer.stage(driver)
+    assert (await writer.flush(FENCE)).applied == FLUSH_MAX and writer.pending == 10
+    assert (await writer.flush(FENCE)).applied == 10 and writer.pending == 0
