@@ -7,7 +7,9 @@ with its pid, port and log printed, for a look from outside (py-spy dump, /stats
     python -m bench.restarts [--drivers 100000] [--rounds 16] [--bound 60]
 
 One in about fifteen cold restarts of a 100,000-driver city answered nothing on 2026-12-05 (issue
-21's item 6, its closing note): the request had been fetched and never handed to the agent."""
+21's item 6): the request had been fetched and skipped by the stream, and nothing fetched it again.
+The drop guard (streams/faust_fixes.py) now finds such records; its log line `dropped_records_found`
+in the worker's log shows where it did (docs/RELIABILITY.md)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ The ping log is also the changelog of position, as a source topic is for a Kafka
 from it: no table write per ping. Before reading on from its commits, the reader reads back each
 partition's last `Settings.position_recovery_s` of pings up to them (`offsets_for_times`) and hands
 each driver's last one to the recovery handler, which restores positions without producing anything
-again. Until
-that is done the worker is not `ready`: the index is not rebuilt from sessions without positions."""
+again. Until that is done the worker is not `ready`: the index is not rebuilt from sessions without
+positions."""
 
 from __future__ import annotations
 

@@ -266,11 +266,14 @@ def moved_only(before: DriverSession | None, after: DriverSession) -> bool:
     """Whether the index shows `after` as it shows `before` but for the position: the same response
     without `last_loc` (the same session document), the same availability. A first position makes a
     driver assignable: not a move alone."""
+    # The fields unlocated_response is made of, compared where they are: this runs for every ping.
     return (
         before is not None
         and before.h3_res9 is not None
         and before.assignable == after.assignable
-        and unlocated_response(before) == unlocated_response(after)
+        and before.online == after.online
+        and before.trip_id == after.trip_id
+        and before.eligibility == after.eligibility
         and before.closed_trips == after.closed_trips
     )
 
