@@ -366,6 +366,7 @@ def _mixed_rows(label: str, m: dict[str, Any], target_ms: float) -> list[tuple[s
     # (JSON has no infinity).
     p99 = m["latency_ms_all_sent"]["p99"]
     p99 = float("inf") if p99 is None else p99
+    produced = m.get("until_produced_ms", {})  # absent from runs before it was measured
     return [
         (f"{label}: request->response p50 / p95 (ms)", f"{_fmt(q['p50'])} / {_fmt(q['p95'])}", "", None),
         (f"{label}: request->response p99 (ms), unanswered = infinitely late", p99, f"<= {target_ms:.0f}",
@@ -373,6 +374,8 @@ def _mixed_rows(label: str, m: dict[str, Any], target_ms: float) -> list[tuple[s
         (f"{label}: answered within the bound / sent", f"{m['answered_orders']:,} / {m['sent']:,}", "all",
          m["unanswered"] == 0),
         (f"{label}: request->response max (ms)", q["max"], "", None),
+        (f"{label}: request->answer produced p50 / p99 (ms)",
+         f"{_fmt(produced.get('p50'))} / {_fmt(produced.get('p99'))}", "", None),
         (f"{label}: none answered twice, no driver assigned twice", m["never_twice"] and m["no_double_assignment"],
          "yes", m["never_twice"] and m["no_double_assignment"]),
     ]
