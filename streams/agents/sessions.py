@@ -283,7 +283,6 @@ def recover_positions(runtime: Runtime, records: list[Any]) -> int:
     record that fails, or belongs on another partition, is passed over, as it was dead-lettered or
     moved then. Returns how many were passed over."""
     codec, rules, sessions = runtime.codec, runtime.rules, runtime.sessions
-    sessions.load_all()  # one pass over the table, where a read per driver would cost one each
     partitions = runtime.settings.partitions
     regions = _Regions()
     now = now_ms()
