@@ -218,15 +218,17 @@ async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[A
 # with a hole. Between the hand-on and the stream's queue there is no await that `_handing` does not
 # cover, so a record only slow is not taken for dropped.
 # Remove when faust seeks back to the committed offset whenever it drops a fetched record.
-DROP_CHECK_S = 1.0
+DROP_CHECK_S = 0.5
 
 
-def dropped_span(committed: int | None, handed: int, acked: set[int], gaps: Any,
+def dropped_span(committed: int | None, handed: int, last_acked: int, gaps: Any,
                  in_flight: set[int]) -> tuple[int, int] | None:
     """The records (first, end excluded) of a partition that faust handed on up to `handed` past its
-    committed offset and that were dropped since: none of them acked, in a gap or in flight. None when
-    there are none, or when some are still on their way (the commit guard sees a hole behind them)."""
-    if committed is None or handed < committed or acked or in_flight or gaps.at(committed):
+    committed offset and that were dropped since: none of them acked (`last_acked`, the highest offset
+    acked in this assignment: faust forgets its acks before their commit is done), in a gap or in
+    flight. None when there are none, or when some are still on their way (the commit guard sees a
+    hole behind them)."""
+    if committed is None or handed < committed or last_acked >= committed or in_flight or gaps.at(committed):
         return None
     return committed, handed + 1
 
@@ -252,6 +254,7 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         self.callback = self._hand_on
         self._handing: Any = None
         self._handed: dict[TP, tuple[int, int]] = {}
+        self._last_acked: dict[TP, int] = {}
         self._suspects: dict[TP, tuple[int, int]] = {}
 
     # -- the ack guard ------------------------------------------------------------------------------
@@ -262,7 +265,11 @@ class GuardedConsumer(aiokafka_driver.Consumer):
             return False
         if not app.flow_control.is_active() and not _ACKING_PROCESSED.get():
             return False
-        return super().ack(message)
+        if not super().ack(message):
+            return False
+        tp = message.tp
+        self._last_acked[tp] = max(self._last_acked.get(tp, -1), message.offset)
+        return True
 
     # -- the gap guard ------------------------------------------------------------------------------
 
@@ -358,12 +365,14 @@ class GuardedConsumer(aiokafka_driver.Consumer):
             if handed_in != generation or not app.topics.acks_enabled_for(tp.topic):
                 continue
             committed = commit_base(self._committed_offset[tp], self._starts.get(tp), generation)
-            span = dropped_span(committed, handed, self._acked_index[tp], self._gap[tp], in_flight.get(tp, set()))
+            span = dropped_span(committed, handed, self._last_acked.get(tp, -1), self._gap[tp],
+                                in_flight.get(tp, set()))
             if span is None:
                 continue
             if self._suspects.get(tp) == span:  # the same for a whole check interval: not just slow
                 self._hole_found(tp, span[0], span[1], "dropped_records_found")
-            suspects[tp] = span
+            else:
+                suspects[tp] = span
         self._suspects = suspects
 
     # -- the seek guard -----------------------------------------------------------------------------
@@ -393,7 +402,7 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         self._refused_gaps = {key for key in self._refused_gaps if key[0] in kept}
         self._holes = {key: stage for key, stage in self._holes.items() if key[0] in kept}
         self._starts = {tp: start for tp, start in self._starts.items() if tp in kept}
-        self._handed = {}
+        self._handed, self._last_acked = {}, {}
 
 
 class Transport(aiokafka_driver.Transport):

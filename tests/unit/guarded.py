@@ -10,7 +10,7 @@ def guarded(**attributes) -> GuardedConsumer:
     whatever else a test gives it."""
     consumer = GuardedConsumer.__new__(GuardedConsumer)
     consumer._refused_gaps, consumer._holes, consumer._starts, consumer._fills = set(), {}, {}, set()
-    consumer._handing, consumer._handed, consumer._suspects = None, {}, {}
+    consumer._handing, consumer._handed, consumer._suspects, consumer._last_acked = None, {}, {}, {}
     for name, value in attributes.items():
         setattr(consumer, name, value)
     return consumer

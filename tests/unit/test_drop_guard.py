@@ -20,18 +20,19 @@ TP_REQUESTS = TP("t.requests", 1)
 
 
 def test_records_handed_on_past_the_commit_and_nowhere_since_are_a_dropped_span():
-    assert dropped_span(2, 2, set(), IntervalTree(), set()) == (2, 3)
-    assert dropped_span(2, 5, set(), IntervalTree(), set()) == (2, 6)
+    assert dropped_span(2, 2, -1, IntervalTree(), set()) == (2, 3)
+    assert dropped_span(2, 5, 1, IntervalTree(), set()) == (2, 6)  # acked before the commit at 2
 
 
 def test_records_still_on_their_way_or_behind_the_commit_are_not():
-    assert dropped_span(2, 2, set(), IntervalTree(), {2}) is None  # queued for the stream, or not acked yet
-    assert dropped_span(2, 4, {4}, IntervalTree(), set()) is None  # a hole behind an ack: the commit guard's
-    assert dropped_span(3, 2, set(), IntervalTree(), set()) is None  # nothing handed on since the commit
-    assert dropped_span(None, 2, set(), IntervalTree(), set()) is None  # no commit and no known start
+    assert dropped_span(2, 2, -1, IntervalTree(), {2}) is None  # queued for the stream, or not acked yet
+    assert dropped_span(2, 4, 4, IntervalTree(), set()) is None  # a hole behind an ack: the commit guard's
+    assert dropped_span(2, 2, 2, IntervalTree(), set()) is None  # acked, its commit under way
+    assert dropped_span(3, 2, -1, IntervalTree(), set()) is None  # nothing handed on since the commit
+    assert dropped_span(None, 2, -1, IntervalTree(), set()) is None  # no commit and no known start
     gaps = IntervalTree()
     gaps.addi(2, 3)
-    assert dropped_span(2, 2, set(), gaps, set()) is None  # a gap faust accepted
+    assert dropped_span(2, 2, -1, gaps, set()) is None  # a gap faust accepted
 
 
 def _consumer(queued: tuple[int, ...] = ()) -> SimpleNamespace:
@@ -116,10 +117,28 @@ async def test_a_record_dropped_again_after_it_was_handed_on_asks_for_one_rebala
         consumer.find_dropped()
     await asyncio.sleep(0.01)
     assert consumer.delivered == [2] and rejoins == []
+    consumer.find_dropped()  # seen once more: only a suspect again
+    assert rejoins == []
     for _ in range(4):  # the stream dropped it again
         consumer.find_dropped()
     await asyncio.sleep(0.01)
     assert consumer.delivered == [2] and rejoins == [consumer]
+
+
+async def test_a_record_acked_while_its_commit_is_under_way_is_not_taken_for_dropped(monkeypatch):
+    # faust forgets a partition's acked offsets when it begins their commit, and learns the new
+    # committed offset only when the broker answers: in between, the record looks neither acked nor
+    # committed. A fault-free cold restart of the bench asked for a rebalance there.
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
+    rejoins: list = []
+    monkeypatch.setattr(faust_fixes, "_request_rejoin", rejoins.append)
+    consumer = _consumer()
+    await _hand_on_and_drop(consumer, 2)
+    consumer._last_acked[TP_REQUESTS] = 2
+    for _ in range(3):
+        consumer.find_dropped()
+    await asyncio.sleep(0.01)
+    assert consumer.delivered == [] and rejoins == []
 
 
 async def test_nothing_is_checked_while_flow_is_paused_for_a_rebalance(monkeypatch):
