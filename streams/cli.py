@@ -4,6 +4,7 @@ Exit codes: 0 done, 1 failed, 2 bad usage (click's), 3 nothing could be reached.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 
 import click
@@ -47,6 +48,11 @@ def worker(web_port: int | None) -> None:
     from streams.app import DispatchApp
 
     app = DispatchApp(settings)
+    # Python's full collections walk every object the collector tracks. The libraries' and the app's
+    # own live as long as the process and are never garbage: frozen, they are left out of every
+    # collection, which were pauses on the request path before (bench/README.md, the fleet).
+    gc.collect()
+    gc.freeze()
     Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True).execute_from_commandline()
 
 
