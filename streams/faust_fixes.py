@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import Collection, Iterator
+from time import monotonic
 from typing import Any
 
 import structlog
@@ -219,6 +220,12 @@ async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[A
 # cover, so a record only slow is not taken for dropped.
 # Remove when faust seeks back to the committed offset whenever it drops a fetched record.
 DROP_CHECK_S = 0.5
+# The first make bench on the guard found records of a busy worker "dropped" that were only waiting
+# somewhere its look at what is in flight does not see, and read them again, every second or two. A
+# span is taken for dropped only when nothing was acked between the two checks that saw it (the
+# streams were idle: whatever was on its way would have been acked), or after it stayed the same this
+# long while they were busy.
+DROPPED_WHILE_BUSY_S = 30.0
 
 
 def dropped_span(committed: int | None, handed: int, last_acked: int, gaps: Any,
@@ -255,7 +262,9 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         self._handing: Any = None
         self._handed: dict[TP, tuple[int, int]] = {}
         self._last_acked: dict[TP, int] = {}
-        self._suspects: dict[TP, tuple[int, int]] = {}
+        self._suspects: dict[TP, tuple[tuple[int, int], float]] = {}
+        # Acks so far, and at the last check: a check after none came finds the streams idle.
+        self._acks = self._acks_at_check = 0
 
     # -- the ack guard ------------------------------------------------------------------------------
 
@@ -269,6 +278,7 @@ class GuardedConsumer(aiokafka_driver.Consumer):
             return False
         tp = message.tp
         self._last_acked[tp] = max(self._last_acked.get(tp, -1), message.offset)
+        self._acks += 1
         return True
 
     # -- the gap guard ------------------------------------------------------------------------------
@@ -353,14 +363,17 @@ class GuardedConsumer(aiokafka_driver.Consumer):
 
     def find_dropped(self) -> None:
         """One check of the drop guard: spans that look dropped now, and were the same at the last
-        check, are read from the log and handed on."""
+        check with nothing acked in between (or for DROPPED_WHILE_BUSY_S), are read from the log and
+        handed on."""
         app = self.app
         if not (self.flow_active and app.flow_control.is_active() and still_in_generation(app)):
             self._suspects = {}
             return
         generation = app.consumer_generation_id
         in_flight = self._in_flight()
-        suspects: dict[TP, tuple[int, int]] = {}
+        quiet, self._acks_at_check = self._acks == self._acks_at_check, self._acks
+        now = monotonic()
+        suspects: dict[TP, tuple[tuple[int, int], float]] = {}
         for tp, (handed_in, handed) in list(self._handed.items()):
             if handed_in != generation or not app.topics.acks_enabled_for(tp.topic):
                 continue
@@ -369,10 +382,11 @@ class GuardedConsumer(aiokafka_driver.Consumer):
                                 in_flight.get(tp, set()))
             if span is None:
                 continue
-            if self._suspects.get(tp) == span:  # the same for a whole check interval: not just slow
+            seen = self._suspects.get(tp)
+            if seen is not None and seen[0] == span and (quiet or now - seen[1] >= DROPPED_WHILE_BUSY_S):
                 self._hole_found(tp, span[0], span[1], "dropped_records_found")
             else:
-                suspects[tp] = span
+                suspects[tp] = seen if seen is not None and seen[0] == span else (span, now)
         self._suspects = suspects
 
     # -- the seek guard -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ def guarded(**attributes) -> GuardedConsumer:
     consumer = GuardedConsumer.__new__(GuardedConsumer)
     consumer._refused_gaps, consumer._holes, consumer._starts, consumer._fills = set(), {}, {}, set()
     consumer._handing, consumer._handed, consumer._suspects, consumer._last_acked = None, {}, {}, {}
+    consumer._acks = consumer._acks_at_check = 0
     for name, value in attributes.items():
         setattr(consumer, name, value)
     return consumer

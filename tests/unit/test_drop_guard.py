@@ -150,3 +150,26 @@ async def test_nothing_is_checked_while_flow_is_paused_for_a_rebalance(monkeypat
         consumer.find_dropped()
     await asyncio.sleep(0.01)
     assert consumer.delivered == []
+
+
+async def test_while_the_streams_are_busy_a_span_must_stay_the_same_for_long_before_it_is_taken_for_dropped(
+    monkeypatch,
+):
+    # Under load the first make bench on the guard read back driver commands that were only waiting
+    # where the guard's look at what is in flight does not reach.
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
+    clock = [1000.0]
+    monkeypatch.setattr(faust_fixes, "monotonic", lambda: clock[0])
+    consumer = _consumer()
+    await _hand_on_and_drop(consumer, 2)
+    for _ in range(10):
+        consumer._acks += 1  # other records acked meanwhile
+        clock[0] += faust_fixes.DROP_CHECK_S
+        consumer.find_dropped()
+    await asyncio.sleep(0.01)
+    assert consumer.delivered == []
+    clock[0] += faust_fixes.DROPPED_WHILE_BUSY_S
+    consumer._acks += 1
+    consumer.find_dropped()
+    await asyncio.sleep(0.01)
+    assert consumer.delivered == [2]
