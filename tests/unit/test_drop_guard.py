@@ -8,6 +8,7 @@ import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 
+import pytest
 from faust.types import TP
 from intervaltree import IntervalTree
 
@@ -71,57 +72,57 @@ def _log_holding(offsets):
     return read
 
 
+async def _checks(consumer, times: int) -> None:
+    """The guard's timer firing `times` times, then whatever it started given time to hand on."""
+    for _ in range(times):
+        consumer.find_dropped()
+    await asyncio.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def _log(monkeypatch):
+    """The log as the guard reads it back: offsets 0-9."""
+    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
+
+
 async def _hand_on_and_drop(consumer, offset: int) -> None:
     """faust hands a record on; the stream then skips it (nothing tracks it any more)."""
     await consumer._hand_on(SimpleNamespace(tp=TP_REQUESTS, offset=offset, generation_id=GENERATION))
     consumer.delivered.clear()
 
 
-async def test_a_dropped_last_record_is_read_from_the_log_and_handed_on_after_a_second_check(monkeypatch):
-    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
+async def test_a_dropped_last_record_is_read_from_the_log_and_handed_on_after_a_second_check():
     consumer = _consumer()
     await _hand_on_and_drop(consumer, 2)
 
-    consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 1)
     assert consumer.delivered == []  # one check could be a record on its way
-    consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 1)
     assert consumer.delivered == [2]
 
     consumer._committed_offset[TP_REQUESTS] = 3  # processed and committed
     consumer.delivered.clear()
-    for _ in range(2):
-        consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 2)
     assert consumer.delivered == []
 
 
-async def test_a_record_queued_for_the_stream_is_left_to_it(monkeypatch):
-    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
+async def test_a_record_queued_for_the_stream_is_left_to_it():
     consumer = _consumer(queued=(2,))
     await _hand_on_and_drop(consumer, 2)
-    for _ in range(3):
-        consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 3)
     assert consumer.delivered == []
 
 
 async def test_a_record_dropped_again_after_it_was_handed_on_asks_for_one_rebalance(monkeypatch):
-    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
     rejoins: list = []
     monkeypatch.setattr(faust_fixes, "_request_rejoin", rejoins.append)
     consumer = _consumer()
     await _hand_on_and_drop(consumer, 2)
-    for _ in range(2):
-        consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 2)
     assert consumer.delivered == [2] and rejoins == []
-    consumer.find_dropped()  # seen once more: only a suspect again
+    await _checks(consumer, 1)  # seen once more: only a suspect again
     assert rejoins == []
-    for _ in range(4):  # the stream dropped it again
-        consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 4)  # the stream dropped it again
     assert consumer.delivered == [2] and rejoins == [consumer]
 
 
@@ -129,26 +130,20 @@ async def test_a_record_acked_while_its_commit_is_under_way_is_not_taken_for_dro
     # faust forgets a partition's acked offsets when it begins their commit, and learns the new
     # committed offset only when the broker answers: in between, the record looks neither acked nor
     # committed. A fault-free cold restart of the bench asked for a rebalance there.
-    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
     rejoins: list = []
     monkeypatch.setattr(faust_fixes, "_request_rejoin", rejoins.append)
     consumer = _consumer()
     await _hand_on_and_drop(consumer, 2)
     consumer._last_acked[TP_REQUESTS] = 2
-    for _ in range(3):
-        consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 3)
     assert consumer.delivered == [] and rejoins == []
 
 
-async def test_nothing_is_checked_while_flow_is_paused_for_a_rebalance(monkeypatch):
-    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
+async def test_nothing_is_checked_while_flow_is_paused_for_a_rebalance():
     consumer = _consumer()
     await _hand_on_and_drop(consumer, 2)
     consumer.flow_active = False
-    for _ in range(3):
-        consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 3)
     assert consumer.delivered == []
 
 
@@ -157,7 +152,6 @@ async def test_while_the_streams_are_busy_a_span_must_stay_the_same_for_long_bef
 ):
     # Under load the first make bench on the guard read back driver commands that were only waiting
     # where the guard's look at what is in flight does not reach.
-    monkeypatch.setattr(faust_fixes, "read_skipped", _log_holding(range(0, 10)))
     clock = [1000.0]
     monkeypatch.setattr(faust_fixes, "monotonic", lambda: clock[0])
     consumer = _consumer()
@@ -170,6 +164,5 @@ async def test_while_the_streams_are_busy_a_span_must_stay_the_same_for_long_bef
     assert consumer.delivered == []
     clock[0] += faust_fixes.DROPPED_WHILE_BUSY_S
     consumer._acks += 1
-    consumer.find_dropped()
-    await asyncio.sleep(0.01)
+    await _checks(consumer, 1)
     assert consumer.delivered == [2]
