@@ -8,8 +8,8 @@ with its pid, port and log printed, for a look from outside (py-spy dump, /stats
 
 One in about fifteen cold restarts of a 100,000-driver city answered nothing on 2026-12-05 (issue
 21's item 6): the request had been fetched and skipped by the stream, and nothing fetched it again.
-The drop guard (streams/faust_fixes.py) now finds such records; its log line `dropped_records_found`
-in the worker's log shows where it did (docs/RELIABILITY.md)."""
+A guard that read such records back was tried and withdrawn (docs/RELIABILITY.md, "A cold restart
+that never answered"): this reproduction is how the next fix is to be judged."""
 
 from __future__ import annotations
 

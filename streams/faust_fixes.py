@@ -1,9 +1,8 @@
 """Our consumer: faust-streaming's aiokafka consumer with targeted guards around its acking,
 gap-filling, committing and seeking, each keeping faust from committing past a record it never
-processed, and one that finds records faust dropped with nothing after them to reveal it. The app
-uses it through the `geodispatch` transport (broker URLs `geodispatch://host:port`, registered as a
-`faust.transports` entry point). Each guard says when it can be removed;
-tests/unit/test_faust_fingerprints.py fails when faust changes a method one overrides or relies on."""
+processed. The app uses it through the `geodispatch` transport (broker URLs `geodispatch://host:port`,
+registered as a `faust.transports` entry point). Each guard says when it can be removed;
+tests/unit/test_faust_fingerprints.py fails when faust changes a method one overrides."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import Collection, Iterator
-from time import monotonic
 from typing import Any
 
 import structlog
@@ -20,7 +18,6 @@ from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
-from mode import Service
 
 from infra.clients import new_consumer
 
@@ -203,45 +200,8 @@ async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[A
     return offsets, uncommitted
 
 
-# faust-streaming drops a record it fetched, without a trace, in more places than the guards above
-# see: the fetcher breaks off a batch when flow stops or the generation changes, cancels the hand-on
-# when flow is suspended, and the stream skips a record while flow control is paused. Each relies on a
-# later seek to the committed offset to fetch the record again. After a recovery none comes: faust's
-# Recovery._resume_streams resumes the partitions, then awaits the seek, and only then resumes flow
-# control, so a record fetched meanwhile is skipped by the stream (the ack guard keeps it unacked)
-# with the fetch position already past it. The guards above notice that only when a later record of
-# the partition is acked; when it was the partition's last record, it waited for ever. One cold
-# restart in about fifteen under bench.restarts left its assignment request unanswered this way
-# (issue 21's item 6). The drop guard looks at each partition every DROP_CHECK_S: when faust has
-# handed on records up to offset n past the committed offset, none of them is acked or in flight
-# (being handed on, queued for a stream, or taken by one and not acked), and that is still so at the
-# next check, they were dropped: they are read from the log and processed, as the commit guard does
-# with a hole. Between the hand-on and the stream's queue there is no await that `_handing` does not
-# cover, so a record only slow is not taken for dropped.
-# Remove when faust seeks back to the committed offset whenever it drops a fetched record.
-DROP_CHECK_S = 0.5
-# The first make bench on the guard found records of a busy worker "dropped" that were only waiting
-# somewhere its look at what is in flight does not see, and read them again, every second or two. A
-# span is taken for dropped only when nothing was acked between the two checks that saw it (the
-# streams were idle: whatever was on its way would have been acked), or after it stayed the same this
-# long while they were busy.
-DROPPED_WHILE_BUSY_S = 30.0
-
-
-def dropped_span(committed: int | None, handed: int, last_acked: int, gaps: Any,
-                 in_flight: set[int]) -> tuple[int, int] | None:
-    """The records (first, end excluded) of a partition that faust handed on up to `handed` past its
-    committed offset and that were dropped since: none of them acked (`last_acked`, the highest offset
-    acked in this assignment: faust forgets its acks before their commit is done), in a gap or in
-    flight. None when there are none, or when some are still on their way (the commit guard sees a
-    hole behind them)."""
-    if committed is None or handed < committed or last_acked >= committed or in_flight or gaps.at(committed):
-        return None
-    return committed, handed + 1
-
-
 class GuardedConsumer(aiokafka_driver.Consumer):
-    """faust's aiokafka consumer with the five guards above, each overriding one method and calling
+    """faust's aiokafka consumer with the four guards above, each overriding one method and calling
     faust's own through super() whenever faust's behaviour is right. Their state is this consumer's,
     and what concerns partitions it no longer has is dropped at each assignment."""
 
@@ -255,16 +215,6 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         self._starts: dict[TP, tuple[int, int]] = {}
         # The fills under way, held here: the event loop keeps only weak references to its tasks.
         self._fills: set[asyncio.Task] = set()
-        # The record being handed on, the last one handed on per partition (generation, offset), and the
-        # spans that looked dropped at the last check.
-        self._faust_callback = self.callback
-        self.callback = self._hand_on
-        self._handing: Any = None
-        self._handed: dict[TP, tuple[int, int]] = {}
-        self._last_acked: dict[TP, int] = {}
-        self._suspects: dict[TP, tuple[tuple[int, int], float]] = {}
-        # Acks so far, and at the last check: a check after none came finds the streams idle.
-        self._acks = self._acks_at_check = 0
 
     # -- the ack guard ------------------------------------------------------------------------------
 
@@ -274,12 +224,7 @@ class GuardedConsumer(aiokafka_driver.Consumer):
             return False
         if not app.flow_control.is_active() and not _ACKING_PROCESSED.get():
             return False
-        if not super().ack(message):
-            return False
-        tp = message.tp
-        self._last_acked[tp] = max(self._last_acked.get(tp, -1), message.offset)
-        self._acks += 1
-        return True
+        return super().ack(message)
 
     # -- the gap guard ------------------------------------------------------------------------------
 
@@ -302,24 +247,20 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         acked = self._acked_index[tp]
         if not head_missing(committed, acked, self._gap[tp]):
             return super()._new_offset(tp)
-        self._hole_found(tp, committed, min(acked), "commit_past_unprocessed_refused")
-        return None
-
-    def _hole_found(self, tp: TP, first: int, end: int, event: str) -> None:
-        """The records `first` to `end` (excluded) of a partition were dropped unprocessed: read them
-        from the log and hand them on; found again after that, ask the group to rebalance."""
-        stage = self._holes.get((tp, first))
-        where = {"topic": tp.topic, "partition": tp.partition, "offset": first, "end": end}
+        stage = self._holes.get((tp, committed))
         if stage is None:
-            self._holes[(tp, first)] = FILLING
-            log.error(event, **where, action="read from the log and processed")
-            fill = asyncio.get_running_loop().create_task(self._fill(tp, first, end))
+            self._holes[(tp, committed)] = FILLING
+            log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
+                      first_acked=min(acked), action="read from the log and processed")
+            fill = asyncio.get_running_loop().create_task(self._fill(tp, committed, min(acked)))
             self._fills.add(fill)
             fill.add_done_callback(self._fills.discard)
         elif stage == FILLED:  # handed on, and still not acked: dropped again by the stream
-            self._holes[(tp, first)] = REJOINED
-            log.error(event, **where, action="rebalance to re-read from the committed offset")
+            self._holes[(tp, committed)] = REJOINED
+            log.error("commit_past_unprocessed_refused", topic=tp.topic, partition=tp.partition, offset=committed,
+                      first_acked=min(acked), action="rebalance to re-read from the committed offset")
             _request_rejoin(self)
+        return None
 
     async def _fill(self, tp: TP, first: int, end: int) -> None:
         filled = await process_from_log(self, tp, first, end)
@@ -328,66 +269,6 @@ class GuardedConsumer(aiokafka_driver.Consumer):
             log.error("unprocessed_records_unreadable", topic=tp.topic, partition=tp.partition, offset=first,
                       action="rebalance to re-read from the committed offset")
             _request_rejoin(self)
-
-    # -- the drop guard -----------------------------------------------------------------------------
-
-    async def _hand_on(self, message: Any) -> None:
-        """faust's message callback, noting which record is being handed on and the last one handed
-        on per partition (by generation)."""
-        self._handing = message
-        try:
-            await self._faust_callback(message)
-        finally:
-            self._handing = None
-        self._handed[message.tp] = (message.generation_id, message.offset)
-
-    def _in_flight(self) -> dict[TP, set[int]]:
-        """The offsets, per partition, of the records between the fetcher and an ack: being handed
-        on, queued for a stream, or taken by a stream and not acked yet."""
-        messages = [m for m in list(self._unacked_messages) if not m.acked]
-        for channel in list(self.app.topics):
-            queue = getattr(channel, "_queue", None)
-            if queue is not None:
-                messages.extend(getattr(event, "message", None) for event in list(queue._queue))
-        if self._handing is not None:
-            messages.append(self._handing)
-        in_flight: dict[TP, set[int]] = {}
-        for message in messages:
-            if message is not None:
-                in_flight.setdefault(message.tp, set()).add(message.offset)
-        return in_flight
-
-    @Service.timer(DROP_CHECK_S)
-    async def _check_for_dropped(self) -> None:
-        self.find_dropped()
-
-    def find_dropped(self) -> None:
-        """One check of the drop guard: spans that look dropped now, and were the same at the last
-        check with nothing acked in between (or for DROPPED_WHILE_BUSY_S), are read from the log and
-        handed on."""
-        app = self.app
-        if not (self.flow_active and app.flow_control.is_active() and still_in_generation(app)):
-            self._suspects = {}
-            return
-        generation = app.consumer_generation_id
-        in_flight = self._in_flight()
-        quiet, self._acks_at_check = self._acks == self._acks_at_check, self._acks
-        now = monotonic()
-        suspects: dict[TP, tuple[tuple[int, int], float]] = {}
-        for tp, (handed_in, handed) in list(self._handed.items()):
-            if handed_in != generation or not app.topics.acks_enabled_for(tp.topic):
-                continue
-            committed = commit_base(self._committed_offset[tp], self._starts.get(tp), generation)
-            span = dropped_span(committed, handed, self._last_acked.get(tp, -1), self._gap[tp],
-                                in_flight.get(tp, set()))
-            if span is None:
-                continue
-            seen = self._suspects.get(tp)
-            if seen is not None and seen[0] == span and (quiet or now - seen[1] >= DROPPED_WHILE_BUSY_S):
-                self._hole_found(tp, span[0], span[1], "dropped_records_found")
-            else:
-                suspects[tp] = seen if seen is not None and seen[0] == span else (span, now)
-        self._suspects = suspects
 
     # -- the seek guard -----------------------------------------------------------------------------
 
@@ -416,7 +297,6 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         self._refused_gaps = {key for key in self._refused_gaps if key[0] in kept}
         self._holes = {key: stage for key, stage in self._holes.items() if key[0] in kept}
         self._starts = {tp: start for tp, start in self._starts.items() if tp in kept}
-        self._handed, self._last_acked = {}, {}
 
 
 class Transport(aiokafka_driver.Transport):

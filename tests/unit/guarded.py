@@ -10,8 +10,6 @@ def guarded(**attributes) -> GuardedConsumer:
     whatever else a test gives it."""
     consumer = GuardedConsumer.__new__(GuardedConsumer)
     consumer._refused_gaps, consumer._holes, consumer._starts, consumer._fills = set(), {}, {}, set()
-    consumer._handing, consumer._handed, consumer._suspects, consumer._last_acked = None, {}, {}, {}
-    consumer._acks = consumer._acks_at_check = 0
     for name, value in attributes.items():
         setattr(consumer, name, value)
     return consumer

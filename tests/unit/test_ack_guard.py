@@ -7,12 +7,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from faust.transport.consumer import Consumer
-from faust.types import TP
 
 from streams.faust_fixes import GuardedConsumer, acking_processed
 from tests.unit.guarded import guarded
-
-TP_ = TP("t.requests", 0)
 
 
 def _consumer(active: bool) -> GuardedConsumer:
@@ -35,8 +32,7 @@ def _guarded_ack(monkeypatch) -> list[int]:
 def test_while_paused_only_the_acks_of_processed_records_of_this_generation_pass(monkeypatch):
     passed = _guarded_ack(monkeypatch)
     paused = _consumer(active=False)
-    current = SimpleNamespace(generation_id=3, offset=1, tp=TP_)
-    earlier = SimpleNamespace(generation_id=2, offset=2, tp=TP_)
+    current, earlier = SimpleNamespace(generation_id=3, offset=1), SimpleNamespace(generation_id=2, offset=2)
 
     assert paused.ack(current) is False  # skipped by the paused stream
     with acking_processed():
@@ -49,7 +45,6 @@ def test_while_paused_only_the_acks_of_processed_records_of_this_generation_pass
 def test_when_flowing_acks_of_this_generation_pass_and_older_ones_do_not(monkeypatch):
     passed = _guarded_ack(monkeypatch)
     flowing = _consumer(active=True)
-    assert flowing.ack(SimpleNamespace(generation_id=3, offset=7, tp=TP_)) is True
-    assert flowing.ack(SimpleNamespace(generation_id=1, offset=8, tp=TP_)) is False
+    assert flowing.ack(SimpleNamespace(generation_id=3, offset=7)) is True
+    assert flowing.ack(SimpleNamespace(generation_id=1, offset=8)) is False
     assert passed == [7]
-    assert flowing._last_acked == {TP_: 7}  # what the drop guard knows to be acked before its commit

@@ -1,8 +1,7 @@
-"""streams/faust_fixes.py overrides methods of faust-streaming's consumer, or relies on how they drop
-records, each because of how that release of faust behaves. This test fails when a faust-streaming
-release changes one of them (its signature or its code), naming the fix to re-check: the fix may no
-longer be needed, or may now be wrong. It reads faust's source file, so it sees faust's methods, not
-ours installed over them."""
+"""streams/faust_fixes.py overrides methods of faust-streaming's consumer, each because of how that
+release of faust behaves. This test fails when a faust-streaming release changes one of them (its
+signature or its code), naming the fix to re-check: the fix may no longer be needed, or may now be
+wrong. It reads faust's source file, so it sees faust's methods, not ours installed over them."""
 
 from __future__ import annotations
 
@@ -32,12 +31,6 @@ REPLACED = {
         "b1dfc749a210",
         "the seek guard: does it still delegate to aiokafka's seek_to_committed, which skips uncommitted "
         "partitions?"),
-    ("faust.tables.recovery", "Recovery", "_resume_streams"): (
-        "8887e4033a88",
-        "the drop guard: does faust still resume partitions before the seek and flow control after it?"),
-    ("faust.transport.consumer", "Consumer", "_drain_messages"): (
-        "3bad65736af2",
-        "the drop guard: does the fetcher still hand records on through `self.callback`, one at a time?"),
 }
 
 
