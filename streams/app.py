@@ -142,6 +142,8 @@ def faust_options(settings: Settings, web_middlewares: list | None = None) -> di
         # Our transport (streams.faust_fixes.Transport, the `geodispatch` faust.transports entry point):
         # faust's aiokafka transport with our consumer.
         "broker": [f"geodispatch://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        # faust's table manager with the end of a rebalance reordered (streams.faust_fixes.SeekFirstRecovery).
+        "TableManager": "streams.faust_fixes:TableManager",
         "store": settings.store,
         "datadir": str(settings.store_dir),
         "topic_partitions": settings.partitions,

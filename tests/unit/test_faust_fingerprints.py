@@ -1,4 +1,4 @@
-"""streams/faust_fixes.py overrides methods of faust-streaming's consumer, each because of how that
+"""streams/faust_fixes.py overrides methods of faust-streaming's consumer and recovery, each because of how that
 release of faust behaves. This test fails when a faust-streaming release changes one of them (its
 signature or its code), naming the fix to re-check: the fix may no longer be needed, or may now be
 wrong. It reads faust's source file, so it sees faust's methods, not ours installed over them."""
@@ -31,6 +31,12 @@ REPLACED = {
         "b1dfc749a210",
         "the seek guard: does it still delegate to aiokafka's seek_to_committed, which skips uncommitted "
         "partitions?"),
+    ("faust.tables.recovery", "Recovery", "_resume_streams"): (
+        "8887e4033a88", "the seek-first recovery: does faust still resume stream partitions before their seek?"),
+    ("faust.tables.recovery", "Recovery", "on_recovery_completed"): (
+        "f0384ba407f3", "the seek-first recovery: does faust still resume stream partitions before their seek?"),
+    ("faust.tables.manager", "TableManager", "recovery"): (
+        "00aa046703d4", "the seek-first recovery: does faust's table manager still build its Recovery there?"),
 }
 
 
