@@ -60,6 +60,18 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def redis_cpu_seconds(url: str = REDIS_URL) -> float:
+    """The Redis server's own CPU time so far (user + system), as its INFO reports it."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        cpu = client.info("cpu")
+    finally:
+        client.close()
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def counter_sum(section: dict[str, float] | None) -> float:
     return sum((section or {}).values())
 

@@ -28,6 +28,7 @@ from bench.deploy import (
     end_offsets,
     peak_rss_mib,
     pings_seen,
+    redis_cpu_seconds,
 )
 from bench.load import ping_records
 from bench.stats import summarize, window_rate
@@ -48,6 +49,8 @@ class Sizes:
     scale_drivers: int = 20_000
     assign_drivers: int = 10_000
     api_seconds: float = 10.0
+    # The sessions API process driven open loop at each of these rates (requests a second).
+    api_open_rates: tuple[int, ...] = (500, 1_000, 2_000)
     requests: int = 3_000
     mixed_seconds: float = 15.0
     mixed_ping_rate: int = 5_000
@@ -76,6 +79,7 @@ class Sizes:
             scale_drivers=10_000,
             assign_drivers=5_000,
             api_seconds=4,
+            api_open_rates=(500,),
             requests=1_000,
             mixed_seconds=6,
             fleet_drivers=10_000,
@@ -574,12 +578,33 @@ def city_of_10k(run: Run) -> None:
             run.log(f"api: {route}: {api[route]['per_second']:.0f}/s, latency ms {api[route]['latency_ms']}")
         api["drivers"] = s.assign_drivers
         api["server_side"] = server_side_http(worker)
+        api["open_loop"] = open_loop_api(run, dep)
         run.results["api"] = api
 
         run.results["requests"] = requests_only(run, dep, worker)
         worker.stop()
     finally:
         dep.cleanup()
+
+
+def open_loop_api(run: Run, dep: Deployment) -> dict[str, dict[str, Any]]:
+    """The sessions API as its own process (`geodispatch worker --roles api`) beside the worker, driven
+    at fixed rates: results by "<route>@<rate>"."""
+    s = run.sizes
+    server = dep.start_worker("api", roles="api")
+    try:
+        server.wait_answering()
+        found = {}
+        for route in ("nearby", "session"):
+            for rate in s.api_open_rates:
+                r = dep.tool("bench.httpload", "--port", str(server.port), "--route", route, "--rate", str(rate),
+                             "--clients", "256", "--seconds", str(s.api_seconds), "--drivers", str(s.assign_drivers))
+                found[f"{route}@{rate}"] = r
+                run.log(f"api process, open loop: {route} at {rate}/s: {r['per_second']:.0f}/s answered, "
+                        f"latency ms {r['latency_ms']}")
+        return found
+    finally:
+        server.stop()
 
 
 def server_side_http(worker: WorkerProcess) -> dict[str, Any]:
@@ -677,7 +702,7 @@ def requests_only(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str,
     tag = f"{run.run_id}-s5"
     proc, answers = collect_answers(dep, tag, s.requests, timeout=s.requests_bound_s)
     sent_log = dep.workdir / f"sent-{tag}.jsonl"
-    cpu0 = cpu_seconds(worker.pid)
+    cpu0, redis_cpu0 = cpu_seconds(worker.pid), redis_cpu_seconds(dep.redis_url)
     gen = dep.tool("bench.load", "requests", "--count", str(s.requests), "--tag", tag, "--sent-log", str(sent_log))
     from bench.profile import fold, spy
 
@@ -685,12 +710,16 @@ def requests_only(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str,
     sampling = spy(worker.pid, min(10, s.requests_bound_s / 3), raw)
     proc.wait(s.requests_bound_s + 30)
     sampling.wait(30)
+    redis_cpu = redis_cpu_seconds(dep.redis_url) - redis_cpu0
     report = answers_report(dep, tag, sent_log, answers)
     arrivals = report.pop("arrivals")
     elapsed = (report["last_arrival"] - report["first_sent"]) if arrivals else None
     series = [(a - report["first_sent"], i + 1) for i, a in enumerate(arrivals)]
     report.update(
         producer=gen,
+        # Redis serves every process of a deployment from one thread: its time per request bounds
+        # what all of them together can answer.
+        redis_cpu_ms_per_request=round(1000 * redis_cpu / max(1, len(arrivals)), 3),
         rate_overall=round(len(arrivals) / elapsed, 1) if elapsed else None,
         rate_window=round(window_rate(series) or 0, 1),
         worker_cpu_seconds=round(cpu_seconds(worker.pid) - cpu0, 2),

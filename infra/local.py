@@ -114,6 +114,20 @@ class WorkerProcess:
             time.sleep(0.1)
         raise WorkerFailed(f"worker {self.name} not ready within {timeout}s:\n{self.log_tail(60)}")
 
+    def wait_answering(self, timeout: float = 30.0) -> float:
+        """Until /health answers healthy (an API process has no index of its own to wait for)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise WorkerFailed(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail(60)}")
+            try:
+                if self.get("/health", timeout=5.0)[0] == 200:
+                    return time.time() - self.started_at
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise WorkerFailed(f"{self.name} not answering within {timeout}s:\n{self.log_tail(60)}")
+
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (the worker commits what it finished), SIGKILL after `timeout`."""
         if self.alive():
@@ -197,15 +211,17 @@ class LocalDeployment:
         its stores."""
         return self.workdir / f"{self.prefix}{self.app_id}-{name}"
 
-    def start_worker(self, name: str = "w1", checkout: Path | None = None, **env: str) -> WorkerProcess:
-        """A worker of the deployment's checkout, or of another one (a release's worktree), on its own port."""
+    def start_worker(self, name: str = "w1", checkout: Path | None = None, roles: str | None = None,
+                     **env: str) -> WorkerProcess:
+        """A worker of the deployment's checkout, or of another one (a release's worktree), on its own port;
+        with `roles`, a worker of those roles only (`geodispatch worker --roles`)."""
         checkout = checkout or self.checkout
         port = free_port()
         data_dir = self.data_dir(name)
         log_path = data_dir.with_name(data_dir.name + ".log")
         log_file = open(log_path, "ab")  # noqa: SIM115 (closed with the process)
         process = subprocess.Popen(
-            [PYTHON, "-m", *self.worker_command],
+            [PYTHON, "-m", *self.worker_command, *(("--roles", roles) if roles else ())],
             env=self.env(GEODISPATCH_WEB_PORT=str(port), GEODISPATCH_DATA_DIR=str(data_dir), **_code_of(checkout),
                          **env),
             cwd=checkout,

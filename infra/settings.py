@@ -8,6 +8,10 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+Role = Literal["sessions", "assignments", "api"]
+STREAM_ROLES: tuple[Role, ...] = ("sessions", "assignments")
+ALL_ROLES: tuple[Role, ...] = (*STREAM_ROLES, "api")
+
 
 def _env(name: str) -> AliasChoices:
     """Accept both the documented short name (KAFKA_BOOTSTRAP_SERVERS) and GEODISPATCH_-prefixed."""
@@ -45,6 +49,11 @@ class Settings(BaseSettings):
 
     # -- worker ---------------------------------------------------------------------------------
     app_id: str = "geodispatch"
+    # What a worker process does (`geodispatch worker --roles`): the stream processors (`sessions`:
+    # pings, statuses, trips and the driver index; `assignments`: requests), and the sessions API
+    # (`api`), which answers from the shared index alone, so API processes run beside the stream
+    # processors in any number. The stream roles still run together in one process.
+    roles: Annotated[tuple[Role, ...], NoDecode] = ALL_ROLES
     # Holds a directory per app id (faust_app_id), so deployments sharing it keep their stores apart.
     data_dir: Path = Path(".cache/worker")
     store: str = "rocksdb://"
@@ -113,12 +122,23 @@ class Settings(BaseSettings):
     # A scope the token must carry (in `scope` or `scp`); none required when unset.
     jwt_scope: str | None = None
 
-    @field_validator("regions", "jwt_algorithms", mode="before")
+    @field_validator("regions", "jwt_algorithms", "roles", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("roles")
+    @classmethod
+    def _supported_roles(cls, roles: tuple[Role, ...]) -> tuple[Role, ...]:
+        streams = {role for role in roles if role in STREAM_ROLES}
+        if not roles:
+            raise ValueError("at least one role: sessions, assignments, api")
+        if streams and streams != set(STREAM_ROLES):
+            raise ValueError("sessions and assignments run in one process: give both (with or without api), "
+                             "or api alone")
+        return tuple(role for role in ALL_ROLES if role in roles)
 
     @model_validator(mode="after")
     def _decisions_outlive_clock_skew(self) -> Settings:
@@ -126,6 +146,11 @@ class Settings(BaseSettings):
             raise ValueError("decision_retention_s must be longer than max_future_skew_s: every request would "
                              "count as expired")
         return self
+
+    @property
+    def runs_streams(self) -> bool:
+        """Whether this process runs the stream processors (faust), or only the sessions API."""
+        return any(role in STREAM_ROLES for role in self.roles)
 
     @property
     def faust_app_id(self) -> str:

@@ -16,6 +16,7 @@ from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE,
 from schemas.codec import default_codec
 from streams import topology
 from streams.access import token_gate
+from streams.api import json_errors
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
 from streams.index import RegionIndex, now_ms
@@ -27,7 +28,7 @@ from streams.restore import BulkRestore
 from streams.runtime import Runtime, score_weights, session_rules
 from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
 from streams.topics import Topics
-from streams.views import ROUTES
+from streams.views import routes
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +43,7 @@ class DispatchApp(faust.App):
         # Built first so that access settings that cannot work stop the worker at start-up.
         verifier = Verifier.from_settings(settings)
         gate = token_gate(verifier, lambda status: metrics.http_refused.labels(status=str(status)).inc())
-        super().__init__(settings.faust_app_id, **faust_options(settings, [gate]))
+        super().__init__(settings.faust_app_id, **faust_options(settings, [json_errors, gate]))
         names = TopicNames(settings.topic_prefix)
         index = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
         topics = Topics(self, names)
@@ -71,7 +72,7 @@ class DispatchApp(faust.App):
             verifier=verifier,
             fence=fence,
         )
-        for path, view in ROUTES:
+        for path, view in routes(serves_sessions="api" in settings.roles):
             self.page(path)(view)
         self.on_partitions_assigned.connect(self._advance_fence)
         self.on_rebalance_complete.connect(self._partitions_restored)

@@ -8,6 +8,7 @@ import gc
 import sys
 
 import click
+from pydantic import ValidationError
 
 from infra.settings import Settings
 
@@ -24,24 +25,39 @@ def main() -> None:
 
 @main.command()
 @click.option("--web-port", type=int, default=None, help="HTTP port (default: GEODISPATCH_WEB_PORT or 6066).")
-def worker(web_port: int | None) -> None:
-    """Run one pipeline worker: all agents, the tables and the HTTP API."""
+@click.option("--roles", default=None, metavar="ROLES",
+              help="Comma-separated: sessions, assignments, api (default: GEODISPATCH_ROLES, all three).")
+def worker(web_port: int | None, roles: str | None) -> None:
+    """Run one pipeline worker process. With every role (the default) it runs all agents, the tables
+    and the HTTP API. `--roles sessions,assignments` runs the stream processors without the sessions
+    API (/health, /stats and /metrics stay); `--roles api` runs only the sessions API, answering from
+    the shared Redis index (no Kafka, no data directory), in as many processes as HTTP load needs."""
     try:
         import faust  # noqa: F401
     except ImportError:
         click.echo("error: the worker's dependencies are not installed: pip install 'geodispatch[worker]'", err=True)
         sys.exit(1)
-    settings = _settings()
-    if web_port is not None:
-        settings = settings.model_copy(update={"web_port": web_port})
+    update: dict[str, object] = {} if web_port is None else {"web_port": web_port}
+    if roles is not None:
+        update["roles"] = roles
+    try:
+        settings = Settings(**update)  # over the environment's settings
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--roles/--web-port") from None
+    from streams.logging import configure_logging
+
+    if not settings.runs_streams:
+        configure_logging(settings.log_level, settings.log_format)
+        from streams.api import serve
+
+        serve(settings)
+        return
     # faust creates only the last level of its data directory.
     settings.store_dir.mkdir(parents=True, exist_ok=True)
     if settings.event_loop == "uvloop":
         import mode.loop
 
         mode.loop.use("uvloop")  # before faust creates the loop
-    from streams.logging import configure_logging
-
     configure_logging(settings.log_level, settings.log_format)
     from faust import Worker
 

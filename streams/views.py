@@ -1,78 +1,28 @@
-"""The worker's HTTP API: driver sessions (seed 000), health, stats and Prometheus metrics.
-Every answer is JSON, errors included (but /metrics, which is Prometheus text)."""
+"""The worker's HTTP API: driver sessions (seed 000), health, stats and Prometheus metrics, as faust
+views. Every answer is JSON, errors included (but /metrics, which is Prometheus text)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import structlog
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.index import now_ms
-from streams.logic.queries import BadQuery, parse_nearby
+from streams.answers import (
+    METRICS_CONTENT_TYPE,
+    PREFIX,
+    Answer,
+    health_answer,
+    metrics_text,
+    nearby_answer,
+    redis_reachable,
+    session_answer,
+    timed,
+)
 from streams.runtime import Runtime
 
-log = structlog.get_logger(__name__)
-PREFIX = "/driver-sessions/sessions"
-METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not p.startswith("charset="))
 
-
-def _timed(route: str):
-    """Counts and times each request; turns an unexpected error into a JSON 500."""
-
-    def decorate(handler):
-        async def wrapper(self: View, request: Request, **kwargs: Any) -> Response:
-            runtime: Runtime = self.app.runtime
-            started = time.perf_counter()
-            try:
-                response = await handler(self, request, **kwargs)
-            except Exception as exc:  # answered, logged and counted: never a bare text 500
-                log.exception("http_error", route=route)
-                response = self.json({"error": "internal error", "detail": type(exc).__name__}, status=500)
-            runtime.metrics.http_requests.labels(route=route, status=str(response.status)).inc()
-            runtime.metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
-            return response
-
-        return wrapper
-
-    return decorate
-
-
-class NearbyDrivers(View):
-    @_timed("nearby")
-    async def get(self, request: Request) -> Response:
-        try:
-            query = parse_nearby(request.query)
-        except BadQuery as exc:
-            return self.json({"error": exc.reason, "parameter": exc.parameter}, status=400)
-        runtime: Runtime = self.app.runtime
-        fresh_since = now_ms() - int(runtime.settings.location_max_age_s * 1000)
-        drivers, cells = await runtime.index.nearby(query.h3, query.k, query.limit, fresh_since)
-        return self.json({"drivers": drivers, "queried_cells": cells})
-
-
-class DriverSessionView(View):
-    @_timed("session")
-    async def get(self, request: Request, driver_id: str) -> Response:
-        response = await self.app.runtime.index.session_response(driver_id)
-        if response is None:
-            return self.json({"error": f"no session for driver {driver_id!r}", "driver_id": driver_id}, status=404)
-        return self.json(response)
-
-
-class Health(View):
-    @_timed("health")
-    async def get(self, request: Request) -> Response:
-        runtime: Runtime = self.app.runtime
-        checks = {"kafka": await _kafka_reachable(self.app), "redis": await _redis_reachable(runtime)}
-        healthy = all(state == "connected" for state in checks.values())
-        return self.json({"status": "healthy" if healthy else "unhealthy", **checks}, status=200 if healthy else 503)
-
-
-async def _kafka_reachable(app: Any) -> str:
+async def kafka_reachable(app: Any) -> str:
     producer = getattr(app.producer, "_producer", None)
     if producer is None:
         return "not started"
@@ -83,19 +33,34 @@ async def _kafka_reachable(app: Any) -> str:
     return "connected"
 
 
-async def _redis_reachable(runtime: Runtime) -> str:
-    try:
-        await asyncio.wait_for(runtime.index.ping(), timeout=2.0)
-    except Exception as exc:  # any failure to PING means Redis is not reachable
-        return f"unreachable: {type(exc).__name__}"
-    return "connected"
+class NearbyDrivers(View):
+    async def get(self, request: Request) -> Response:
+        runtime: Runtime = self.app.runtime
+        answering = nearby_answer(runtime.index, runtime.settings.location_max_age_s, request.query)
+        body, status = await timed(runtime.metrics, "nearby", answering)
+        return self.json(body, status=status)
+
+
+class DriverSessionView(View):
+    async def get(self, request: Request, driver_id: str) -> Response:
+        runtime: Runtime = self.app.runtime
+        body, status = await timed(runtime.metrics, "session", session_answer(runtime.index, driver_id))
+        return self.json(body, status=status)
+
+
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        runtime: Runtime = self.app.runtime
+        checks = {"kafka": kafka_reachable(self.app), "redis": redis_reachable(runtime.index)}
+        body, status = await timed(runtime.metrics, "health", health_answer(checks))
+        return self.json(body, status=status)
 
 
 class Stats(View):
-    @_timed("stats")
     async def get(self, request: Request) -> Response:
         runtime: Runtime = self.app.runtime
-        return self.json(stats_document(runtime))
+        body, status = await timed(runtime.metrics, "stats", stats_answer(runtime))
+        return self.json(body, status=status)
 
 
 def _counter_totals(metric) -> dict[str, float]:
@@ -105,6 +70,10 @@ def _counter_totals(metric) -> dict[str, float]:
             label = ",".join(f"{v}" for v in sample.labels.values()) or "all"
             totals[label] = totals.get(label, 0) + sample.value
     return totals
+
+
+async def stats_answer(runtime: Runtime) -> Answer:
+    return stats_document(runtime), 200
 
 
 def stats_document(runtime: Runtime) -> dict[str, Any]:
@@ -134,20 +103,24 @@ def stats_document(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-class Metrics(View):
+class MetricsView(View):
     async def get(self, request: Request) -> Response:
-        # aiohttp refuses a charset inside content_type; the Prometheus text format is UTF-8 anyway.
-        return self.bytes(generate_latest(self.app.runtime.metrics.registry), content_type=METRICS_CONTENT_TYPE)
-
-
+        return self.bytes(metrics_text(self.app.runtime.metrics), content_type=METRICS_CONTENT_TYPE)
 
 
 # Path and view, in the order they are registered: /nearby before the {driver_id} route, which would
 # otherwise match "nearby" too.
-ROUTES: tuple[tuple[str, type[View]], ...] = (
+SESSION_ROUTES: tuple[tuple[str, type[View]], ...] = (
     (f"{PREFIX}/nearby", NearbyDrivers),
     (PREFIX + "/{driver_id}", DriverSessionView),
+)
+OPERATION_ROUTES: tuple[tuple[str, type[View]], ...] = (
     ("/health", Health),
     ("/stats", Stats),
-    ("/metrics", Metrics),
+    ("/metrics", MetricsView),
 )
+
+
+def routes(serves_sessions: bool) -> tuple[tuple[str, type[View]], ...]:
+    """The worker's routes: the sessions API's only when it has the `api` role."""
+    return (SESSION_ROUTES if serves_sessions else ()) + OPERATION_ROUTES
