@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -102,31 +103,26 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 90.0) -> float:
         """Until /stats shows the index rebuilt for this worker's partitions; seconds since its start."""
+        return self._wait_until(lambda: bool(self.stats().get("index", {}).get("epoch")), timeout, "ready")
+
+    def wait_answering(self, timeout: float = 30.0) -> float:
+        """Until /health answers healthy (an API process has no index of its own to wait for)."""
+        return self._wait_until(lambda: self.get("/health", timeout=5.0)[0] == 200, timeout, "answering")
+
+    def _wait_until(self, check: Callable[[], bool], timeout: float, state: str) -> float:
+        """Polls `check` (an HTTP call; failing to connect counts as not yet) until it holds; seconds
+        since the process started. Fails at once when the process exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
                 raise WorkerFailed(f"worker {self.name} exited with {self.process.returncode}:\n{self.log_tail(60)}")
             try:
-                if self.stats().get("index", {}).get("epoch"):
+                if check():
                     return time.time() - self.started_at
             except (OSError, RuntimeError, ValueError):
                 pass
             time.sleep(0.1)
-        raise WorkerFailed(f"worker {self.name} not ready within {timeout}s:\n{self.log_tail(60)}")
-
-    def wait_answering(self, timeout: float = 30.0) -> float:
-        """Until /health answers healthy (an API process has no index of its own to wait for)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise WorkerFailed(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail(60)}")
-            try:
-                if self.get("/health", timeout=5.0)[0] == 200:
-                    return time.time() - self.started_at
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise WorkerFailed(f"{self.name} not answering within {timeout}s:\n{self.log_tail(60)}")
+        raise WorkerFailed(f"worker {self.name} not {state} within {timeout}s:\n{self.log_tail(60)}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (the worker commits what it finished), SIGKILL after `timeout`."""

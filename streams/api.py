@@ -12,18 +12,9 @@ import structlog
 from aiohttp import web
 
 from infra.settings import Settings
+from streams import answers
 from streams.access import token_gate
-from streams.answers import (
-    METRICS_CONTENT_TYPE,
-    PREFIX,
-    Answer,
-    health_answer,
-    metrics_text,
-    nearby_answer,
-    redis_reachable,
-    session_answer,
-    timed,
-)
+from streams.answers import PREFIX, Answer, timed
 from streams.auth import Verifier
 from streams.index import RegionIndex
 from streams.metrics import Metrics
@@ -54,16 +45,17 @@ def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier
     Kafka) and /metrics, behind the same token gate as the worker's."""
 
     async def nearby(request: web.Request) -> web.Response:
-        return _json(await timed(metrics, "nearby", nearby_answer(index, settings.location_max_age_s, request.query)))
+        answering = answers.nearby_answer(index, settings.location_max_age_s, request.query)
+        return _json(await timed(metrics, "nearby", answering))
 
     async def session(request: web.Request) -> web.Response:
-        return _json(await timed(metrics, "session", session_answer(index, request.match_info["driver_id"])))
+        return _json(await timed(metrics, "session", answers.session_answer(index, request.match_info["driver_id"])))
 
     async def health(request: web.Request) -> web.Response:
-        return _json(await timed(metrics, "health", health_answer({"redis": redis_reachable(index)})))
+        return _json(await timed(metrics, "health", answers.health_answer({"redis": answers.redis_reachable(index)})))
 
     async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(body=metrics_text(metrics), content_type=METRICS_CONTENT_TYPE)
+        return web.Response(body=answers.metrics_text(metrics), content_type=answers.METRICS_CONTENT_TYPE)
 
     async def close_redis(app: web.Application) -> None:
         await index.redis.aclose()
