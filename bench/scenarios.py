@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ class Sizes:
     fleet_drivers: int = 50_000
     fleet_ping_rate: int = 10_000
     fleet_request_rate: int = 100
+    # Requests arriving while the worker works through a backlog of pings (issue 22's isolation).
+    isolation_backlog: int = 100_000
+    isolation_request_rate: int = 100
+    isolation_seconds: float = 10.0
     # Cold restarts with the default location age, each after the city pinged once more.
     default_age_restarts: int = 5
     requests_bound_s: float = 60.0
@@ -85,6 +90,8 @@ class Sizes:
             fleet_drivers=10_000,
             fleet_ping_rate=2_000,
             fleet_request_rate=50,
+            isolation_backlog=20_000,
+            isolation_seconds=5,
             default_age_restarts=1,
             baseline_producer_records=100_000,
             profile_pings=20_000,
@@ -798,6 +805,62 @@ def mixed(run: Run, dep: Deployment, worker: WorkerProcess, load: MixedLoad | No
     return report
 
 
+def isolation_scenario(run: Run) -> None:
+    """Its own 10,000-driver city: requests at a steady rate from the moment a backlog of pings waits."""
+    dep, worker = assignment_city(run, "i")
+    try:
+        run.results["isolation"] = isolation(run, dep, worker)
+    finally:
+        dep.cleanup()
+
+
+def isolation(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
+    """The backlog is produced while the worker is paused (SIGSTOP: one generator sends slower than a
+    worker drains, so no backlog would build otherwise), and the requests start as it resumes. The
+    answers' latency is reported for the requests sent before the backlog was drained, and for all."""
+    s = run.sizes
+    tag = f"{run.run_id}-s7"
+    expected = int(s.isolation_request_rate * s.isolation_seconds)
+    proc, answers = collect_answers(dep, tag, expected, timeout=s.isolation_seconds + s.mixed_grace_s)
+    sent_log = dep.workdir / f"sent-{tag}.jsonl"
+    seen0 = pings_seen(worker.stats())
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        backlog = dep.tool("bench.load", "pings", "--drivers", str(s.assign_drivers), "--count",
+                           str(s.isolation_backlog))
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
+    resumed = time.time()
+    gen = dep.spawn("bench.load", "requests", "--count", str(expected), "--rate", str(s.isolation_request_rate),
+                    "--tag", tag, "--sent-log", str(sent_log), out=dep.workdir / f"isolation-{tag}.json")
+    series = follow([worker], pings_seen, seen0 + s.isolation_backlog, timeout=120)
+    drained_s = series[-1][0] - resumed
+    gen.wait(s.isolation_seconds + 60)
+    proc.wait(s.isolation_seconds + s.mixed_grace_s + 30)
+    report = answers_report(dep, tag, sent_log, answers)
+    for key in ("arrivals", "latencies"):
+        report.pop(key)
+    sent = dict(orjson.loads(line) for line in sent_log.read_bytes().splitlines() if line)
+    arrived = {r["orderId"]: r["arrived"] for r in map(orjson.loads, answers.read_bytes().splitlines()) if r}
+    during = [order for order, at in sent.items() if at - resumed <= drained_s]
+    # Unanswered requests count as infinitely late here too.
+    report.update(
+        backlog=backlog,
+        backlog_drained_s=round(drained_s, 2),
+        during_backlog=len(during),
+        latency_ms_during_backlog=summarize(
+            [(arrived[o] - sent[o]) * 1000 if o in arrived else float("inf") for o in during], 2),
+        request_rate=s.isolation_request_rate,
+        ping_series=[(round(t - resumed, 2), c - seen0) for t, c, *_ in series],
+        # (seconds after the resume it was sent, latency ms or None when unanswered) per request
+        requests_series=[(round(at - resumed, 3), round((arrived[o] - at) * 1000, 2) if o in arrived else None)
+                         for o, at in sorted(sent.items(), key=lambda item: item[1])],
+    )
+    run.log(f"isolation: backlog of {s.isolation_backlog} pings drained in {drained_s:.1f} s; requests sent meanwhile "
+            f"{len(during)}, latency ms {report['latency_ms_during_backlog']}; all {report['latency_ms']}")
+    return report
+
+
 def _profile(run: Run) -> None:
     from bench.profile import profile
 
@@ -810,5 +873,6 @@ ALL = {
     "city": city_of_10k,
     "mixed": mixed_scenario,
     "fleet": fleet_scenario,
+    "isolation": isolation_scenario,
     "profile": _profile,
 }

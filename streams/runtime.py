@@ -4,6 +4,7 @@ so there is no other global."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,23 @@ class DriverProgress(PartitionService):
 
 
 @dataclass
+class RequestActivity:
+    """When this worker last read an assignment request, so that pings can give way to requests
+    (streams.agents.pings): a request's answer takes dozens of turns of the event loop, and each turn
+    would otherwise wait for a block of pings."""
+
+    # How long after a request pings keep giving way: requests come in streams, not alone.
+    window_s: float = 0.5
+    last_read: float = float("-inf")  # time.monotonic()
+
+    def read(self) -> None:
+        self.last_read = time.monotonic()
+
+    def recent(self) -> bool:
+        return time.monotonic() - self.last_read < self.window_s
+
+
+@dataclass
 class Runtime:
     settings: Settings
     names: TopicNames
@@ -77,6 +95,7 @@ class Runtime:
     # This worker's fencing token, advanced on every partition assignment (streams.app).
     fence: Fence
     progress: DriverProgress = field(default_factory=DriverProgress)
+    requests: RequestActivity = field(default_factory=RequestActivity)
     # Drivers online and available, counted by the heartbeat timer for /stats.
     stats: dict[str, Any] = field(default_factory=dict)
 

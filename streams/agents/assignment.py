@@ -184,6 +184,7 @@ async def _record_failure(runtime: Runtime, request: AssignmentRequested) -> dic
 
 
 async def process(runtime: Runtime, chooser: Chooser, message) -> Completion | None:
+    runtime.requests.read()
     codec = runtime.codec
     raw = codec.decode_raw(AssignmentRequested, message.value)
     order_id = _order_id(raw)

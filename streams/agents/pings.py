@@ -234,7 +234,10 @@ class PingBatches(PartitionService):
         runtime, handle = self._app.runtime, self._handle
         for start in range(0, len(records), YIELD_EVERY):
             await handle(runtime, records[start : start + YIELD_EVERY])
-            await asyncio.sleep(0)
+            if runtime.requests.recent():
+                await give_way()
+            else:
+                await asyncio.sleep(0)
 
     async def _commit(self) -> None:
         """Commits what was applied, once the broker has everything it produced. Not when the app's
@@ -255,3 +258,21 @@ class PingBatches(PartitionService):
             log.error("ping_commit_failed", error=repr(exc), partitions=len(positions))
             self._app.runtime.metrics.retries.labels(stage="ping_commit").inc()
 
+
+
+# A request's answer takes dozens of turns of the event loop (faust's hand-over, the stream, the Redis
+# calls, the sends and their acknowledgements), and a yield of one turn between blocks of pings made
+# each of those turns wait for a block: behind a backlog of pings, answers took seconds
+# (bench/README.md, the isolation scenario). While requests are about, pings yield until nothing else
+# is ready to run, for at most GIVE_WAY_TURNS turns.
+GIVE_WAY_TURNS = 64
+
+
+async def give_way() -> None:
+    """Yields to the event loop until no other callback is ready to run (asyncio keeps no public
+    count of them: the loop's `_ready` queue), or for GIVE_WAY_TURNS turns."""
+    loop = asyncio.get_running_loop()
+    for _ in range(GIVE_WAY_TURNS):
+        await asyncio.sleep(0)
+        if not loop._ready:  # type: ignore[attr-defined]
+            return
