@@ -52,8 +52,11 @@ TOPICS_APPLY_ARGS ?= $(if $(START_KAFKA),,--create-only)
 topics: infra-up ## create the plan's missing topics (on our own broker, also set the configs the pipeline needs)
 	$(GD) topics apply $(TOPICS_APPLY_ARGS)
 
-run: topics ## start one worker (HTTP on :6066)
-	$(GD) worker
+# RUN_SHAPE=one runs every role in one process instead (docs/DEPLOYMENT.md).
+RUN_SHAPE ?= roles
+
+run: topics ## start the deployment recommended for one machine: a process per role (sessions API on :6066)
+	$(GD) run --shape $(RUN_SHAPE)
 
 test-unit: setup ## unit tests only: no broker, no Redis
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -94,30 +97,34 @@ DEMO_SEED ?= 1
 DEMO_PORT ?= 6066
 DEMO_DIR ?= results/demo
 DEMO_PID := $(DEMO_DIR)/worker.pid
+# The stream processes of `make run`'s shape serve /stats on the ports after the sessions API's.
+DEMO_STATS := --stats-url http://127.0.0.1:$(shell expr $(DEMO_PORT) + 1)/stats \
+  --stats-url http://127.0.0.1:$(shell expr $(DEMO_PORT) + 2)/stats
 
-demo: topics ## a worker + a simulated city for DEMO_SECONDS (60): live view, summary, pictures in results/demo
+demo: topics ## the deployment of `make run` + a simulated city for DEMO_SECONDS (60): live view, summary, pictures in results/demo
 	@mkdir -p $(DEMO_DIR)
 	@if [ -f $(DEMO_PID) ] && kill -0 "$$(cat $(DEMO_PID))" 2>/dev/null; then \
-	  echo "demo: reusing the worker started earlier (pid $$(cat $(DEMO_PID)))"; \
-	elif ! $(PY) -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', $(DEMO_PORT))) == 0)"; then \
-	  echo "demo: port $(DEMO_PORT) is taken by another process; choose one with DEMO_PORT=..."; exit 1; \
+	  echo "demo: reusing the workers started earlier (pid $$(cat $(DEMO_PID)))"; \
+	elif ! $(PY) -c "import socket, sys; sys.exit(any(socket.socket().connect_ex(('127.0.0.1', $(DEMO_PORT) + n)) == 0 for n in range(3)))"; then \
+	  echo "demo: port $(DEMO_PORT), $$(($(DEMO_PORT) + 1)) or $$(($(DEMO_PORT) + 2)) is taken by another process; choose with DEMO_PORT=..."; exit 1; \
 	else \
-	  GEODISPATCH_WEB_PORT=$(DEMO_PORT) GEODISPATCH_LOG_FORMAT=json nohup $(GD) worker > $(DEMO_DIR)/worker.log 2>&1 & \
+	  GEODISPATCH_LOG_FORMAT=json nohup $(GD) run --web-port $(DEMO_PORT) > $(DEMO_DIR)/worker.log 2>&1 & \
 	  echo $$! > $(DEMO_PID); \
-	  echo "demo: worker started in the background (pid $$(cat $(DEMO_PID)), log $(DEMO_DIR)/worker.log)"; \
+	  echo "demo: a worker per role started in the background (pid $$(cat $(DEMO_PID)), log $(DEMO_DIR)/worker.log)"; \
 	fi
 	@$(GD) simulate --city $(DEMO_CITY) --drivers $(DEMO_DRIVERS) --orders-per-s $(DEMO_ORDERS_PER_S) \
 	  --duration $(DEMO_SECONDS) --speedup $(DEMO_SPEEDUP) --malformed-fraction $(DEMO_MALFORMED) --seed $(DEMO_SEED) \
-	  --stats-url http://127.0.0.1:$(DEMO_PORT)/stats --wait-ready 120 --live --results $(DEMO_DIR) --pictures \
+	  $(DEMO_STATS) --api-url http://127.0.0.1:$(DEMO_PORT) --wait-ready 120 --live --results $(DEMO_DIR) --pictures \
 	  || { echo "demo: failed; the worker's last lines:"; tail -n 20 $(DEMO_DIR)/worker.log; exit 1; }
 	@echo ""
 	@echo "demo: pictures and the run's records are in $(DEMO_DIR)/ (map.png, latency.png, summary.txt)"
-	@echo "demo: the worker keeps running (pid $$(cat $(DEMO_PID))): inspect dead letters with"
+	@echo "demo: the workers keep running (pid $$(cat $(DEMO_PID))): inspect dead letters with"
 	@echo "        $(GD) dlq list"
 	@echo "      stop it with 'make demo-stop'; 'make demo' starts it again"
 
-demo-stop: ## stop the worker `make demo` left running
+demo-stop: ## stop the workers `make demo` left running
 	@if [ -f $(DEMO_PID) ] && kill -0 "$$(cat $(DEMO_PID))" 2>/dev/null; then \
-	  kill "$$(cat $(DEMO_PID))" && echo "demo: worker $$(cat $(DEMO_PID)) stopped"; \
+	  pid=$$(cat $(DEMO_PID)); kill $$pid; while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; \
+	  echo "demo: workers of $$pid stopped"; \
 	else echo "demo: no worker running"; fi
 	@rm -f $(DEMO_PID)

@@ -102,8 +102,14 @@ class WorkerProcess:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = 90.0) -> float:
-        """Until /stats shows the index rebuilt for this worker's partitions; seconds since its start."""
-        return self._wait_until(lambda: bool(self.stats().get("index", {}).get("epoch")), timeout, "ready")
+        """Until /stats says the worker acts on its partitions (with the sessions role: the index rebuilt
+        for them); seconds since its start. A release's worker from before `ready` (the upgrade test's)
+        says it with the index's epoch."""
+        def ready() -> bool:
+            stats = self.stats()
+            return bool(stats.get("ready", stats.get("index", {}).get("epoch")))
+
+        return self._wait_until(ready, timeout, "ready")
 
     def wait_answering(self, timeout: float = 30.0) -> float:
         """Until /health answers healthy (an API process has no index of its own to wait for)."""

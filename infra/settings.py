@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     # What a worker process does (`geodispatch worker --roles`): the stream processors (`sessions`:
     # pings, statuses, trips and the driver index; `assignments`: requests), and the sessions API
     # (`api`), which answers from the shared index alone, so API processes run beside the stream
-    # processors in any number. The stream roles still run together in one process.
+    # processors in any number. A process of the assignments role alone is a consumer group of its
+    # own (faust_app_id), so that requests never wait behind pings (docs/DEPLOYMENT.md).
     roles: Annotated[tuple[Role, ...], NoDecode] = ALL_ROLES
     # Holds a directory per app id (faust_app_id), so deployments sharing it keep their stores apart.
     data_dir: Path = Path(".cache/worker")
@@ -132,12 +133,8 @@ class Settings(BaseSettings):
     @field_validator("roles")
     @classmethod
     def _supported_roles(cls, roles: tuple[Role, ...]) -> tuple[Role, ...]:
-        streams = {role for role in roles if role in STREAM_ROLES}
         if not roles:
             raise ValueError("at least one role: sessions, assignments, api")
-        if streams and streams != set(STREAM_ROLES):
-            raise ValueError("sessions and assignments run in one process: give both (with or without api), "
-                             "or api alone")
         return tuple(role for role in ALL_ROLES if role in roles)
 
     @model_validator(mode="after")
@@ -153,9 +150,31 @@ class Settings(BaseSettings):
         return any(role in STREAM_ROLES for role in self.roles)
 
     @property
-    def faust_app_id(self) -> str:
-        """The faust app id: the consumer group and the prefix of every changelog topic."""
+    def runs_sessions(self) -> bool:
+        return "sessions" in self.roles
+
+    @property
+    def runs_assignments(self) -> bool:
+        return "assignments" in self.roles
+
+    @property
+    def deployment_group(self) -> str:
+        """The consumer group of the processes with the sessions role, and the app id that names the
+        changelog topics whatever the deployment's shape (streams.tables)."""
         return f"{self.topic_prefix}{self.app_id}"
+
+    @property
+    def assignments_group(self) -> str:
+        """The consumer group of the processes with the assignments role alone: a group of their own,
+        so that they split the requests among themselves and leave the driver topics to the others."""
+        return f"{self.topic_prefix}{self.app_id}-assignments"
+
+    @property
+    def faust_app_id(self) -> str:
+        """The faust app id: the consumer group, and where its stores live."""
+        if self.runs_assignments and not self.runs_sessions:
+            return self.assignments_group
+        return self.deployment_group
 
     @property
     def store_dir(self) -> Path:

@@ -210,16 +210,20 @@ def produce_request(order_id, restaurant, customer, prep_min, radius_km, geo_key
               help="Part of every order id (default: the start time, so runs on one broker never share orders).")
 @FORMAT
 @click.option("--live/--no-live", default=False, help="Redraw a live view of the pipeline every second.")
-@click.option("--stats-url", default=None, help="A worker's /stats URL for the live view and summary.")
+@click.option("--stats-url", "stats_urls", multiple=True,
+              help="A worker's /stats URL for the live view and summary; once per process of a deployment "
+                   "of several (their figures are added up).")
+@click.option("--api-url", default=None,
+              help="The sessions API's base URL for the hints at the end (default: the first --stats-url's).")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write summary.json and the run's records here.")
 @click.option("--pictures/--no-pictures", default=False, help="With --results: draw the map and latency PNGs.")
 @click.option("--wait-ready", "wait_ready_s", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="With --stats-url: first wait up to this many seconds for the worker to answer (exit 3 if not).")
+              help="With --stats-url: first wait up to this many seconds for every worker to be ready (exit 3 if not).")
 @click.option("--settle", "settle_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for outstanding answers after the last request.")
 def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_per_hour, malformed_fraction, speedup,
-             pace, seed, run_id, fmt, live, stats_url, results_dir, pictures, wait_ready_s, settle_s):
+             pace, seed, run_id, fmt, live, stats_urls, api_url, results_dir, pictures, wait_ready_s, settle_s):
     """Simulate a city: drivers go online, move and ping, drop out, accept and finish trips; orders arrive.
     Prints a summary (JSON with --results). Exit 1 if any record failed to be delivered, 3 if Kafka is down."""
     from producers.cities import CITIES
@@ -227,8 +231,8 @@ def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_p
     from producers.simulator import SimulationConfig
 
     settings = commandline.settings()
-    if stats_url and wait_ready_s > 0:
-        _wait_for_worker(stats_url, wait_ready_s)
+    if stats_urls and wait_ready_s > 0:
+        _wait_for_workers(stats_urls, wait_ready_s)
     config = SimulationConfig(
         city=CITIES[city], drivers=drivers, orders_per_s=orders_per_s,
         ping_interval_s=ping_interval_s or settings.heartbeat_interval_s, dropout_per_hour=dropout_per_hour,
@@ -236,7 +240,7 @@ def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_p
         run_id=run_id if run_id is not None else datetime.now(UTC).strftime("%H%M%S-"),
     )
     report = commandline.run(run_simulation(
-        settings, config, duration_s=duration_s, pace=pace, fmt=fmt, live=live, stats_url=stats_url,
+        settings, config, duration_s=duration_s, pace=pace, fmt=fmt, live=live, stats_urls=stats_urls,
         results_dir=results_dir, settle_s=settle_s,
     ))
     click.echo(report.text())
@@ -245,33 +249,33 @@ def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_p
 
         for path in draw_all(results_dir):
             click.echo(f"picture: {path}")
-    if stats_url:
-        for line in _api_hints(stats_url, report, results_dir):
+    if stats_urls or api_url:
+        for line in _api_hints(api_url or stats_urls[0].rsplit("/stats", 1)[0], stats_urls, report):
             click.echo(line)
     if report.delivery_failures:
         sys.exit(commandline.EXIT_FAILED)
 
 
-def _wait_for_worker(stats_url: str, seconds: float) -> None:
+def _wait_for_workers(stats_urls: tuple[str, ...], seconds: float) -> None:
     from producers.live import fetch_stats
 
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        stats = fetch_stats(stats_url)
-        if stats and stats.get("index", {}).get("epoch"):
-            return
-        time.sleep(0.5)
-    click.echo(f"error: no worker answered at {stats_url} within {seconds:.0f}s", err=True)
-    sys.exit(commandline.EXIT_UNREACHABLE)
+    waiting = list(stats_urls)
+    while waiting and time.monotonic() < deadline:
+        waiting = [url for url in waiting if not (fetch_stats(url) or {}).get("ready")]
+        if waiting:
+            time.sleep(0.5)
+    if waiting:
+        click.echo(f"error: no ready worker answered at {', '.join(waiting)} within {seconds:.0f}s", err=True)
+        sys.exit(commandline.EXIT_UNREACHABLE)
 
 
-def _api_hints(stats_url: str, report, results_dir: Path | None) -> list[str]:
+def _api_hints(base: str, stats_urls: tuple[str, ...], report) -> list[str]:
     """How to look at what the run left behind in the sessions API."""
     import h3
 
     from producers.cities import CITIES
 
-    base = stats_url.rsplit("/stats", 1)[0]
     city = next(c for c in CITIES.values() if c.name == report.city)
     cell = h3.latlng_to_cell(city.lat, city.lng, 9)
     driver = report.extra.get("sample_driver")
@@ -279,7 +283,7 @@ def _api_hints(stats_url: str, report, results_dir: Path | None) -> list[str]:
     if driver:
         lines.append(f"  curl -s {base}/driver-sessions/sessions/{driver}")
     lines += [f"  curl -s '{base}/driver-sessions/sessions/nearby?h3={cell}&k=5&limit=10'",
-              f"  curl -s {base}/stats",
+              *(f"  curl -s {url}" for url in stats_urls),
               "  (simulated drivers stop pinging when the run ends: nearby offers them for another"
               " GEODISPATCH_LOCATION_MAX_AGE_S, 60 s by default)"]
     return lines

@@ -99,21 +99,33 @@ def _percentiles_text(values: dict[str, float | None]) -> str:
     return " ".join(f"{name} {values[name]:.0f} ms" for name in ("p50", "p95", "p99"))
 
 
-def worker_view(stats: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The few numbers of a worker's /stats the live view and the summary show."""
-    if not stats:
+def worker_view(documents: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The few numbers the live view and the summary show, of every worker's /stats together: a
+    deployment of a process per role counts drivers in one and answers in another. The latency is the
+    worst of the processes that answered requests."""
+    found = [document for document in documents if document]
+    if not found:
         return None
-    latency = stats.get("assignments", {}).get("latency_seconds", {})
+    answering = [d["assignments"]["latency_seconds"] for d in found
+                 if _total(d.get("assignments", {}).get("requests"))]
+
+    def worst(name: str) -> float | None:
+        values = [latency[name] for latency in answering if latency.get(name) is not None]
+        return max(values) * 1000 if values else None
+
     return {
-        "drivers_online": stats.get("drivers", {}).get("online", 0),
-        "drivers_available": stats.get("drivers", {}).get("available", 0),
-        "pings": _total(stats.get("pings")),
-        "requests": _total(stats.get("assignments", {}).get("requests")),
-        "failures": _total(stats.get("assignments", {}).get("failures")),
-        "dead_letters": _total(stats.get("dead_letters")),
-        "latency_ms": {name: (latency[name] * 1000 if latency.get(name) is not None else None)
-                       for name in ("p50", "p95", "p99")},
+        "drivers_online": sum(d.get("drivers", {}).get("online", 0) for d in found),
+        "drivers_available": sum(d.get("drivers", {}).get("available", 0) for d in found),
+        "pings": sum(_total(d.get("pings")) for d in found),
+        "requests": sum(_total(d.get("assignments", {}).get("requests")) for d in found),
+        "failures": sum(_total(d.get("assignments", {}).get("failures")) for d in found),
+        "dead_letters": sum(_total(d.get("dead_letters")) for d in found),
+        "latency_ms": {name: worst(name) for name in ("p50", "p95", "p99")},
     }
+
+
+def fetch_view(urls: tuple[str, ...]) -> dict[str, Any] | None:
+    return worker_view([fetch_stats(url) for url in urls])
 
 
 class LiveView:
@@ -224,7 +236,7 @@ async def run_simulation(
     pace: str = "realtime",
     fmt: str = "json",
     live: bool = False,
-    stats_url: str | None = None,
+    stats_urls: tuple[str, ...] = (),
     results_dir: Path | None = None,
     settle_s: float = 5.0,
     tick_s: float = 0.5,
@@ -289,18 +301,18 @@ async def run_simulation(
                 listener.result()  # re-raises what stopped it
             if time.monotonic() - last_view >= VIEW_EVERY_S:
                 last_view = time.monotonic()
-                if stats_url:
-                    worker = worker_view(await asyncio.to_thread(fetch_stats, stats_url))
+                if stats_urls:
+                    worker = await asyncio.to_thread(fetch_view, stats_urls)
                 view.draw(sim, answers, latencies_ms, worker)
         await publisher.flush()
         settle_until = time.monotonic() + settle_s
         while sent_at and time.monotonic() < settle_until and not listener.done():
             await asyncio.sleep(0.1)
         await publisher.flush()
-        if stats_url:
+        if stats_urls:
             # The worker's counters lag the last record by its commit interval.
             await asyncio.sleep(min(settle_s, 1.5))
-            worker = worker_view(await asyncio.to_thread(fetch_stats, stats_url))
+            worker = await asyncio.to_thread(fetch_view, stats_urls)
         view.draw(sim, answers, latencies_ms, worker, final=True)
     finally:
         listener.cancel()

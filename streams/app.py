@@ -19,18 +19,22 @@ from streams.access import token_gate
 from streams.api import json_errors
 from streams.auth import Verifier
 from streams.dlq import DeadLetters
+from streams.handover import carry_request_offsets
 from streams.index import RegionIndex, now_ms
 from streams.index_writer import IndexWriter
 from streams.logic.fencing import Fence
 from streams.logic.sessions import DriverSession
 from streams.metrics import Metrics
 from streams.restore import BulkRestore
+from streams.retry import with_retries
 from streams.runtime import Runtime, score_weights, session_rules
 from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
 from streams.topics import Topics
 from streams.views import routes
 
 log = structlog.get_logger(__name__)
+# A broker that has just started answers group requests only once its coordinator is up, seconds later.
+HANDOVER_ATTEMPTS = 10
 
 
 class DispatchApp(faust.App):
@@ -48,13 +52,18 @@ class DispatchApp(faust.App):
         index = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
         topics = Topics(self, names)
         fence = Fence()
-        sessions = fenced_table(self, SESSIONS_TABLE, settings.partitions,
-                                metrics.changelog_write_failures.labels(table=SESSIONS_TABLE).inc,
-                                _bulk_restore(settings, metrics, SESSIONS_TABLE),
-                                metrics.fenced_writes.labels(store="changelog").inc)
-        decisions = direct_table(self, DECISIONS_TABLE, settings.partitions,
-                                 metrics.changelog_write_failures.labels(table=DECISIONS_TABLE).inc,
-                                 _bulk_restore(settings, metrics, DECISIONS_TABLE))
+        decisions = sessions = None
+        if settings.runs_sessions:
+            sessions = SessionStore(fenced_table(
+                self, SESSIONS_TABLE, names.changelog(settings.app_id, SESSIONS_TABLE), settings.partitions,
+                metrics.changelog_write_failures.labels(table=SESSIONS_TABLE).inc,
+                _bulk_restore(settings, metrics, SESSIONS_TABLE),
+                metrics.fenced_writes.labels(store="changelog").inc), fence)
+        if settings.runs_assignments:
+            decisions = DecisionStore(direct_table(
+                self, DECISIONS_TABLE, names.changelog(settings.app_id, DECISIONS_TABLE), settings.partitions,
+                metrics.changelog_write_failures.labels(table=DECISIONS_TABLE).inc,
+                _bulk_restore(settings, metrics, DECISIONS_TABLE)))
         self.runtime = Runtime(
             settings=settings,
             names=names,
@@ -64,8 +73,8 @@ class DispatchApp(faust.App):
             rules=session_rules(settings),
             weights=score_weights(settings),
             topics=topics,
-            sessions=SessionStore(sessions, fence),
-            decisions=DecisionStore(decisions),
+            sessions=sessions,
+            decisions=decisions,
             index_writer=IndexWriter(index, metrics, settings),
             dead_letters=DeadLetters(topics.dlq, metrics),
             pings=topology.wire(self, settings, names),
@@ -85,6 +94,15 @@ class DispatchApp(faust.App):
         (streams.access) guards."""
         log.info("web_routes", routes=sorted({resource.canonical for resource in web.web_app.router.resources()}))
 
+    async def on_first_start(self) -> None:
+        """Before the consumer joins its group: a process of the assignments role reads requests from
+        where the deployment got to in its other shape (streams.handover)."""
+        await super().on_first_start()
+        settings = self.runtime.settings
+        if settings.runs_assignments:
+            await with_retries(lambda: carry_request_offsets(settings), "handover", self.runtime.metrics,
+                               HANDOVER_ATTEMPTS, settings.retry_base_s, settings.retry_max_s)
+
     # -- the partitions' lifecycle ----------------------------------------------------------------
 
     async def _advance_fence(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -103,14 +121,22 @@ class DispatchApp(faust.App):
             await service.revoked()
 
     async def _close_pings(self, sender: Any, **kwargs: Any) -> None:
-        await self.runtime.pings.close()
+        if self.runtime.pings is not None:
+            await self.runtime.pings.close()
+
+    def ready(self) -> bool:
+        """Whether this worker acts on its partitions: with the sessions role, once it has rebuilt its
+        part of the index (which needs the sessions whole); else once faust restored its tables."""
+        if self.runtime.settings.runs_sessions:
+            return self.runtime.index_writer.epoch is not None
+        return not (self.rebalancing or self.in_recovery) and bool(self.consumer.assignment())
 
     # -- what the index's rebuild asks of its worker (streams.index_writer.PartitionOwner) ---------
 
     def settled(self) -> bool:
         if self.rebalancing or self.in_recovery or not self.consumer.assignment():
             return False
-        return self.runtime.pings.ready
+        return self.runtime.pings is not None and self.runtime.pings.ready
 
     def rebalances(self) -> int:
         return self.rebalancing_count
@@ -134,7 +160,7 @@ class DispatchApp(faust.App):
         return max(self.runtime.progress.commands_applied.get(partition, 0), committed or 0)
 
     def load_sessions(self) -> list[DriverSession]:
-        return self.runtime.sessions.load_all()
+        return self.runtime.sessions.load_all() if self.runtime.sessions is not None else []
 
 
 def faust_options(settings: Settings, web_middlewares: list | None = None) -> dict[str, object]:

@@ -72,6 +72,25 @@ def worker(web_port: int | None, roles: str | None) -> None:
     Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True).execute_from_commandline()
 
 
+@main.command("run")
+@click.option("--shape", type=click.Choice(["roles", "one"]), default="roles", show_default=True,
+              help="roles: a process per role (sessions, assignments, api); one: one process of every role.")
+@click.option("--web-port", type=int, default=None,
+              help="The sessions API's port (default: GEODISPATCH_WEB_PORT or 6066); the stream processes "
+                   "serve /health, /stats and /metrics on the next ones.")
+def run_deployment(shape: str, web_port: int | None) -> None:
+    """Run the deployment recommended for one machine: a worker process per role, started and stopped
+    together (Ctrl-C or SIGTERM stops them all; so does one of them exiting, with its exit code).
+    docs/DEPLOYMENT.md sizes the shapes."""
+    from streams.logging import configure_logging
+    from streams.processes import run
+    from streams.processes import shape as processes_of
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    sys.exit(run(processes_of(shape, web_port or settings.web_port)))
+
+
 @main.group()
 def topics() -> None:
     """Create, update and list the contract's topics."""
@@ -176,7 +195,7 @@ def topology() -> None:
         click.echo("error: the worker's dependencies are not installed: pip install 'geodispatch[worker]'", err=True)
         sys.exit(1)
     for row in describe():
-        click.echo(f"{row['reads']}\n  read by   {row['by']}\n  handler   {row['handler']}\n"
+        click.echo(f"{row['reads']}\n  read by   {row['by']} (role {row['role']})\n  handler   {row['handler']}\n"
                    f"  state     {row['state']}\n  writes    {row['writes']}")
 
 

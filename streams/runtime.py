@@ -86,11 +86,13 @@ class Runtime:
     rules: SessionRules
     weights: ScoreWeights
     topics: Topics
-    sessions: SessionStore
-    decisions: DecisionStore
+    # The state of each stream role, None in a process without that role (Settings.roles): the
+    # handlers that touch it are wired only with their role (streams.topology).
+    sessions: SessionStore | None
+    decisions: DecisionStore | None
     index_writer: IndexWriter
     dead_letters: DeadLetters
-    pings: PingBatches
+    pings: PingBatches | None
     verifier: Verifier | None  # None when the API is open
     # This worker's fencing token, advanced on every partition assignment (streams.app).
     fence: Fence
@@ -102,7 +104,10 @@ class Runtime:
     @property
     def partition_services(self) -> tuple[PartitionService, ...]:
         """In the order they are restored: sessions read while the tables were restored are dropped
-        before pings are read again, and pings stop before anything of theirs is forgotten."""
+        before pings are read again, and pings stop before anything of theirs is forgotten. The
+        decisions table needs none: faust restores it and it has no cache."""
+        if self.sessions is None or self.pings is None:
+            return ()
         return self.sessions, self.index_writer, self.progress, self.pings
 
 

@@ -35,11 +35,18 @@ class DirectTable(faust.Table):
     (`_on_changelog_sent`)."""
 
     def __init__(
-        self, *args: Any, on_write_failed: Callable[[], None], bulk_restore: BulkRestore, **kwargs: Any
+        self, *args: Any, changelog: str, on_write_failed: Callable[[], None], bulk_restore: BulkRestore,
+        **kwargs: Any
     ) -> None:
+        self._changelog_topic_named = changelog  # read by faust's constructor
         super().__init__(*args, **kwargs)
         self._on_write_failed = on_write_failed
         self._bulk_restore = bulk_restore
+
+    def _changelog_topic_name(self) -> str:
+        # Named by the deployment, not by faust's app id: a process of the assignments role alone is
+        # in a consumer group of its own (Settings.faust_app_id) and keeps the same decisions.
+        return self._changelog_topic_named
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
                            generation_id: int = 0) -> None:
@@ -99,15 +106,17 @@ class DirectTable(faust.Table):
         self._on_changelog_sent(acknowledgement)
 
 
-def _table(cls: type[DirectTable], app: faust.App, name: str, partitions: int, **kwargs: Any) -> Any:
-    table = cls(app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions,
+def _table(cls: type[DirectTable], app: faust.App, name: str, changelog: str, partitions: int,
+           **kwargs: Any) -> Any:
+    table = cls(app, name=name, changelog=changelog, default=None, beacon=app.tables.beacon, partitions=partitions,
                 key_type=bytes, value_type=bytes, **kwargs)
     return app.tables.add(table)
 
 
-def direct_table(app: faust.App, name: str, partitions: int, on_write_failed: Callable[[], None],
+def direct_table(app: faust.App, name: str, changelog: str, partitions: int, on_write_failed: Callable[[], None],
                  bulk_restore: BulkRestore) -> Any:
-    return _table(DirectTable, app, name, partitions, on_write_failed=on_write_failed, bulk_restore=bulk_restore)
+    return _table(DirectTable, app, name, changelog, partitions, on_write_failed=on_write_failed,
+                  bulk_restore=bulk_restore)
 
 
 def session_stamp(raw: bytes | None) -> Stamp | None:
@@ -159,11 +168,11 @@ class FencedTable(DirectTable):
 
 
 def fenced_table(
-    app: faust.App, name: str, partitions: int, on_write_failed: Callable[[], None], bulk_restore: BulkRestore,
-    on_stale: Callable[[int], None],
+    app: faust.App, name: str, changelog: str, partitions: int, on_write_failed: Callable[[], None],
+    bulk_restore: BulkRestore, on_stale: Callable[[int], None],
 ) -> Any:
-    return _table(FencedTable, app, name, partitions, on_write_failed=on_write_failed, bulk_restore=bulk_restore,
-                  on_stale=on_stale)
+    return _table(FencedTable, app, name, changelog, partitions, on_write_failed=on_write_failed,
+                  bulk_restore=bulk_restore, on_stale=on_stale)
 
 
 class SessionStore(PartitionService):

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from infra.settings import Settings
+from infra.settings import Role, Settings
 from infra.topics import (
     DECISIONS_TABLE,
     DLQ,
@@ -44,6 +44,7 @@ RESERVATIONS = "Redis index: reservations, decisions (streams/lua/reserve_first.
 @dataclass(frozen=True)
 class Input:
     name: str
+    role: Role  # the processes that read it (Settings.roles)
     reads: Callable[[TopicNames, tuple[str, ...]], tuple[str, ...]]  # (names, regions) -> topics
     reader: str
     handler: Callable[..., Awaitable[None]]
@@ -59,6 +60,7 @@ class Input:
 @dataclass(frozen=True)
 class Timer:
     name: str
+    role: Role
     every_s: Callable[[Settings], float]
     handler: Callable[[DispatchApp], Awaitable[None]]
     state: tuple[str, ...]
@@ -68,6 +70,7 @@ class Timer:
 INPUTS: tuple[Input, ...] = (
     Input(
         name="driver_pings",
+        role="sessions",
         reads=lambda names, regions: tuple(names.locations(region) for region in regions),
         topics=f"{LOCATIONS}.{{geo}}",
         reader=PING_BATCHES,
@@ -78,6 +81,7 @@ INPUTS: tuple[Input, ...] = (
     ),
     Input(
         name="driver_sessions",
+        role="sessions",
         reads=lambda names, regions: (names.status, names.trip_events, names.driver_commands),
         topics=f"{STATUS}, {TRIP_EVENTS}, {DRIVER_COMMANDS}",
         reader=FAUST_AGENT,
@@ -87,6 +91,7 @@ INPUTS: tuple[Input, ...] = (
     ),
     Input(
         name="assignments",
+        role="assignments",
         reads=lambda names, regions: tuple(names.requests(region) for region in regions),
         topics=f"{REQUESTS}.{{geo}}",
         reader=FAUST_AGENT,
@@ -99,21 +104,25 @@ INPUTS: tuple[Input, ...] = (
 INDEX_FLUSH_EVERY_S = 0.01
 
 TIMERS: tuple[Timer, ...] = (
-    Timer("index_flush", lambda settings: INDEX_FLUSH_EVERY_S, upkeep.flush_index, state=(INDEX,), writes=()),
-    Timer("index_sync", lambda settings: 1.0, upkeep.keep_index_whole, state=(SESSIONS, INDEX), writes=()),
-    # Twice per heartbeat interval, so that a missed heartbeat is noticed within half an interval.
-    Timer("heartbeat_checks", lambda settings: max(0.2, settings.heartbeat_interval_s / 2),
-          upkeep.check_heartbeats, state=(SESSIONS,), writes=(DRIVER_COMMANDS,)),
-    Timer("decisions_expiry", lambda settings: 1.0, retention.sweep_decisions, state=(DECISIONS, RESERVATIONS),
+    Timer("index_flush", "sessions", lambda settings: INDEX_FLUSH_EVERY_S, upkeep.flush_index, state=(INDEX,),
           writes=()),
+    Timer("index_sync", "sessions", lambda settings: 1.0, upkeep.keep_index_whole, state=(SESSIONS, INDEX),
+          writes=()),
+    # Twice per heartbeat interval, so that a missed heartbeat is noticed within half an interval.
+    Timer("heartbeat_checks", "sessions", lambda settings: max(0.2, settings.heartbeat_interval_s / 2),
+          upkeep.check_heartbeats, state=(SESSIONS,), writes=(DRIVER_COMMANDS,)),
+    Timer("decisions_expiry", "assignments", lambda settings: 1.0, retention.sweep_decisions,
+          state=(DECISIONS, RESERVATIONS), writes=()),
 )
 
 
-def wire(app: DispatchApp, settings: Settings, names: TopicNames) -> pings.PingBatches:
-    """Registers every agent and timer on the app; returns the ping reader, which the app starts and
-    stops with its partitions."""
+def wire(app: DispatchApp, settings: Settings, names: TopicNames) -> pings.PingBatches | None:
+    """Registers the agents and timers of the process's roles on the app; returns the ping reader,
+    which the app starts and stops with its partitions (None without the sessions role)."""
     readers = []
     for source in INPUTS:
+        if source.role not in settings.roles:
+            continue
         topics = source.reads(names, settings.regions)
         if source.reader == PING_BATCHES:
             assert source.recover is not None, source.name
@@ -121,9 +130,9 @@ def wire(app: DispatchApp, settings: Settings, names: TopicNames) -> pings.PingB
         else:
             app.agent(raw_topic(app, *topics), name=source.name)(_agent(app, source.handler))
     for timer in TIMERS:
-        app.timer(interval=timer.every_s(settings), name=timer.name)(timer.handler)
-    (ping_reader,) = readers  # a worker reads pings through one consumer
-    return ping_reader
+        if timer.role in settings.roles:
+            app.timer(interval=timer.every_s(settings), name=timer.name)(timer.handler)
+    return readers[0] if readers else None  # a worker reads pings through one consumer
 
 
 def _agent(app: DispatchApp, handler: Callable[..., Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
@@ -136,13 +145,13 @@ def _agent(app: DispatchApp, handler: Callable[..., Awaitable[None]]) -> Callabl
 def describe() -> list[dict[str, str]]:
     """The tables as rows for people: `geodispatch topology`, and the README's topic table points here."""
     rows = [
-        {"reads": source.topics, "by": f"{source.reader} {source.name}",
+        {"reads": source.topics, "by": f"{source.reader} {source.name}", "role": source.role,
          "handler": _handlers(source),
          "state": "; ".join(source.state), "writes": ", ".join(source.writes) or "-"}
         for source in INPUTS
     ]
     rows += [
-        {"reads": "-", "by": f"timer {timer.name}", "handler": _qualified(timer.handler),
+        {"reads": "-", "by": f"timer {timer.name}", "role": timer.role, "handler": _qualified(timer.handler),
          "state": "; ".join(timer.state), "writes": ", ".join(timer.writes) or "-"}
         for timer in TIMERS
     ]

@@ -59,7 +59,7 @@ class Health(View):
 class Stats(View):
     async def get(self, request: Request) -> Response:
         runtime: Runtime = self.app.runtime
-        body, status = await timed(runtime.metrics, "stats", stats_answer(runtime))
+        body, status = await timed(runtime.metrics, "stats", stats_answer(runtime, self.app.ready()))
         return self.json(body, status=status)
 
 
@@ -72,18 +72,20 @@ def _counter_totals(metric) -> dict[str, float]:
     return totals
 
 
-async def stats_answer(runtime: Runtime) -> Answer:
-    return stats_document(runtime), 200
+async def stats_answer(runtime: Runtime, ready: bool) -> Answer:
+    return stats_document(runtime, ready), 200
 
 
-def stats_document(runtime: Runtime) -> dict[str, Any]:
+def stats_document(runtime: Runtime, ready: bool) -> dict[str, Any]:
     m = runtime.metrics
     latency = m.assignment_latency_window.percentiles(0.5, 0.95, 0.99)
     return {
+        "roles": list(runtime.settings.roles),
+        "ready": ready,
         "drivers": {
             "online": runtime.stats.get("drivers_online", 0),
             "available": runtime.stats.get("drivers_available", 0),
-            "in_memory": len(runtime.sessions.cache),
+            "in_memory": len(runtime.sessions.cache) if runtime.sessions is not None else 0,
         },
         "pings": _counter_totals(m.pings),
         "status_changes": _counter_totals(m.status_changes),

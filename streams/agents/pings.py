@@ -259,7 +259,6 @@ class PingBatches(PartitionService):
             self._app.runtime.metrics.retries.labels(stage="ping_commit").inc()
 
 
-
 # A request's answer takes dozens of turns of the event loop (faust's hand-over, the stream, the Redis
 # calls, the sends and their acknowledgements), and a yield of one turn between blocks of pings made
 # each of those turns wait for a block: behind a backlog of pings, answers took seconds

@@ -17,6 +17,8 @@ from streams.views import routes
         ("api", ("api",), False),
         (" api , assignments,sessions ", ("sessions", "assignments", "api"), True),
         ("assignments,sessions", ("sessions", "assignments"), True),
+        ("sessions", ("sessions",), True),
+        ("api,assignments", ("assignments", "api"), True),
     ],
 )
 def test_roles_are_read_as_a_comma_list_in_a_fixed_order(given, roles, runs_streams):
@@ -25,10 +27,26 @@ def test_roles_are_read_as_a_comma_list_in_a_fixed_order(given, roles, runs_stre
     assert settings.runs_streams is runs_streams
 
 
-@pytest.mark.parametrize("given", ["", "sessions", "assignments,api", "api,dispatch"])
+@pytest.mark.parametrize("given", ["", " , ", "api,dispatch"])
 def test_roles_that_cannot_run_are_refused(given):
     with pytest.raises(ValidationError):
         Settings(roles=given)
+
+
+@pytest.mark.parametrize(
+    ("roles", "group"),
+    [
+        ("sessions,assignments,api", "p.geodispatch"),
+        ("sessions", "p.geodispatch"),
+        ("sessions,api", "p.geodispatch"),
+        ("assignments", "p.geodispatch-assignments"),
+        ("assignments,api", "p.geodispatch-assignments"),
+    ],
+)
+def test_the_assignments_role_alone_is_a_consumer_group_of_its_own(roles, group):
+    settings = Settings(roles=roles, topic_prefix="p.")
+    assert settings.faust_app_id == group
+    assert settings.store_dir.name == group
 
 
 def test_a_worker_without_the_api_role_serves_only_the_operations_routes():
