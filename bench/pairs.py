@@ -24,10 +24,11 @@ from typing import Any
 
 from bench.deploy import ROOT, Deployment, WorkerProcess
 from bench.scenarios import (
+    ONE_PROCESS,
     Run,
     Sizes,
-    assignment_city,
     drain_backlog,
+    in_own_city,
     mixed,
     requests_only,
 )
@@ -53,12 +54,9 @@ class Figure:
 
 
 def _on_a_city(run: Run, tag: str, measure: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """`measure(run, deployment, worker)` on the requests' city, removed afterwards."""
-    dep, worker = assignment_city(run, tag)
-    try:
-        return measure(run, dep, worker)
-    finally:
-        dep.cleanup()
+    """`measure(run, deployment, worker)` on the requests' city, removed afterwards: one worker of every
+    role, which any earlier commit runs."""
+    return in_own_city(run, tag, lambda dep, workers: measure(run, dep, workers[0]), shape=ONE_PROCESS)
 
 
 def drain(run: Run) -> dict[str, Any]:
@@ -74,7 +72,7 @@ def drain(run: Run) -> dict[str, Any]:
 
 
 def requests(run: Run) -> dict[str, Any]:
-    result = _on_a_city(run, "r", requests_only)
+    result = _on_a_city(run, "r", lambda run, dep, worker: requests_only(run, dep, [worker], "s5"))
     result["worker_cpu_ms_per_request"] = round(1000 * result["worker_cpu_seconds"] / max(1, result["sent"]), 3)
     return result
 

@@ -529,89 +529,101 @@ def scale(run: Run) -> None:
 # -- 2, 5, 6: a city of 10,000 available drivers: sessions API, requests, mixed ------------------
 
 
-def assignment_city(run: Run, tag: str, drivers: int | None = None) -> tuple[Deployment, WorkerProcess]:
-    """A deployment with a city of available drivers (the sizes' `assign_drivers` unless given) loaded
-    into state and index."""
+# The processes of a deployment's shape (`geodispatch run --shape`), by their roles (None: the
+# worker's default, every role, which an earlier commit's worker in bench.pairs runs too); the stream
+# processors only where the sessions API is not measured.
+ONE_PROCESS: tuple[str | None, ...] = (None,)
+BY_ROLE: tuple[str | None, ...] = ("sessions", "assignments")
+
+
+def assignment_city(run: Run, tag: str, drivers: int | None = None,
+                    shape: tuple[str | None, ...] = BY_ROLE) -> tuple[Deployment, list[WorkerProcess]]:
+    """A deployment of `shape` with a city of available drivers (the sizes' `assign_drivers` unless
+    given) loaded into state and index; its processes in the order of `shape`, the first of them
+    with the sessions role."""
     drivers = drivers or run.sizes.assign_drivers
     dep = run.deployment(tag)
     dep.apply_topics()
     dep.tool("bench.load", "city", "--drivers", str(drivers))
-    worker = dep.start_worker("w1")
-    worker.wait_ready()
-    follow([worker], sessions_seen, 2 * drivers, timeout=400, settle=index_settled)
-    run.log(f"city: {drivers} available drivers loaded")
-    return dep, worker
+    workers = [dep.start_worker(f"w{n}", roles=roles) for n, roles in enumerate(shape, start=1)]
+    for worker in workers:
+        worker.wait_ready()
+    follow(workers[:1], sessions_seen, 2 * drivers, timeout=400, settle=index_settled)
+    run.log(f"city: {drivers} available drivers loaded, processes {' | '.join(r or 'every role' for r in shape)}")
+    return dep, workers
+
+
+def in_own_city(run: Run, tag: str, measure, drivers: int | None = None,
+                shape: tuple[str | None, ...] = BY_ROLE) -> Any:
+    """`measure(dep, workers)` on a city of its own, so that a backlog left by an earlier scenario
+    cannot delay its answers."""
+    dep, workers = assignment_city(run, tag, drivers, shape)
+    try:
+        return measure(dep, workers)
+    finally:
+        dep.cleanup()
 
 
 def mixed_scenario(run: Run) -> None:
-    """Its own city, so that a backlog left by the requests-only scenario cannot delay its answers."""
-    dep, worker = assignment_city(run, "m")
-    try:
-        run.results["mixed"] = mixed(run, dep, worker)
-    finally:
-        dep.cleanup()
+    """The seed's load under `make run`'s shape (a process per role), and in one process of every role."""
+    run.results["mixed"] = in_own_city(run, "m", lambda dep, workers: mixed(run, dep, workers[0]))
+    run.results["mixed_one_process"] = in_own_city(run, "m1", lambda dep, workers: mixed(run, dep, workers[0]),
+                                                   shape=ONE_PROCESS)
 
 
 def fleet_scenario(run: Run) -> None:
     """The mixed load on a fleet of 50,000 drivers pinging every 5 s, with a trickle of orders."""
     s = run.sizes
-    dep, worker = assignment_city(run, "f", s.fleet_drivers)
-    try:
-        run.results["fleet"] = mixed(run, dep, worker, MixedLoad(s.fleet_drivers, s.fleet_ping_rate,
-                                                                 s.fleet_request_rate, s.mixed_seconds))
-    finally:
-        dep.cleanup()
+    load = MixedLoad(s.fleet_drivers, s.fleet_ping_rate, s.fleet_request_rate, s.mixed_seconds)
+    run.results["fleet"] = in_own_city(run, "f", lambda dep, workers: mixed(run, dep, workers[0], load),
+                                       s.fleet_drivers)
 
 
 def city_of_10k(run: Run) -> None:
+    """A process per role: the sessions API closed loop (today's figure) and open loop, then requests
+    answered by one assignments process, then by two."""
     s = run.sizes
-    dep, worker = assignment_city(run, "a")
+    dep, (sessions, assignments) = assignment_city(run, "a")
     try:
+        server = dep.start_worker("api", roles="api")
+        server.wait_answering()
         api = {}
         for route in ("nearby", "session"):
-            api[route] = dep.tool(
-                "bench.httpload",
-                "--port",
-                str(worker.port),
-                "--route",
-                route,
-                "--clients",
-                "50",
-                "--seconds",
-                str(s.api_seconds),
-                "--drivers",
-                str(s.assign_drivers),
-            )
+            api[route] = dep.tool("bench.httpload", "--port", str(server.port), "--route", route, "--clients", "50",
+                                  "--seconds", str(s.api_seconds), "--drivers", str(s.assign_drivers))
             run.log(f"api: {route}: {api[route]['per_second']:.0f}/s, latency ms {api[route]['latency_ms']}")
         api["drivers"] = s.assign_drivers
-        api["server_side"] = server_side_http(worker)
-        api["open_loop"] = open_loop_api(run, dep)
+        api["open_loop"] = open_loop_api(run, dep, server)
+        api["server_side"] = server_side_http(server)
         run.results["api"] = api
+        server.stop()
 
-        run.results["requests"] = requests_only(run, dep, worker)
-        worker.stop()
+        run.results["requests"] = requests_only(run, dep, [assignments], "s5")
+        second = dep.start_worker("w3", roles="assignments")
+        for worker in (assignments, second):
+            worker.wait_ready()
+        time.sleep(2)  # the first process's new assignment settles too
+        two = requests_only(run, dep, [assignments, second], "s5b")
+        one_rate = run.results["requests"]["rate_window"]
+        two["ratio_to_one"] = round(two["rate_window"] / one_rate, 2) if one_rate else None
+        run.results["requests_two"] = two
+        run.log(f"requests: two assignments processes / one = {two['ratio_to_one']}")
     finally:
         dep.cleanup()
 
 
-def open_loop_api(run: Run, dep: Deployment) -> dict[str, dict[str, Any]]:
-    """The sessions API as its own process (`geodispatch worker --roles api`) beside the worker, driven
-    at fixed rates: results by "<route>@<rate>"."""
+def open_loop_api(run: Run, dep: Deployment, server: WorkerProcess) -> dict[str, dict[str, Any]]:
+    """The sessions API process driven at fixed rates: results by "<route>@<rate>"."""
     s = run.sizes
-    server = dep.start_worker("api", roles="api")
-    try:
-        server.wait_answering()
-        found = {}
-        for route in ("nearby", "session"):
-            for rate in s.api_open_rates:
-                r = dep.tool("bench.httpload", "--port", str(server.port), "--route", route, "--rate", str(rate),
-                             "--clients", "256", "--seconds", str(s.api_seconds), "--drivers", str(s.assign_drivers))
-                found[f"{route}@{rate}"] = r
-                run.log(f"api process, open loop: {route} at {rate}/s: {r['per_second']:.0f}/s answered, "
-                        f"latency ms {r['latency_ms']}")
-        return found
-    finally:
-        server.stop()
+    found = {}
+    for route in ("nearby", "session"):
+        for rate in s.api_open_rates:
+            r = dep.tool("bench.httpload", "--port", str(server.port), "--route", route, "--rate", str(rate),
+                         "--clients", "256", "--seconds", str(s.api_seconds), "--drivers", str(s.assign_drivers))
+            found[f"{route}@{rate}"] = r
+            run.log(f"api process, open loop: {route} at {rate}/s: {r['per_second']:.0f}/s answered, "
+                    f"latency ms {r['latency_ms']}")
+    return found
 
 
 def server_side_http(worker: WorkerProcess) -> dict[str, Any]:
@@ -704,17 +716,18 @@ async def reservation_holders(dep: Deployment, pairs: list[tuple[str, str]]) -> 
     return {"checked": len(pairs), "mismatched": mismatched}
 
 
-def requests_only(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
+def requests_only(run: Run, dep: Deployment, workers: list[WorkerProcess], step: str) -> dict[str, Any]:
+    """A burst of requests answered by `workers` (the profile is the first's)."""
     s = run.sizes
-    tag = f"{run.run_id}-s5"
+    tag = f"{run.run_id}-{step}"
     proc, answers = collect_answers(dep, tag, s.requests, timeout=s.requests_bound_s)
     sent_log = dep.workdir / f"sent-{tag}.jsonl"
-    cpu0, redis_cpu0 = cpu_seconds(worker.pid), redis_cpu_seconds(dep.redis_url)
+    cpu0, redis_cpu0 = sum(cpu_seconds(w.pid) for w in workers), redis_cpu_seconds(dep.redis_url)
     gen = dep.tool("bench.load", "requests", "--count", str(s.requests), "--tag", tag, "--sent-log", str(sent_log))
     from bench.profile import fold, spy
 
-    raw = dep.workdir / "requests.profile.raw.txt"
-    sampling = spy(worker.pid, min(10, s.requests_bound_s / 3), raw)
+    raw = dep.workdir / f"requests-{step}.profile.raw.txt"
+    sampling = spy(workers[0].pid, min(10, s.requests_bound_s / 3), raw)
     proc.wait(s.requests_bound_s + 30)
     sampling.wait(30)
     redis_cpu = redis_cpu_seconds(dep.redis_url) - redis_cpu0
@@ -729,7 +742,8 @@ def requests_only(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str,
         redis_cpu_ms_per_request=round(1000 * redis_cpu / max(1, len(arrivals)), 3),
         rate_overall=round(len(arrivals) / elapsed, 1) if elapsed else None,
         rate_window=round(window_rate(series) or 0, 1),
-        worker_cpu_seconds=round(cpu_seconds(worker.pid) - cpu0, 2),
+        processes=len(workers),
+        worker_cpu_seconds=round(sum(cpu_seconds(w.pid) for w in workers) - cpu0, 2),
         drivers=s.assign_drivers,
         series=[(round(t, 3), n) for t, n in series[:: max(1, len(series) // 400)]],
     )
@@ -737,8 +751,8 @@ def requests_only(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str,
     if raw.exists():
         report["profile"] = fold(raw)
     run.log(
-        f"requests: {report['rate_window']:.0f}/s answered; exactly once {report['exactly_once']}, "
-        f"no double assignment {report['no_double_assignment']}"
+        f"requests ({len(workers)} process(es)): {report['rate_window']:.0f}/s answered; "
+        f"exactly once {report['exactly_once']}, no double assignment {report['no_double_assignment']}"
     )
     return report
 
@@ -756,7 +770,7 @@ def mixed(run: Run, dep: Deployment, worker: WorkerProcess, load: MixedLoad | No
     and how far pings fell behind."""
     s = run.sizes
     load = load or MixedLoad(s.assign_drivers, s.mixed_ping_rate, s.mixed_request_rate, s.mixed_seconds)
-    tag = f"{run.run_id}-s6-{load.drivers}"
+    tag = f"{dep.prefix.rstrip('.')}-s6"  # the deployment's own: each shape keeps its files
     expected = int(load.request_rate * load.seconds)
     proc, answers = collect_answers(dep, tag, expected, timeout=load.seconds + s.mixed_grace_s)
     sent_log = dep.workdir / f"sent-{tag}.jsonl"
@@ -792,8 +806,18 @@ def mixed(run: Run, dep: Deployment, worker: WorkerProcess, load: MixedLoad | No
     report = answers_report(dep, tag, sent_log, answers)
     report.pop("arrivals")
     latencies = report.pop("latencies")
+    # The first pass over the fleet (each driver's first ping since the city was loaded) costs more
+    # than the pings after it; requests sent once every driver pinged once see the steady state.
+    first_pass_s = load.drivers / load.ping_rate
+    sent = dict(orjson.loads(line) for line in sent_log.read_bytes().splitlines() if line)
+    arrived = {r["orderId"]: r["arrived"] for r in map(orjson.loads, answers.read_bytes().splitlines()) if r}
+    start = min(sent.values(), default=0)
+    steady = [(arrived[o] - at) * 1000 if o in arrived else float("inf")
+              for o, at in sent.items() if at - start >= first_pass_s]
     report.update(
         generator=generator,
+        first_pass_s=first_pass_s,
+        latency_ms_after_first_pass=summarize(steady, 2),
         ping_lag=lags,
         drivers=load.drivers,
         ping_rate=load.ping_rate,
@@ -806,20 +830,20 @@ def mixed(run: Run, dep: Deployment, worker: WorkerProcess, load: MixedLoad | No
 
 
 def isolation_scenario(run: Run) -> None:
-    """Its own 10,000-driver city: requests at a steady rate from the moment a backlog of pings waits."""
-    dep, worker = assignment_city(run, "i")
-    try:
-        run.results["isolation"] = isolation(run, dep, worker)
-    finally:
-        dep.cleanup()
+    """Requests at a steady rate from the moment a backlog of pings waits: for the sessions process of
+    `make run`'s shape, and for one process of every role (requests before pings within it)."""
+    run.results["isolation"] = in_own_city(run, "i", lambda dep, workers: isolation(run, dep, workers[0]))
+    run.results["isolation_one_process"] = in_own_city(
+        run, "i1", lambda dep, workers: isolation(run, dep, workers[0]), shape=ONE_PROCESS)
 
 
 def isolation(run: Run, dep: Deployment, worker: WorkerProcess) -> dict[str, Any]:
-    """The backlog is produced while the worker is paused (SIGSTOP: one generator sends slower than a
-    worker drains, so no backlog would build otherwise), and the requests start as it resumes. The
-    answers' latency is reported for the requests sent before the backlog was drained, and for all."""
+    """`worker` has the sessions role. The backlog is produced while it is paused (SIGSTOP: one
+    generator sends slower than a worker drains, so no backlog would build otherwise), and the requests
+    start as it resumes. The answers' latency is reported for the requests sent before the backlog was
+    drained, and for all."""
     s = run.sizes
-    tag = f"{run.run_id}-s7"
+    tag = f"{dep.prefix.rstrip('.')}-s7"
     expected = int(s.isolation_request_rate * s.isolation_seconds)
     proc, answers = collect_answers(dep, tag, expected, timeout=s.isolation_seconds + s.mixed_grace_s)
     sent_log = dep.workdir / f"sent-{tag}.jsonl"

@@ -5,6 +5,7 @@ measure what the loop alone is worth (bench/README.md)."""
 from __future__ import annotations
 
 import os
+import sys
 
 
 def main() -> None:
@@ -19,7 +20,7 @@ def main() -> None:
         asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     from streams.cli import worker
 
-    worker.main(args=[], prog_name="geodispatch worker", standalone_mode=True)
+    worker.main(args=sys.argv[1:], prog_name="geodispatch worker", standalone_mode=True)
 
 
 if __name__ == "__main__":

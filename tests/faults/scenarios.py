@@ -190,6 +190,37 @@ def worker_kill(dep: Deployment, duration_s: float, kill_every_s: float) -> Outc
                    report, took, load, dead_letter_reasons(dep), timing_figures(timing(dep)))
 
 
+def assignments_kill(dep: Deployment, duration_s: float, kill_every_s: float) -> Outcome:
+    """A process per stream role: the assignments process is killed (SIGKILL) and started again while
+    the sessions process (with the API, which the checker reads sessions from) keeps running."""
+    fault_env(dep)
+    sessions = dep.start_worker("s", roles="sessions,api")
+    assignments = dep.start_worker("a", roles="assignments")
+    for worker in (sessions, assignments):
+        worker.wait_ready(90)
+    load = Load(dep.names, seed=13)
+    load.start()
+    started = time.monotonic()
+    kills = 0
+    next_kill = started + kill_every_s
+    while time.monotonic() - started < duration_s:
+        if time.monotonic() >= next_kill:
+            assignments.kill()
+            kills += 1
+            assignments = dep.start_worker("a", roles="assignments")
+            next_kill += kill_every_s
+        time.sleep(0.2)
+    load.stop()
+    assignments.wait_ready(90)
+    took = settle(dep, load, sessions)
+    report = check(history(dep, load, sessions, dep.regions))
+    pings = sum(sessions.stats()["pings"].values())
+    return Outcome(f"assignments kill (SIGKILL x{kills}, every {kill_every_s:.0f}s, sessions process kept)",
+                   report, took, load, dead_letter_reasons(dep),
+                   {"sessions process alive": sessions.alive(), "pings applied by it": int(pings),
+                    **timing_figures(timing(dep))})
+
+
 def zombie(dep: Deployment, duration_s: float, pause_s: float) -> Outcome:
     fault_env(dep)
     workers = {name: dep.start_worker(name) for name in ("a", "b")}

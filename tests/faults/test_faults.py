@@ -42,6 +42,15 @@ def test_worker_kill(deployment):
     _assert_clean(scenarios.worker_kill(deployment, duration, every))
 
 
+def test_assignments_process_kill(deployment):
+    _prepare(deployment)
+    duration, every = (90, 20) if scenarios.FULL else (24, 8)
+    outcome = scenarios.assignments_kill(deployment, duration, every)
+    _assert_clean(outcome)
+    assert outcome.extra["sessions process alive"]
+    assert outcome.extra["pings applied by it"] >= 0.9 * outcome.load.pings_sent
+
+
 def test_zombie_worker(deployment):
     _prepare(deployment)
     duration, pause = (60, 15) if scenarios.FULL else (24, 10)
