@@ -84,7 +84,9 @@ def city(deployment):
     return City(deployment, worker)
 
 
-def test_the_best_suitable_driver_wins_and_unsuitable_ones_never_do(city):
+def unsuitable_and_suitable_drivers(city: City) -> None:
+    """Four drivers right at the restaurant whom no request may get (suspended, offline, on a trip, not
+    heard from for too long), `first` 1 km away, `second` 2 km away and `too_far` outside the radius."""
     city.driver("suspended", 0.1, eligibility="SUSPENDED")
     city.driver("offline", 0.1, online=False)
     city.driver("busy", 0.1)
@@ -94,6 +96,10 @@ def test_the_best_suitable_driver_wins_and_unsuitable_ones_never_do(city):
     city.driver("second", 2.0)
     city.driver("first", 1.0)
     city.driver("too_far", 6.0)
+
+
+def test_the_best_suitable_driver_wins_and_unsuitable_ones_never_do(city):
+    unsuitable_and_suitable_drivers(city)
 
     city.ask("order_1")
     first = city.answer("order_1", 1)

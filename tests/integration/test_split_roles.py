@@ -17,7 +17,7 @@ import pytest
 
 from infra.local import ROOT, free_port
 from tests.integration.harness import Deployment, wait_for
-from tests.integration.test_assignment import City, request
+from tests.integration.test_assignment import City, request, unsuitable_and_suitable_drivers
 
 PATIENT = {"GEODISPATCH_MISSED_HEARTBEATS": "1000", "GEODISPATCH_LOCATION_MAX_AGE_S": "60"}
 # A request answered this long after it was sent waited behind the pings: alone on its process, it
@@ -44,14 +44,7 @@ def one_process(deployment: Deployment) -> City:
 def dispatch_day(city: City) -> dict[str, list[tuple]]:
     """Seed 003's cases one after another, each answer awaited before the next request: the answers
     (and the trip each assigned driver's session then holds), with what no two runs share (times) left out."""
-    city.driver("suspended", 0.1, eligibility="SUSPENDED")
-    city.driver("offline", 0.1, online=False)
-    city.driver("busy", 0.1)
-    city.trip("busy", "earlier_order", "picked_up")
-    wait_for(lambda: city.session("busy").get("trip_id") == "earlier_order", message="busy's trip")
-    city.driver("stale", 0.1, ping_age_s=120)
-    city.driver("second", 2.0)
-    city.driver("first", 1.0)
+    unsuitable_and_suitable_drivers(city)
     asked = [("order_1", None), ("order_2", None), ("order_3", None),
              ("bad_lat", request("bad_lat", lat=91.5)), ("order_1", None)]
     for n, (order_id, body) in enumerate(asked, start=1):
