@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.settings import Settings
 
@@ -16,3 +17,14 @@ def new_consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaCo
     return AIOKafkaConsumer(
         *topics, bootstrap_servers=settings.kafka_bootstrap_servers, **defaults, **settings.kafka_client_options()
     )
+
+
+async def committed_offsets(settings: Settings, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offsets `group` has committed for these partitions (those it has none for left out)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_client_options())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from infra.clients import new_consumer
+from infra.clients import committed_offsets, new_consumer
 from infra.settings import Settings
 from infra.topics import TopicNames
 
@@ -31,14 +30,7 @@ async def carry_request_offsets(settings: Settings) -> dict[TopicPartition, int]
     other = settings.assignments_group if own == settings.deployment_group else settings.deployment_group
     names = TopicNames(settings.topic_prefix)
     tps = [TopicPartition(names.requests(region), p) for region in settings.regions for p in range(settings.partitions)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_client_options())
-    await admin.start()
-    try:
-        committed = {group: await admin.list_consumer_group_offsets(group, partitions=tps) for group in (own, other)}
-    finally:
-        await admin.close()
-    ahead = further_on(*({tp: meta.offset for tp, meta in committed[group].items() if meta.offset >= 0}
-                         for group in (own, other)))
+    ahead = further_on(await committed_offsets(settings, own, tps), await committed_offsets(settings, other, tps))
     if not ahead:
         return ahead
     consumer = new_consumer(settings, group_id=own)

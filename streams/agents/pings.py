@@ -29,10 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from infra.clients import new_consumer
+from infra.clients import committed_offsets, new_consumer
 from streams.faust_fixes import still_in_generation
 from streams.index import now_ms
 from streams.runtime import PartitionService, Runtime
@@ -193,15 +192,7 @@ class PingBatches(PartitionService):
 
     async def _app_group_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Where the app's own consumer group had these partitions: pings went through faust before."""
-        settings = self._app.runtime.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                    **settings.kafka_client_options())
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(self._app.conf.id, partitions=tps)
-        finally:
-            await admin.close()
-        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        return await committed_offsets(self._app.runtime.settings, self._app.conf.id, tps)
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         runtime = self._app.runtime
