@@ -33,6 +33,7 @@ from bench.deploy import (
 )
 from bench.load import ping_records
 from bench.stats import summarize, window_rate
+from streams.processes import niceness
 
 
 @dataclass
@@ -545,7 +546,9 @@ def assignment_city(run: Run, tag: str, drivers: int | None = None,
     dep = run.deployment(tag)
     dep.apply_topics()
     dep.tool("bench.load", "city", "--drivers", str(drivers))
-    workers = [dep.start_worker(f"w{n}", roles=roles) for n, roles in enumerate(shape, start=1)]
+    # As `make run` starts them (streams.processes): the sessions process gives way to the others.
+    workers = [dep.start_worker(f"w{n}", roles=roles, GEODISPATCH_NICENESS=str(niceness(roles or "")))
+               for n, roles in enumerate(shape, start=1)]
     for worker in workers:
         worker.wait_ready()
     follow(workers[:1], sessions_seen, 2 * drivers, timeout=400, settle=index_settled)

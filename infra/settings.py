@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # processors in any number. A process of the assignments role alone is a consumer group of its
     # own (faust_app_id), so that requests never wait behind pings (docs/DEPLOYMENT.md).
     roles: Annotated[tuple[Role, ...], NoDecode] = ALL_ROLES
+    # Added to the process's nice value when it starts (os.nice): where processes of several roles
+    # share a machine, the one with a higher value gets the CPU only when the others leave it idle.
+    # `geodispatch run` gives the sessions process one, so pings never take the CPU from requests.
+    niceness: int = Field(0, ge=0, le=19)
     # Holds a directory per app id (faust_app_id), so deployments sharing it keep their stores apart.
     data_dir: Path = Path(".cache/worker")
     store: str = "rocksdb://"
@@ -103,10 +107,10 @@ class Settings(BaseSettings):
     # within it is answered as before; one older than it (less max_future_skew_s) when read is answered
     # "Request expired" instead of decided again, since its decision may be gone (README.md).
     decision_retention_s: int = Field(86_400, ge=10)
-    # Requests in progress at once: being decided (together, streams.agents.assignment.Chooser) or
-    # their answers awaiting the broker's acknowledgement; a request is committed only once its answer
-    # is acknowledged (1: one request after another). Bounds a batch of decisions too: larger batches
-    # answered more requests a second (bench/README.md).
+    # Requests in progress at once: being decided (a block at a time, streams.agents.requests) or their
+    # answers awaiting the broker's acknowledgement; a request is committed only once its answer is
+    # acknowledged. A block is at most a quarter of it, so the next blocks are decided while earlier
+    # answers wait for the broker (bench/README.md).
     answers_in_flight: int = Field(256, ge=1, le=10_000)
 
     # -- failures -------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class DispatchApp(faust.App):
     """The worker: a faust app that owns everything its handlers share (`runtime`)."""
 
     runtime: Runtime
+    # Topics faust subscribes to but never fetches: readers of ours read them (streams.topology).
+    read_elsewhere: set[str]
 
     def __init__(self, settings: Settings) -> None:
         metrics = Metrics()
@@ -52,6 +54,8 @@ class DispatchApp(faust.App):
         index = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
         topics = Topics(self, names)
         fence = Fence()
+        self.read_elsewhere = set()
+        readers = topology.wire(self, settings, names)
         decisions = sessions = None
         if settings.runs_sessions:
             sessions = SessionStore(fenced_table(
@@ -77,7 +81,8 @@ class DispatchApp(faust.App):
             decisions=decisions,
             index_writer=IndexWriter(index, metrics, settings),
             dead_letters=DeadLetters(topics.dlq, metrics),
-            pings=topology.wire(self, settings, names),
+            pings=readers.pings,
+            request_batches=readers.requests,
             verifier=verifier,
             fence=fence,
         )
@@ -86,7 +91,6 @@ class DispatchApp(faust.App):
         self.on_partitions_assigned.connect(self._advance_fence)
         self.on_rebalance_complete.connect(self._partitions_restored)
         self.on_partitions_revoked.connect(self._partitions_revoked)
-        self.on_before_shutdown.connect(self._close_pings)
 
     def on_webserver_init(self, web: Any) -> None:
         """Names the routes its web server serves once they are all added, so an operator (and the
@@ -120,13 +124,20 @@ class DispatchApp(faust.App):
         for service in reversed(self.runtime.partition_services):
             await service.revoked()
 
-    async def _close_pings(self, sender: Any, **kwargs: Any) -> None:
-        if self.runtime.pings is not None:
-            await self.runtime.pings.close()
+    async def on_stop(self) -> None:
+        """The readers of our own stop first, each committing what it finished: the request reader
+        commits through faust's consumer, which faust stops next."""
+        for reader in (self.runtime.request_batches, self.runtime.pings):
+            if reader is not None:
+                await reader.close()
+        await super().on_stop()
 
     def ready(self) -> bool:
         """Whether this worker acts on its partitions: with the sessions role, once it has rebuilt its
         part of the index (which needs the sessions whole); else once faust restored its tables."""
+        requests = self.runtime.request_batches
+        if requests is not None and not requests.ready:
+            return False
         if self.runtime.settings.runs_sessions:
             return self.runtime.index_writer.epoch is not None
         return not (self.rebalancing or self.in_recovery) and bool(self.consumer.assignment())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 
 import click
@@ -46,6 +47,8 @@ def worker(web_port: int | None, roles: str | None) -> None:
         raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--roles/--web-port") from None
     from streams.logging import configure_logging
 
+    if settings.niceness:
+        os.nice(settings.niceness)
     if not settings.runs_streams:
         configure_logging(settings.log_level, settings.log_format)
         from streams.api import serve

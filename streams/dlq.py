@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +10,6 @@ import structlog
 
 from schemas.codec import InvalidMessage
 from schemas.dead_letter import SourceRecord, dead_letter_headers
-from streams.faust_fixes import acking_processed
 from streams.logging import handling_record
 from streams.logic import InvalidEvent
 from streams.metrics import Metrics
@@ -101,54 +98,3 @@ async def process_each(stream: Any, dead_letters: DeadLetters, stage: str, proce
         message = event.message
         with handling_record(message):
             await guarded(dead_letters, message, stage, functools.partial(process, message))
-
-
-Completion = Callable[[], Awaitable[None]]
-
-
-async def process_overlapping(
-    stream: Any, dead_letters: DeadLetters, stage: str, process: Callable[[Any], Awaitable[Completion | None]],
-    depth: int,
-) -> None:
-    """process_each for records whose handling ends by waiting for the broker to take what they
-    produced. `process(message)` does the work and sends, and returns that wait (or None). Up to
-    `depth` records are handled at once, each started as soon as it is read and in the order the
-    records came: their waits for the broker overlap, and so do their waits for Redis, which lets
-    `process` gather the records in progress into one call. Each record is acked, and so
-    committable, only when its wait is over, and in the order the records came: a crash leaves only
-    records to process again, never one skipped."""
-    manual = stream.noack()
-    waiting: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue(maxsize=depth)
-    finisher = asyncio.ensure_future(_complete_in_order(manual, waiting, dead_letters, stage))
-    try:
-        async for event in manual.events():
-            if finisher.done():
-                finisher.result()  # raises what stopped it: no record may wait for an ack that never comes
-            message = event.message
-            with handling_record(message):  # the task keeps the record's log context
-                handling = asyncio.ensure_future(
-                    guarded(dead_letters, message, stage, functools.partial(process, message))
-                )
-            await waiting.put((event, handling))
-            del event, message, handling  # see _complete_in_order
-    finally:
-        finisher.cancel()
-        while not waiting.empty():
-            waiting.get_nowait()[1].cancel()
-
-
-async def _complete_in_order(
-    stream: Any, waiting: asyncio.Queue[tuple[Any, asyncio.Future]], dead_letters: DeadLetters, stage: str
-) -> None:
-    while True:
-        event, handling = await waiting.get()
-        completion = await handling
-        if completion is not None:
-            with handling_record(event.message):
-                await guarded(dead_letters, event.message, stage, completion)
-        with acking_processed():
-            await stream.ack(event)
-        # Nothing may hold a record past its ack while waiting for the next: a refused ack (a record
-        # of an earlier generation) leaves the message among the consumer's unacked ones for as long
-        # as it is referenced, and the next rebalance waits for those with the stream paused.
-        del event, handling, completion

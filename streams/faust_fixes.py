@@ -9,9 +9,7 @@ when faust changes a method one overrides."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 import structlog
@@ -34,25 +32,7 @@ log = structlog.get_logger(__name__)
 # fault test lost requests exactly this way. Refusing those acks leaves the offset uncommitted, so the
 # record is fetched again under the new generation and processed then (at-least-once; every effect of
 # ours is idempotent).
-# An agent that acks records itself, after they were processed to the end (streams.dlq's
-# process_overlapping acks a request once its answer is acknowledged), acks inside `acking_processed()`:
-# those acks are let through while flow control is paused for a rebalance, since such a record is
-# done, not skipped. Refused, its message would stay among the consumer's unacked ones, and the
-# rebalance waits for those (`stream_wait_empty`) with the stream paused: the worker hung there until
-# the group expelled it (a full churn fault run). A record of an earlier generation is still refused:
-# its partition may be another worker's now, and it is answered again, identically, wherever it is.
 # Remove when faust's Stream no longer acks a record it drops unprocessed (faust/streams.py).
-_ACKING_PROCESSED: contextvars.ContextVar[bool] = contextvars.ContextVar("geodispatch_acking_processed",
-                                                                         default=False)
-
-
-@contextlib.contextmanager
-def acking_processed() -> Iterator[None]:
-    token = _ACKING_PROCESSED.set(True)
-    try:
-        yield
-    finally:
-        _ACKING_PROCESSED.reset(token)
 
 
 # faust-streaming treats a jump in the offsets it reads as a gap to skip (meant for compacted topics
@@ -204,10 +184,22 @@ async def seek_to_committed_or_beginning(consumer: Any, rewindable: Collection[A
     return offsets, uncommitted
 
 
+# Not a fix: topics faust subscribes to, so that the group assigns their partitions with the others
+# (and the tables' changelogs with them), but never fetches, because a reader of ours reads them in
+# blocks (streams.agents.requests). The app names them (`read_elsewhere`); the consumer leaves them out
+# of every fetch and of faust's check that each assigned partition is being read.
+async def commit_in_group(app: Any, offsets: dict[TopicPartition, int]) -> bool:
+    """Commits offsets of partitions read elsewhere in the app's group, through faust's consumer: the
+    commit carries the group generation, so a worker expelled from the group is refused. False when it
+    was (or no longer has the partitions)."""
+    return await app.consumer._commit({TP(tp.topic, tp.partition): offset for tp, offset in offsets.items()})
+
+
 class GuardedConsumer(aiokafka_driver.Consumer):
     """faust's aiokafka consumer with the four guards above, each overriding one method and calling
     faust's own through super() whenever faust's behaviour is right. Their state is this consumer's,
-    and what concerns partitions it no longer has is dropped at each assignment."""
+    and what concerns partitions it no longer has is dropped at each assignment. It fetches nothing of
+    the topics the app reads elsewhere."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -220,13 +212,32 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         # The fills under way, held here: the event loop keeps only weak references to its tasks.
         self._fills: set[asyncio.Task] = set()
 
+    # -- topics read elsewhere ---------------------------------------------------------------------
+
+    def _read_here(self, tps: Collection[Any]) -> set[Any]:
+        elsewhere = self.app.read_elsewhere
+        return {tp for tp in tps if tp.topic not in elsewhere}
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        if active_partitions is None:  # a client-only app: not ours
+            return await super()._getmany(active_partitions, timeout)
+        partitions = self._read_here(active_partitions)
+        if not partitions:  # aiokafka would fetch every assigned partition for none named
+            await asyncio.sleep(timeout)
+            return {}
+        return await super()._getmany(partitions, timeout)
+
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        if tp.topic not in self.app.read_elsewhere:
+            super().verify_event_path(now, tp)
+
     # -- the ack guard ------------------------------------------------------------------------------
 
     def ack(self, message: Any) -> bool:
         app = self.app
         if message.generation_id != app.consumer_generation_id:
             return False
-        if not app.flow_control.is_active() and not _ACKING_PROCESSED.get():
+        if not app.flow_control.is_active():
             return False
         return super().ack(message)
 

@@ -16,6 +16,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from infra.redis_keys import RedisKeys
+from streams.logic.assignment import Decision
 from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, last_location, unlocated_response
 from streams.routing import key_partition
@@ -59,7 +60,7 @@ class Located:
 @dataclass(frozen=True)
 class Reservation:
     outcome: str  # reserved | existing | none
-    decision: dict | None
+    decision: Decision | None
     # reserved: the reserved driver's position among the order's candidates (1 for the first);
     # none: how many candidates were tried (all of them)
     position: int
@@ -73,7 +74,7 @@ class RegionIndex:
         self._upsert = client.register_script(lua("upsert"))
         self._move = client.register_script(lua("move"))
         self._reserve_first = client.register_script(lua("reserve_first"))
-        self._record_failure = client.register_script(lua("record_failure"))
+        self._record_failures = client.register_script(lua("record_failures"))
         self._forget_unexpiring = client.register_script(lua("forget_unexpiring"))
         self._nearby = client.register_script(lua("locate_available", "nearby"))
         self._candidates = client.register_script(lua("locate_available", "candidates"))
@@ -243,33 +244,39 @@ class RegionIndex:
     # -- reservations and decisions -----------------------------------------------------------
 
     async def reserve_first(
-        self, offers: Sequence[tuple[str, Sequence[tuple[str, dict]]]], min_loc_ts_ms: int, retention_s: int
+        self, offers: Sequence[tuple[Decision, Sequence[tuple[str, int]]]], min_loc_ts_ms: int, retention_s: int
     ) -> list[Reservation]:
-        """For each (order id, candidates) in order, with candidates (driver id, the decision naming
-        that driver) best first: reserves the first candidate still free, and records its decision for
-        `retention_s`, unless the order already has one, which is returned instead. One round trip for
-        all."""
+        """For each (decision, candidates) in order, with candidates (driver id, ETA in minutes) best
+        first: reserves the first candidate still free, and records the order's decision, naming that
+        driver and ETA, for `retention_s`, unless the order already has one, which is returned instead.
+        One round trip for all."""
         if not offers:
             return []
         args: list = [self.keys.driver(""), self.keys.reservation(""), self.keys.decision(""), self.keys.available,
                       self.cell_prefix, min_loc_ts_ms, retention_s]
-        for order_id, candidates in offers:
-            args += [order_id, len(candidates)]
-            for driver_id, decision in candidates:
-                args += [driver_id, orjson.dumps(decision)]
+        for decision, candidates in offers:
+            args += [decision.order_id, orjson.dumps(decision.record()), len(candidates)]
+            for driver_id, eta in candidates:
+                args += [driver_id, eta]
         replies = await self._reserve_first(args=args)
         return [
-            Reservation(outcome, orjson.loads(payload) if outcome != "none" else None, int(position))
+            Reservation(outcome, Decision.from_record(orjson.loads(payload)) if outcome != "none" else None,
+                        int(position))
             for outcome, position, payload in replies
         ]
 
-    async def decision(self, order_id: str) -> dict | None:
+    async def decision(self, order_id: str) -> Decision | None:
         raw = await self.redis.get(self.keys.decision(order_id))
-        return orjson.loads(raw) if raw else None
+        return Decision.from_record(orjson.loads(raw)) if raw else None
 
-    async def record_failure(self, order_id: str, decision: dict, ttl_s: int) -> dict:
-        raw = await self._record_failure(keys=[self.keys.decision(order_id)], args=[orjson.dumps(decision), ttl_s])
-        return orjson.loads(raw)
+    async def record_failures(self, failures: Sequence[Decision], ttl_s: int) -> list[Decision]:
+        """Records each failed decision for `ttl_s` unless its order already has one; returns each
+        order's decision, the existing one or the failure. One round trip for all."""
+        if not failures:
+            return []
+        replies = await self._record_failures(keys=[self.keys.decision(f.order_id) for f in failures],
+                                              args=[ttl_s, *(orjson.dumps(f.record()) for f in failures)])
+        return [Decision.from_record(orjson.loads(raw)) for raw in replies]
 
     async def forget_unexpiring_decisions(self, order_ids: Sequence[str]) -> int:
         """Deletes the decisions of these orders that Redis would keep forever (see forget_unexpiring.lua)."""

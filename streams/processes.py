@@ -5,6 +5,7 @@ never shares an event loop with either (docs/DEPLOYMENT.md)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,12 +17,22 @@ import structlog
 log = structlog.get_logger(__name__)
 # How long a process has to finish its work in hand after SIGTERM before it is killed.
 STOP_TIMEOUT_S = 30.0
+# The sessions process's nice value beside the others (Settings.niceness): when pings and requests
+# want more CPU than the machine has, as while a fleet's first pings after a start arrive, requests
+# get it first and pings wait (bench/README.md, the mixed scenario).
+SESSIONS_NICENESS = 10
 
 
 @dataclass(frozen=True)
 class Process:
     roles: str
     port: int
+    niceness: int = 0
+
+
+def niceness(roles: str) -> int:
+    """A process's nice value in a shape: the sessions role alone gives way to the others."""
+    return SESSIONS_NICENESS if roles == "sessions" else 0
 
 
 def shape(name: str, api_port: int) -> tuple[Process, ...]:
@@ -29,7 +40,8 @@ def shape(name: str, api_port: int) -> tuple[Process, ...]:
     and the stream processors, which serve /health, /stats and /metrics only, take the next ones."""
     if name == "one":
         return (Process("sessions,assignments,api", api_port),)
-    return Process("api", api_port), Process("sessions", api_port + 1), Process("assignments", api_port + 2)
+    return (Process("api", api_port), Process("sessions", api_port + 1, niceness("sessions")),
+            Process("assignments", api_port + 2))
 
 
 def run(processes: tuple[Process, ...]) -> int:
@@ -37,11 +49,12 @@ def run(processes: tuple[Process, ...]) -> int:
     returns the exit code of the first to exit (0 when stopped by a signal)."""
     started = [
         (process, subprocess.Popen([sys.executable, "-m", "streams", "worker", "--roles", process.roles,
-                                    "--web-port", str(process.port)]))
+                                    "--web-port", str(process.port)],
+                                   env={**os.environ, "GEODISPATCH_NICENESS": str(process.niceness)}))
         for process in processes
     ]
     for process, popen in started:
-        log.info("process_started", roles=process.roles, port=process.port, pid=popen.pid)
+        log.info("process_started", roles=process.roles, port=process.port, pid=popen.pid, niceness=process.niceness)
     stopping: list[int] = []
 
     def stop(signum: int, frame: object) -> None:

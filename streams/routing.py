@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.partitioner import murmur2
+
+from streams.dlq import timestamp_ms
+from streams.topics import send_confirmed
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
 
 REROUTED_FROM = "geodispatch.rerouted_from"
 
@@ -36,3 +43,12 @@ def partition_key(name: str, partition: int, partitions: int) -> str:
         if key_partition(key.encode(), partitions) == partition:
             return key
     raise AssertionError("unreachable")
+
+
+async def reroute(runtime: Runtime, message: Any, key: bytes, partition: int, stream: str) -> None:
+    """Writes `message` again to `partition` of its topic, naming where it came from."""
+    headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
+    # The original's timestamp kept: latency and a dead letter of the copy count from when it was sent.
+    await send_confirmed(runtime.topics.named(message.topic), key=key, value=message.value,
+                         partition=partition, headers=headers, timestamp=timestamp_ms(message) / 1000)
+    runtime.metrics.rerouted.labels(stream=stream).inc()

@@ -19,6 +19,7 @@ from streams.metrics import Metrics
 
 if TYPE_CHECKING:  # the services import their handlers, which take a Runtime
     from streams.agents.pings import PingBatches
+    from streams.agents.requests import RequestBatches
     from streams.auth import Verifier
     from streams.dlq import DeadLetters
     from streams.index_writer import IndexWriter
@@ -62,7 +63,7 @@ class DriverProgress(PartitionService):
 @dataclass
 class RequestActivity:
     """When this worker last read an assignment request, so that pings can give way to requests
-    (streams.agents.pings): a request's answer takes dozens of turns of the event loop, and each turn
+    (streams.agents.pings): a request's answer takes several turns of the event loop, and each turn
     would otherwise wait for a block of pings."""
 
     # How long after a request pings keep giving way: requests come in streams, not alone.
@@ -93,6 +94,7 @@ class Runtime:
     index_writer: IndexWriter
     dead_letters: DeadLetters
     pings: PingBatches | None
+    request_batches: RequestBatches | None
     verifier: Verifier | None  # None when the API is open
     # This worker's fencing token, advanced on every partition assignment (streams.app).
     fence: Fence
@@ -104,11 +106,15 @@ class Runtime:
     @property
     def partition_services(self) -> tuple[PartitionService, ...]:
         """In the order they are restored: sessions read while the tables were restored are dropped
-        before pings are read again, and pings stop before anything of theirs is forgotten. The
-        decisions table needs none: faust restores it and it has no cache."""
-        if self.sessions is None or self.pings is None:
-            return ()
-        return self.sessions, self.index_writer, self.progress, self.pings
+        before pings are read again, pings stop before anything of theirs is forgotten, and requests
+        are read last, stopped first. The decisions table needs none: faust restores it and it has no
+        cache."""
+        services: tuple[PartitionService, ...] = ()
+        if self.sessions is not None and self.pings is not None:
+            services = (self.sessions, self.index_writer, self.progress, self.pings)
+        if self.request_batches is not None:
+            services += (self.request_batches,)
+        return services
 
 
 def session_rules(settings: Settings) -> SessionRules:

@@ -15,6 +15,7 @@ import orjson
 import structlog
 from faust.types import TP
 
+from streams.logic.assignment import Decision
 from streams.logic.fencing import Fence, Stamp, advances_persisted_offset, entries_to_keep
 from streams.logic.sessions import DriverSession
 from streams.restore import BulkRestore
@@ -246,17 +247,17 @@ class DecisionStore:
         self._turn = 0  # which of the active partitions the sweep reads
         self._resume: dict[int, bytes] = {}  # partition -> the key its next read starts from
 
-    def get(self, order_id: str) -> dict | None:
+    def get(self, order_id: str) -> Decision | None:
         raw = self.table.get(order_id.encode())
-        return orjson.loads(raw) if raw is not None else None
+        return Decision.from_record(orjson.loads(raw)) if raw is not None else None
 
-    async def put(self, order_id: str, decision: dict, partition: int) -> None:
-        await self.table.write(order_id.encode(), orjson.dumps(decision), partition)
+    async def put(self, decision: Decision, partition: int) -> None:
+        await self.table.write(decision.order_id.encode(), orjson.dumps(decision.record()), partition)
 
     async def delete(self, order_id: bytes, partition: int) -> None:
         await self.table.delete(order_id, partition)
 
-    def expired(self, keep: Callable[[dict], bool], budget: int) -> list[tuple[bytes, int]]:
+    def expired(self, keep: Callable[[Decision], bool], budget: int) -> list[tuple[bytes, int]]:
         """(key, partition) of the decisions among the next `budget` entries of the sweep that `keep`
         refuses. A partition read to its end hands the next call to the next partition."""
         partitions = self.table.active_partitions()
@@ -268,7 +269,7 @@ class DecisionStore:
             if read == budget:
                 self._resume[partition] = key
                 return found
-            if not keep(orjson.loads(raw)):
+            if not keep(Decision.from_record(orjson.loads(raw))):
                 found.append((key, partition))
         self._resume.pop(partition, None)
         self._turn += 1

@@ -24,7 +24,7 @@ from infra.topics import (
     TRIP_EVENTS,
     TopicNames,
 )
-from streams.agents import assignment, pings, retention, sessions, upkeep
+from streams.agents import assignment, pings, requests, retention, sessions, upkeep
 from streams.topics import raw_topic
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 # What reads an input's topics.
 FAUST_AGENT = "faust agent"  # one faust agent; the handler gets the stream: (runtime, stream)
 PING_BATCHES = "ping batches"  # streams.agents.pings.PingBatches; the handler gets blocks: (runtime, records)
+# streams.agents.requests.RequestBatches; the handler gets blocks, (runtime, records), and returns the
+# wait for their answers to be taken.
+REQUEST_BATCHES = "request batches"
 
 # The state handlers touch, as a reader would look for it.
 SESSIONS = f"table {SESSIONS_TABLE}"
@@ -94,8 +97,8 @@ INPUTS: tuple[Input, ...] = (
         role="assignments",
         reads=lambda names, regions: tuple(names.requests(region) for region in regions),
         topics=f"{REQUESTS}.{{geo}}",
-        reader=FAUST_AGENT,
-        handler=assignment.assignments,
+        reader=REQUEST_BATCHES,
+        handler=assignment.decide_requests,
         state=(DECISIONS, RESERVATIONS),
         writes=(RESPONSES, DRIVER_COMMANDS, DLQ),
     ),
@@ -116,23 +119,36 @@ TIMERS: tuple[Timer, ...] = (
 )
 
 
-def wire(app: DispatchApp, settings: Settings, names: TopicNames) -> pings.PingBatches | None:
-    """Registers the agents and timers of the process's roles on the app; returns the ping reader,
-    which the app starts and stops with its partitions (None without the sessions role)."""
-    readers = []
+@dataclass(frozen=True)
+class Readers:
+    """The process's readers of their own, which the app starts and stops with its partitions (None
+    without their role): each reads its inputs through one consumer."""
+
+    pings: pings.PingBatches | None = None
+    requests: requests.RequestBatches | None = None
+
+
+def wire(app: DispatchApp, settings: Settings, names: TopicNames) -> Readers:
+    """Registers the agents, readers and timers of the process's roles on the app."""
+    readers: dict[str, Any] = {}
     for source in INPUTS:
         if source.role not in settings.roles:
             continue
         topics = source.reads(names, settings.regions)
         if source.reader == PING_BATCHES:
             assert source.recover is not None, source.name
-            readers.append(pings.PingBatches(app, topics, source.handler, source.recover))
+            readers["pings"] = pings.PingBatches(app, topics, source.handler, source.recover)
+        elif source.reader == REQUEST_BATCHES:
+            # Subscribed, so that the group assigns their partitions, and read by the reader alone.
+            app.topics.add(raw_topic(app, *topics))
+            app.read_elsewhere |= set(topics)
+            readers["requests"] = requests.RequestBatches(app, topics, source.handler)
         else:
             app.agent(raw_topic(app, *topics), name=source.name)(_agent(app, source.handler))
     for timer in TIMERS:
         if timer.role in settings.roles:
             app.timer(interval=timer.every_s(settings), name=timer.name)(timer.handler)
-    return readers[0] if readers else None  # a worker reads pings through one consumer
+    return Readers(**readers)
 
 
 def _agent(app: DispatchApp, handler: Callable[..., Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:

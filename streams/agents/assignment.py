@@ -1,11 +1,14 @@
-"""Assignment: every request answered once, by the best free driver, reserved atomically in Redis."""
+"""Assignment: every request answered once, by the best free driver, reserved atomically in Redis.
+
+Requests come in blocks (streams.agents.requests reads them), and a block is decided together: one
+candidate search and one reservation call to Redis per round for all its requests, their decisions
+written and their answers sent together, and each request done once its answer is acknowledged."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,14 +16,16 @@ import structlog
 
 from schemas.codec import InvalidMessage
 from schemas.models import AssignmentRequested, DriverCommand
-from streams.dlq import Completion, process_overlapping
+from streams.dlq import give_up, timestamp_ms
 from streams.index import now_ms
+from streams.logging import handling_record
 from streams.logic import assignment as decide
+from streams.logic.assignment import Decision
 from streams.logic.scoring import eta_minutes
 from streams.retry import with_retries
-from streams.routing import REROUTED_FROM, misrouted
+from streams.routing import misrouted, reroute
 from streams.runtime import Runtime
-from streams.topics import send_all, send_confirmed
+from streams.topics import send_all
 
 log = structlog.get_logger(__name__)
 STAGE = "assignment"
@@ -28,12 +33,6 @@ STAGE = "assignment"
 MAX_CANDIDATES = 2000
 # NonEmpty's limit in schemas.models, which every answer's orderId must meet.
 ORDER_ID_MAX = 256
-# Under load, the waiting requests are decided at most this often. Each batch costs its two Redis calls
-# and sends its answers in produce requests of their own, whatever its size: with Redis answering fast,
-# batches decided back to back stay small and cost the worker more CPU per request than batches that
-# wait this long (bench/README.md has the figures). A request arriving when no batch was decided for
-# that long is decided at once.
-DECIDE_EVERY_S = 0.01
 
 
 def _order_id(raw: dict[str, Any]) -> str:
@@ -51,77 +50,128 @@ async def _retrying(runtime: Runtime, action):
     return await with_retries(action, STAGE, runtime.metrics, s.retry_attempts, s.retry_base_s, s.retry_max_s)
 
 
-# A request's decision (recorded in Redis) and what its log line needs.
-Choice = tuple[dict, dict[str, Any]]
+@dataclass
+class Answer:
+    """A request's answer in the making: its decision, how it came about (`outcome`: assigned, failed
+    or repeated) and what its log line says besides."""
+
+    message: Any
+    decision: Decision
+    outcome: str
+    context: dict[str, Any] = field(default_factory=dict)
+    kept: bool = False  # the decision is the one the decisions table holds for the order
 
 
-class Chooser:
-    """Chooses the drivers of the requests being processed at once together: one candidate search and
-    one reservation call to Redis per round for all of them, instead of two round trips (and two of
-    redis-py's costly calls) per request. A request arriving while a batch is decided, or less than
-    DECIDE_EVERY_S after it began, waits for the next, so batches grow with the load and a lone
-    request is decided at once."""
+@dataclass
+class Block:
+    """What a block of requests comes to before anything is sent."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-        self._waiting: list[tuple[AssignmentRequested, asyncio.Future]] = []
-        # Held here: the event loop keeps only weak references to its tasks.
-        self._decider: asyncio.Task | None = None
-        self._last_decided = float("-inf")  # when the last batch began, on the event loop's clock
+    answers: list[Answer] = field(default_factory=list)
+    choices: list[tuple[Any, AssignmentRequested]] = field(default_factory=list)  # to decide together
+    reroutes: list[tuple[Any, bytes, int]] = field(default_factory=list)
+    failures: list[tuple[Any, Exception]] = field(default_factory=list)
 
-    async def choose(self, request: AssignmentRequested) -> Choice:
-        choice = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, choice))
-        if self._decider is None:
-            # A context of its own: the batch's log lines must not name the record that started it.
-            self._decider = asyncio.get_running_loop().create_task(self._decide_waiting(),
-                                                                   context=contextvars.Context())
-        return await choice
 
-    async def _decide_waiting(self) -> None:
-        batch: list[tuple[AssignmentRequested, asyncio.Future]] = []
-        loop = asyncio.get_running_loop()
+Completion = Callable[[], Awaitable[None]]
+
+
+async def decide_requests(runtime: Runtime, records: list[Any]) -> Completion:
+    """Decides a block of requests and sends their answers (and assigned drivers' trips); returns the
+    wait for the broker to take them, after which each answer is counted and logged. A request that
+    cannot be answered (no order id, a key that is not its order's) is dead-lettered with its reason;
+    one misrouted is moved to its order's partition (streams.routing) and answered there."""
+    block = _examine(runtime, records)
+    for message, order_key, target in block.reroutes:
+        await reroute(runtime, message, order_key, target, STAGE)
+    for message, exc in block.failures:
+        await give_up(runtime.dead_letters, message, STAGE, exc)
+    if block.choices:
+        chosen = await _choose(runtime, [request for _, request in block.choices])
+        for (message, _), choice in zip(block.choices, chosen, strict=True):
+            if isinstance(choice, Exception):
+                # No decision was recorded for it: dead-lettered with the failure (replayed, it is decided
+                # then, or given the decision made meanwhile).
+                await give_up(runtime.dead_letters, message, STAGE, choice)
+            else:
+                decision, context = choice
+                block.answers.append(Answer(message, decision, decision.status, context))
+    return await _send_answers(runtime, block.answers)
+
+
+def _examine(runtime: Runtime, records: list[Any]) -> Block:
+    """Sorts a block's requests: those answered from what the worker already knows (a decision kept for
+    the order, an expired or invalid request), those to decide, those to move, those to dead-letter."""
+    codec, settings, decisions = runtime.codec, runtime.settings, runtime.decisions
+    retention_ms = settings.decision_retention_s * 1000
+    failed_ttl_ms = settings.failed_decision_ttl_s * 1000
+    skew_ms = int(settings.max_future_skew_s * 1000)
+    block, now, at = Block(), now_ms(), datetime.now(UTC)
+    for message in records:
         try:
-            while self._waiting:
-                wait = self._last_decided + DECIDE_EVERY_S - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self._last_decided = loop.time()
-                batch, self._waiting = self._waiting, []
-                try:
-                    await _choose_all(self._runtime, batch)
-                except Exception as exc:
-                    # A request already decided keeps its answer (its driver is reserved for it); each
-                    # other answers for the failure (guarded: dead-lettered with it).
-                    for _, choice in batch:
-                        if not choice.done():
-                            choice.set_exception(exc)
-        finally:
-            self._decider = None
-            for _, choice in batch + self._waiting:  # cancelled midway: nobody may wait forever
-                choice.cancel()
+            raw = codec.decode_raw(AssignmentRequested, message.value)
+            order_id = _order_id(raw)
+            order_key = order_id.encode()
+            if message.key is not None and message.key != order_key:
+                raise InvalidMessage(f"record key {message.key[:64]!r} is not the request's orderId", "key")
+        except Exception as exc:  # dead-lettered (give_up logs the unexpected)
+            block.failures.append((message, exc))
+            continue
+        target = misrouted(order_key, message.partition, settings.partitions)
+        if target is not None:
+            block.reroutes.append((message, order_key, target))
+            continue
+        previous = decisions.get(order_id)
+        if previous is not None and decide.reusable(previous, now, failed_ttl_ms, retention_ms):
+            block.answers.append(Answer(message, previous, "repeated", kept=True))
+            continue
+        sent_at_ms = timestamp_ms(message)
+        if decide.expired_request(sent_at_ms, now, retention_ms, skew_ms):
+            block.answers.append(Answer(message, decide.failed(order_id, decide.REQUEST_EXPIRED, at), "failed",
+                                        {"sent_at_ms": sent_at_ms,
+                                         "decision_retention_s": settings.decision_retention_s}))
+        elif (problem := decide.coordinates_problem(raw)) is not None:
+            block.answers.append(Answer(message, decide.failed(order_id, decide.INVALID_COORDINATES, at), "failed",
+                                        {"problem": problem}))
+        else:
+            try:
+                block.choices.append((message, codec.validate(AssignmentRequested, raw)))
+            except InvalidMessage as exc:
+                block.answers.append(Answer(message, decide.failed(order_id, f"Invalid request: {exc}", at),
+                                            "failed", {"problem": str(exc)}))
+    return block
 
 
-def _settle(choice: asyncio.Future, decision: dict, context: dict[str, Any]) -> None:
-    if not choice.done():  # else its record's task was cancelled
-        choice.set_result((decision, context))
+# A request's decision and its log line's account of it, or why it could not be decided.
+Choice = tuple[Decision, dict[str, Any]] | Exception
 
 
-async def _choose_all(runtime: Runtime, batch: list[tuple[AssignmentRequested, asyncio.Future]]) -> None:
-    """Reserves for each request the best candidate still free, earlier requests first, and settles
-    its choice as soon as it is decided. The score never rises with distance, so the nearest few
-    drivers hold the best; requests whose candidates were all taken (by earlier requests or other
-    workers) search again among more, until the search finds fewer than it asked for or
-    MAX_CANDIDATES.
+async def _choose(runtime: Runtime, requests: list[AssignmentRequested]) -> list[Choice]:
+    """Each request's decision: the best candidate still free, reserved, earlier requests first. The
+    score never rises with distance, so the nearest few drivers hold the best; requests whose
+    candidates were all taken (by earlier requests or other workers) search again among more, until
+    the search finds fewer than it asked for or MAX_CANDIDATES. When Redis fails for good midway, the
+    requests decided by then keep their decisions (their drivers are reserved for them) and the others
+    get the failure.
 
     A decision is stamped when it is made, after the search found its driver free, not when the
     request arrived: retries across a Redis outage can take seconds, in which the driver may finish
     an earlier trip, and an assignedAt from before that would claim the driver held two orders at once."""
+    decisions: list[Decision | None] = [None] * len(requests)
+    contexts: list[dict[str, Any]] = [{"candidates": 0} for _ in requests]
+    failure: Exception = AssertionError("left undecided")  # every request is decided unless Redis failed
+    try:
+        await _decide_into(runtime, requests, decisions, contexts)
+    except Exception as exc:
+        failure = exc
+    return [(decision, context) if decision is not None else failure
+            for decision, context in zip(decisions, contexts, strict=True)]
+
+
+async def _decide_into(runtime: Runtime, requests: list[AssignmentRequested], decisions: list[Decision | None],
+                       contexts: list[dict[str, Any]]) -> None:
     settings, metrics = runtime.settings, runtime.metrics
-    requests = [request for request, _ in batch]
     fresh_since = now_ms() - int(settings.location_max_age_s * 1000)
     retention_s = settings.decision_retention_s
-    contexts: list[dict[str, Any]] = [{"candidates": 0} for _ in requests]
     tried: list[set[str]] = [set() for _ in requests]
     open_, unserved, count = list(range(len(requests))), [], settings.candidates_wanted
     while open_:
@@ -135,8 +185,7 @@ async def _choose_all(runtime: Runtime, batch: list[tuple[AssignmentRequested, a
             for i, (drivers, _) in zip(open_, found, strict=True)
         ]
         offers = [
-            (requests[i].orderId,
-             [(c.driver_id, decide.assigned(requests[i].orderId, c.driver_id, eta_minutes(c), now)) for c in cands])
+            (decide.to_assign(requests[i].orderId, now), [(c.driver_id, eta_minutes(c)) for c in cands])
             for i, cands in zip(open_, ranked, strict=True)
         ]
         reservations = await _retrying(
@@ -157,11 +206,19 @@ async def _choose_all(runtime: Runtime, batch: list[tuple[AssignmentRequested, a
                 metrics.reservation_conflicts.inc(reservation.position - 1)
                 metrics.assignment_candidates.observe(context["candidates"])
                 context.update(_explained(cands, reservation.position - 1))
-            _settle(batch[i][1], reservation.decision, context)
+            decisions[i] = reservation.decision
         open_, count = still_open, count * 4
+    if not unserved:
+        return
     for i in unserved:
         metrics.assignment_candidates.observe(contexts[i]["candidates"])
-        _settle(batch[i][1], await _record_failure(runtime, requests[i]), contexts[i])
+    at = datetime.now(UTC)
+    failures = [decide.failed(requests[i].orderId, decide.NO_DRIVERS, at) for i in unserved]
+    ttl = settings.failed_decision_ttl_s
+    # Each the order's decision: its failure, or the decision another worker made meanwhile.
+    recorded = await _retrying(runtime, lambda: runtime.index.record_failures(failures, ttl))
+    for i, decision in zip(unserved, recorded, strict=True):
+        decisions[i] = decision
 
 
 def _explained(ranked: list, position: int) -> dict[str, Any]:
@@ -176,92 +233,50 @@ def _explained(ranked: list, position: int) -> dict[str, Any]:
     }
 
 
-async def _record_failure(runtime: Runtime, request: AssignmentRequested) -> dict:
-    """No driver for the request: its failed decision, unless the order was decided meanwhile."""
-    failure = decide.failed(request.orderId, decide.NO_DRIVERS, datetime.now(UTC))
-    ttl = runtime.settings.failed_decision_ttl_s
-    return await _retrying(runtime, lambda: runtime.index.record_failure(request.orderId, failure, ttl))
-
-
-async def process(runtime: Runtime, chooser: Chooser, message) -> Completion | None:
-    runtime.requests.read()
-    codec = runtime.codec
-    raw = codec.decode_raw(AssignmentRequested, message.value)
-    order_id = _order_id(raw)
-    order_key = order_id.encode()
-    if message.key is not None and message.key != order_key:
-        raise InvalidMessage(f"record key {message.key[:64]!r} is not the request's orderId", "key")
-    target = misrouted(order_key, message.partition, runtime.settings.partitions)
-    if target is not None:
-        headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
-        # The original's timestamp kept: answer latency and a dead letter count from when it was sent.
-        await send_confirmed(runtime.topics.named(message.topic), key=order_key, value=message.value,
-                             partition=target, headers=headers, timestamp=message.timestamp)
-        runtime.metrics.rerouted.labels(stream=STAGE).inc()
-        return None
-    region = message.topic.rsplit(".", 1)[-1]
-    settings, now = runtime.settings, datetime.now(UTC)
-    retention_ms = settings.decision_retention_s * 1000
-    previous = runtime.decisions.get(order_id)
-    if previous is not None and decide.reusable(previous, now_ms(), settings.failed_decision_ttl_s * 1000,
-                                                retention_ms):
-        # The trip command again too: the worker that decided may have died after the decision reached
-        # the changelog but before the command did, and the driver's session would never hear of the
-        # trip. Applying it twice is a no-op (apply_assignment).
-        return await _answer(runtime, message, region, previous, "repeated", {}, _trip_command(runtime, previous, now))
-    sent_at_ms = int(message.timestamp * 1000)  # Faust gives the record time in seconds
-    if decide.expired_request(sent_at_ms, now_ms(), retention_ms, int(settings.max_future_skew_s * 1000)):
-        decision = decide.failed(order_id, decide.REQUEST_EXPIRED, now)
-        context = {"sent_at_ms": sent_at_ms, "decision_retention_s": settings.decision_retention_s}
-    elif (problem := decide.coordinates_problem(raw)) is not None:
-        decision, context = decide.failed(order_id, decide.INVALID_COORDINATES, now), {"problem": problem}
-    else:
-        try:
-            request = codec.validate(AssignmentRequested, raw)
-        except InvalidMessage as exc:
-            decision, context = decide.failed(order_id, f"Invalid request: {exc}", now), {"problem": str(exc)}
-        else:
-            decision, context = await chooser.choose(request)
-    await runtime.decisions.put(order_id, decision, message.partition)
-    trip = _trip_command(runtime, decision, now)
-    return await _answer(runtime, message, region, decision, decision["status"], context, trip)
-
-
-def _trip_command(runtime: Runtime, decision: dict, now: datetime) -> list:
-    """The `assign` command that tells an assigned driver's session of its trip (none for a failure)."""
-    if decision["status"] != "assigned":
-        return []
-    command = DriverCommand(driver_id=decision["driverId"], kind="assign", order_id=decision["orderId"], ts=now)
-    value = runtime.codec.encode(command)
-    return [(runtime.topics.driver_commands, {"key": decision["driverId"].encode(), "value": value})]
-
-
-async def _answer(
-    runtime: Runtime, message, region: str, decision: dict, outcome: str, context: dict, also: list | None = None
-) -> Completion:
-    """Publishes the answer (and `also`, the driver's trip) and returns the wait for the broker to take
-    both, after which the answer is counted and logged."""
-    response = decide.response_of(decision)
-    answer = (runtime.topics.responses, {"key": response.orderId.encode(), "value": runtime.codec.encode(response)})
-    acknowledgements = await send_all([*(also or ()), answer])
+async def _send_answers(runtime: Runtime, answers: list[Answer]) -> Completion:
+    """Writes each new decision to the table, sends every answer (after its driver's trip command),
+    and returns the wait for the broker to take them, after which each is counted and logged."""
+    codec, topics, now = runtime.codec, runtime.topics, datetime.now(UTC)
+    outgoing: list[tuple[Any, dict[str, Any]]] = []
+    for answer in answers:
+        decision = answer.decision
+        if not answer.kept:
+            await runtime.decisions.put(decision, answer.message.partition)
+        if decision.assigned:
+            # Sent again with a repeated answer too: the worker that decided may have died after the
+            # decision reached the changelog but before the command did, and the driver's session would
+            # never hear of the trip. Applying it twice is a no-op (apply_assignment).
+            command = DriverCommand(driver_id=decision.driver_id, kind="assign", order_id=decision.order_id, ts=now)
+            outgoing.append((topics.driver_commands, {"key": decision.driver_id.encode(),
+                                                      "value": codec.encode(command)}))
+        outgoing.append((topics.responses, {"key": decision.order_id.encode(),
+                                            "value": codec.encode(decision.response())}))
+    acknowledgements = await send_all(outgoing)
 
     async def taken() -> None:
-        for acknowledgement in acknowledgements:
-            await acknowledgement
-        latency = max(0.0, time.time() - message.timestamp)  # Faust gives the record time in seconds
-        m = runtime.metrics
-        m.assignment_latency.observe(latency)
-        m.assignment_latency_window.observe(latency)
-        m.assignment_requests.labels(region=region, outcome=outcome).inc()
-        if response.status == "failed":
-            m.assignment_failures.labels(reason=response.error.split(":")[0]).inc()
-        log.info("assignment_decided", orderId=response.orderId, outcome=outcome, status=response.status,
-                 driverId=response.driverId, eta=response.eta, error=response.error,
-                 latency_ms=round(latency * 1000, 2), **context)
+        sent = iter(acknowledgements)
+        for answer in answers:
+            with handling_record(answer.message):
+                try:
+                    for _ in range(2 if answer.decision.assigned else 1):
+                        await next(sent)
+                except Exception as exc:
+                    await give_up(runtime.dead_letters, answer.message, STAGE, exc)
+                    continue
+                _count_and_log(runtime, answer)
 
     return taken
 
 
-async def assignments(runtime: Runtime, stream) -> None:
-    handle = functools.partial(process, runtime, Chooser(runtime))
-    await process_overlapping(stream, runtime.dead_letters, STAGE, handle, runtime.settings.answers_in_flight)
+def _count_and_log(runtime: Runtime, answer: Answer) -> None:
+    message, decision = answer.message, answer.decision
+    latency = max(0.0, time.time() - timestamp_ms(message) / 1000)
+    m = runtime.metrics
+    m.assignment_latency.observe(latency)
+    m.assignment_latency_window.observe(latency)
+    m.assignment_requests.labels(region=message.topic.rsplit(".", 1)[-1], outcome=answer.outcome).inc()
+    if not decision.assigned:
+        m.assignment_failures.labels(reason=str(decision.error).split(":")[0]).inc()
+    log.info("assignment_decided", orderId=decision.order_id, outcome=answer.outcome, status=decision.status,
+             driverId=decision.driver_id, eta=decision.eta, error=decision.error,
+             latency_ms=round(latency * 1000, 2), **answer.context)

@@ -31,43 +31,36 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from infra.clients import committed_offsets, new_consumer
+from infra.clients import committed_offsets
 from streams.faust_fixes import still_in_generation
 from streams.index import now_ms
-from streams.runtime import PartitionService, Runtime
+from streams.reader import FETCH_WAIT_MS, RETRY_AFTER_S, Batch, PartitionReader
+from streams.runtime import Runtime
 
 if TYPE_CHECKING:
     from streams.app import DispatchApp
 
 log = structlog.get_logger(__name__)
-FETCH_WAIT_MS = 100
 # Records applied as one block between two yields to the event loop: HTTP requests, assignment
 # requests and timers wait for at most this many pings.
 YIELD_EVERY = 200
-RETRY_AFTER_S = 1.0
 
 
-class PingBatches(PartitionService):
+class PingBatches(PartitionReader):
     """The ping consumer of one worker: started and stopped with its partitions. What it fetches goes
     to `handle`, the ping topics' handler in streams.topology, a block of records at a time."""
+
+    kind = "ping"
 
     def __init__(self, app: DispatchApp, topics: tuple[str, ...],
                  handle: Callable[[Runtime, list[Any]], Awaitable[None]],
                  recover: Callable[[Runtime, list[Any]], int]) -> None:
-        self._app = app
-        self._topics = topics
+        super().__init__(app, topics, max_partition_fetch_bytes=4 * 1024 * 1024)
         self._handle = handle
         self._recover = recover
         self._group = f"{app.conf.id}.pings"
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Future | None = None
-        self._stopping = False
         # The next offset to read of each partition, once everything before it is applied.
         self._positions: dict[TopicPartition, int] = {}
-        # Positions read back for the partitions assigned: the sessions are whole.
-        self.ready = False
-        # Bumped by every revocation: a recovery under way for partitions since taken away stops.
-        self._assignment = 0
 
     async def restored(self, partitions: set[int]) -> None:
         """Reads back the positions of the ping partitions `partitions`, then reads them on from
@@ -77,21 +70,16 @@ class PingBatches(PartitionService):
         if not partitions:
             self.ready = True
             return
-        consumer = await self._started_consumer()
+        consumer = await self._started_consumer(group_id=self._group)
         tps = [TopicPartition(topic, p) for topic in self._topics for p in sorted(partitions)]
         consumer.assign(tps)
         starts = await self._committed(consumer, tps)
-        for tp in tps:
-            if starts.get(tp) is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, starts[tp])
+        await self._assign(consumer, starts)
         await self._recover_positions(consumer, starts, assignment)
         if assignment != self._assignment:
             return
         self._positions = {}
-        self.ready = True
-        self._task = asyncio.ensure_future(self._run(consumer))
+        self._start(consumer, self._app.runtime.settings.ping_batch_max_records)
         log.info("pings_started", partitions=sorted(partitions), group=self._group,
                  starts={f"{tp.topic}:{tp.partition}": starts.get(tp) for tp in tps})
 
@@ -150,39 +138,6 @@ class PingBatches(PartitionService):
         log.info("positions_recovered", pings=read, applied=len(handed) - passed_over, passed_over=passed_over,
                  seconds=round(time.monotonic() - started, 3), since_ms=since_ms)
 
-    async def revoked(self) -> None:
-        """Finishes the batch in hand, commits it, and stops reading."""
-        self._assignment += 1
-        self.ready = False
-        if self._task is None:
-            return
-        self._stopping = True
-        try:
-            await self._task
-        except Exception:  # logged by _run, which also crashed the app
-            pass
-        finally:
-            self._task, self._stopping = None, False
-        await self._commit()
-        self._positions = {}
-        if self._consumer is not None:
-            # Not unsubscribe(): after a manual assignment it leaves aiokafka 0.14's stop() waiting forever.
-            self._consumer.assign([])
-
-    async def close(self) -> None:
-        await self.revoked()
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    async def _started_consumer(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            settings = self._app.runtime.settings
-            self._consumer = new_consumer(settings, group_id=self._group,
-                                          max_partition_fetch_bytes=4 * 1024 * 1024)
-            await self._consumer.start()
-        return self._consumer
-
     async def _committed(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         starts = {tp: await consumer.committed(tp) for tp in tps}
         missing = [tp for tp, offset in starts.items() if offset is None]
@@ -194,32 +149,10 @@ class PingBatches(PartitionService):
         """Where the app's own consumer group had these partitions: pings went through faust before."""
         return await committed_offsets(self._app.runtime.settings, self._app.conf.id, tps)
 
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        runtime = self._app.runtime
-        max_records = runtime.settings.ping_batch_max_records
-        commit_every = self._app.conf.broker_commit_interval
-        committed_at = time.monotonic()
-        try:
-            while not self._stopping:
-                try:
-                    batch = await consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=max_records)
-                except KafkaError as exc:
-                    log.error("ping_fetch_failed", error=repr(exc))
-                    runtime.metrics.retries.labels(stage="ping_fetch").inc()
-                    await asyncio.sleep(RETRY_AFTER_S)
-                    continue
-                for tp, records in batch.items():
-                    await self._apply(records)
-                    self._positions[tp] = records[-1].offset + 1
-                if time.monotonic() - committed_at >= commit_every:
-                    await self._commit()
-                    committed_at = time.monotonic()
-        except Exception as exc:
-            # Not a record's failure (those are dead-lettered): the loop itself broke. A worker that
-            # silently stopped reading pings would look healthy: stop it instead.
-            log.exception("ping_batches_crashed")
-            await self._app.crash(exc)
-            raise
+    async def _take(self, batch: Batch) -> None:
+        for tp, records in batch.items():
+            await self._apply(records)
+            self._positions[tp] = records[-1].offset + 1
 
     async def _apply(self, records: list[Any]) -> None:
         runtime, handle = self._app.runtime, self._handle

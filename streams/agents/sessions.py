@@ -14,7 +14,7 @@ import structlog
 from schemas.codec import InvalidMessage
 from schemas.models import DriverCommand, DriverStatus, LocationPing, TripEvent
 from streams.agents.pings import YIELD_EVERY
-from streams.dlq import give_up, process_each, timestamp_ms
+from streams.dlq import give_up, process_each
 from streams.index import now_ms
 from streams.logic import InvalidEvent
 from streams.logic.sessions import (
@@ -29,9 +29,8 @@ from streams.logic.sessions import (
     check_heartbeat,
     moved_only,
 )
-from streams.routing import REROUTED_FROM, misrouted
+from streams.routing import misrouted, reroute
 from streams.runtime import Runtime
-from streams.topics import send_confirmed
 
 log = structlog.get_logger(__name__)
 
@@ -66,14 +65,6 @@ def _placement(message: Any, driver_id: str, partitions: int) -> tuple[bytes, in
     if message.key is not None and message.key != driver_key:
         raise InvalidMessage(f"record key {message.key[:64]!r} is not the record's driver id", "key")
     return driver_key, misrouted(driver_key, message.partition, partitions)
-
-
-async def _reroute(runtime: Runtime, message, driver_key: bytes, partition: int) -> None:
-    headers = [*(message.headers or ()), (REROUTED_FROM, f"{message.partition}@{message.offset}".encode())]
-    # The original's timestamp kept: a dead letter of the copy then names when the record was sent.
-    await send_confirmed(runtime.topics.named(message.topic), key=driver_key, value=message.value,
-                         partition=partition, headers=headers, timestamp=timestamp_ms(message) / 1000)
-    runtime.metrics.rerouted.labels(stream="sessions").inc()
 
 
 def _apply(runtime: Runtime, kind: str, record, now: int) -> Effects:
@@ -120,7 +111,7 @@ async def _process(runtime: Runtime, message, kind: str) -> None:
     record = runtime.codec.decode(MODELS[kind], message.value)
     driver_key, target = _placement(message, _driver_id(record), runtime.settings.partitions)
     if target is not None:
-        await _reroute(runtime, message, driver_key, target)
+        await reroute(runtime, message, driver_key, target, "sessions")
         return
     if kind == "command" and record.kind == HEARTBEAT_SWEEP:
         await _sweep_heartbeats(runtime, message.partition)
@@ -238,7 +229,7 @@ async def _write_block(runtime: Runtime, out: BlockEffects) -> None:
     for tracking in out.tracking:
         await topics.tracking.send(key=tracking.booking_id.encode(), value=codec.encode(tracking))
     for message, driver_key, target in out.reroutes:
-        await _reroute(runtime, message, driver_key, target)
+        await reroute(runtime, message, driver_key, target, "sessions")
     for message, exc in out.failures:
         await give_up(runtime.dead_letters, message, "sessions", exc)
     m = runtime.metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,32 +42,70 @@ def rank(found: Iterable[tuple[str, float]], request: AssignmentRequested, weigh
     return sorted(scored, key=rank_key)
 
 
-def assigned(order_id: str, driver_id: str, eta: int, at: datetime) -> dict[str, Any]:
-    return {"orderId": order_id, "driverId": driver_id, "eta": eta, "assignedAt": iso_utc(at), "status": "assigned"}
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An order's decision: the driver it was given, or why it got none. Kept (in the decisions table
+    and in Redis) as its answer's record, the seed's response shape, so an answer given again is
+    byte for byte the first."""
+
+    order_id: str
+    decided_at: str  # ISO-8601 in UTC with milliseconds: the answer's assignedAt or failedAt
+    driver_id: str | None = None  # None for a failure
+    eta: int | None = None
+    error: str | None = None
+
+    @property
+    def assigned(self) -> bool:
+        return self.driver_id is not None
+
+    @property
+    def status(self) -> str:
+        return "assigned" if self.assigned else "failed"
+
+    def record(self) -> dict[str, Any]:
+        """The answer's fields, as stored and sent."""
+        if self.assigned:
+            return {"orderId": self.order_id, "driverId": self.driver_id, "eta": self.eta,
+                    "assignedAt": self.decided_at, "status": "assigned"}
+        return {"orderId": self.order_id, "error": self.error, "failedAt": self.decided_at, "status": "failed"}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Decision:
+        if record.get("status") == "assigned":
+            return cls(str(record["orderId"]), str(record["assignedAt"]), driver_id=str(record["driverId"]),
+                       eta=int(record["eta"]))
+        return cls(str(record["orderId"]), str(record["failedAt"]), error=str(record["error"]))
+
+    def response(self) -> AssignmentResponse:
+        return AssignmentResponse.model_validate(self.record())
+
+    def decided_at_ms(self) -> int:
+        """When it was made, in epoch ms."""
+        return int(datetime.fromisoformat(self.decided_at.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def failed(order_id: str, error: str, at: datetime) -> dict[str, Any]:
-    return {"orderId": order_id, "error": error, "failedAt": iso_utc(at), "status": "failed"}
+def assigned(order_id: str, driver_id: str, eta: int, at: datetime) -> Decision:
+    return Decision(order_id, iso_utc(at), driver_id=driver_id, eta=eta)
 
 
-def response_of(decision: Mapping[str, Any]) -> AssignmentResponse:
-    return AssignmentResponse.model_validate(decision)
+def to_assign(order_id: str, at: datetime) -> Decision:
+    """An assignment whose driver and ETA are named once one of the candidates is reserved
+    (streams/lua/reserve_first.lua): one decision sent per order, not one per candidate."""
+    return Decision(order_id, iso_utc(at), driver_id="", eta=0)
+
+
+def failed(order_id: str, error: str, at: datetime) -> Decision:
+    return Decision(order_id, iso_utc(at), error=error)
 
 
 REQUEST_EXPIRED = "Request expired"
 
 
-def decided_at_ms(decision: Mapping[str, Any]) -> int:
-    """When a decision was made, in epoch ms: its assignedAt, or failedAt for a failure."""
-    stamp = decision.get("assignedAt") if decision.get("status") == "assigned" else decision.get("failedAt")
-    return int(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def reusable(decision: Mapping[str, Any], now_ms: int, failed_ttl_ms: int, retention_ms: int) -> bool:
+def reusable(decision: Decision, now_ms: int, failed_ttl_ms: int, retention_ms: int) -> bool:
     """An assigned decision is given again for its retention; a failure only while it is recent, so that
     the order service's later retry of the same order gets a fresh attempt."""
-    age_ms = now_ms - decided_at_ms(decision)
-    return age_ms < (retention_ms if decision.get("status") == "assigned" else failed_ttl_ms)
+    age_ms = now_ms - decision.decided_at_ms()
+    return age_ms < (retention_ms if decision.assigned else failed_ttl_ms)
 
 
 def expired_request(sent_at_ms: int, now_ms: int, retention_ms: int, max_clock_skew_ms: int) -> bool:

@@ -12,7 +12,7 @@ from infra.settings import Settings
 from streams.index import RegionIndex, now_ms
 from streams.index_writer import FLUSH_MAX, IndexWriter
 from streams.metrics import Metrics
-from tests.integration.test_index_search import FENCE, located
+from tests.integration.test_index_search import FENCE, located, to_assign
 
 EAST_KM = 0.02  # far enough east to be in another resolution-9 cell
 
@@ -58,7 +58,7 @@ async def test_a_reserved_driver_moves_without_becoming_available_again(index):
     await _ready(index)
     driver = located("drv_taken", 0, 0)
     await index.write_sessions([driver], FENCE)
-    [reservation] = await index.reserve_first([("ord_1", [("drv_taken", {"driver_id": "drv_taken"})])],
+    [reservation] = await index.reserve_first([(to_assign("ord_1"), [("drv_taken", 5)])],
                                               now_ms() - 60_000, 3600)
     assert reservation.outcome == "reserved"
     moved = _moved(driver, EAST_KM, version=2)

@@ -4,14 +4,18 @@ with a fresh position, nearest first; and the batch's reservations."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import h3
 
 from streams.index import now_ms
+from streams.logic import assignment as decide
 from streams.logic.sessions import DriverSession
 
 CENTRE = h3.cell_to_latlng("892a100d2c3ffff")
 FENCE = 1
 RETENTION_S = 3600
+AT = datetime(2026, 12, 5, 10, 30, 5, tzinfo=UTC)
 
 
 def located(driver_id: str, dlat: float, dlng: float, age_ms: int = 0, **fields) -> DriverSession:
@@ -52,7 +56,7 @@ async def test_nearby_offers_only_available_freshly_located_drivers_nearest_firs
 async def test_a_reserved_driver_leaves_both_searches(index):
     await index.write_sessions([located("drv_a", 0.0005, 0), located("drv_b", 0.001, 0)], FENCE, rebuild=True)
     fresh_since = now_ms() - 60_000
-    (reservation,) = await index.reserve_first([("ord_1", [("drv_a", {"orderId": "ord_1"})])], fresh_since,
+    (reservation,) = await index.reserve_first([(to_assign("ord_1"), [("drv_a", 5)])], fresh_since,
                                                RETENTION_S)
     assert reservation.outcome == "reserved"
 
@@ -119,11 +123,11 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     await index.write_sessions([located(d, 0.001 * n, 0) for n, d in enumerate(["drv_a", "drv_b", "drv_c"])], FENCE,
                                rebuild=True)
     fresh_since = now_ms() - 60_000
-    await index.reserve_first([("ord_old", [("drv_c", {"orderId": "ord_old", "driverId": "drv_c"})])], fresh_since,
+    await index.reserve_first([(to_assign("ord_old"), [("drv_c", 5)])], fresh_since,
                               RETENTION_S)
 
-    def offer(order: str, *drivers: str) -> tuple[str, list]:
-        return order, [(d, {"orderId": order, "driverId": d}) for d in drivers]
+    def offer(order: str, *drivers: str) -> tuple[decide.Decision, list]:
+        return to_assign(order), [(d, 5 + n) for n, d in enumerate(drivers)]
 
     outcomes = await index.reserve_first(
         [
@@ -139,9 +143,11 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     assert [(r.outcome, r.position) for r in outcomes] == [
         ("reserved", 1), ("reserved", 2), ("none", 3), ("existing", 0), ("none", 0)
     ]
-    assert [r.decision and r.decision["driverId"] for r in outcomes] == ["drv_a", "drv_b", None, "drv_c", None]
+    assert [r.decision and r.decision.driver_id for r in outcomes] == ["drv_a", "drv_b", None, "drv_c", None]
+    # Named with its driver and that candidate's ETA, stamped as the order's offer was.
+    assert outcomes[1].decision == decide.assigned("ord_2", "drv_b", 6, AT)
     assert [await index.reservation_holder(d) for d in ("drv_a", "drv_b", "drv_c")] == ["ord_1", "ord_2", "ord_old"]
-    assert await index.decision("ord_2") == {"orderId": "ord_2", "driverId": "drv_b"}
+    assert (await index.decision("ord_2")).driver_id == "drv_b"
     assert await index.decision("ord_3") is None
     # A decision is kept for its retention, not forever (a reservation lasts until the trip ends).
     assert 0 < await index.redis.ttl(index.keys.decision("ord_2")) <= RETENTION_S
@@ -168,3 +174,7 @@ def _position(driver_id: str) -> tuple[float, float]:
     offsets = {"drv_near": (0.0005, 0), "drv_mid": (0, 0.002)}
     dlat, dlng = offsets[driver_id]
     return CENTRE[0] + dlat, CENTRE[1] + dlng
+
+
+def to_assign(order_id: str) -> decide.Decision:
+    return decide.to_assign(order_id, AT)

@@ -32,12 +32,18 @@ def test_good_coordinates_pass():
 
 
 def test_answers_have_exactly_the_seeds_shapes():
-    assert decide.assigned("order_123", "driver_456", 25, AT) == {
+    assert decide.assigned("order_123", "driver_456", 25, AT).record() == {
         "orderId": "order_123", "driverId": "driver_456", "eta": 25,
         "assignedAt": "2024-01-15T10:30:05.000Z", "status": "assigned"}
-    assert decide.failed("order_123", decide.NO_DRIVERS, AT) == {
+    assert decide.failed("order_123", decide.NO_DRIVERS, AT).record() == {
         "orderId": "order_123", "error": "No available drivers in area",
         "failedAt": "2024-01-15T10:30:05.000Z", "status": "failed"}
+
+
+@pytest.mark.parametrize("decision", [decide.assigned("o", "d", 7, AT), decide.failed("o", decide.NO_DRIVERS, AT)])
+def test_a_decision_kept_as_its_record_reads_back_the_same_and_answers_with_it(decision):
+    assert decide.Decision.from_record(decision.record()) == decision
+    assert decision.response().model_dump(exclude_none=True, mode="json") == decision.record()
 
 
 def test_rank_puts_the_nearest_first_and_breaks_ties_by_id():
@@ -56,8 +62,8 @@ def test_assigned_decisions_last_their_retention_and_failures_expire_sooner():
 
 
 def test_decided_at_is_the_assignment_or_the_failure_time():
-    assert decide.decided_at_ms(decide.assigned("o", "d", 3, AT)) == int(AT.timestamp() * 1000)
-    assert decide.decided_at_ms(decide.failed("o", decide.NO_DRIVERS, AT)) == int(AT.timestamp() * 1000)
+    assert decide.assigned("o", "d", 3, AT).decided_at_ms() == int(AT.timestamp() * 1000)
+    assert decide.failed("o", decide.NO_DRIVERS, AT).decided_at_ms() == int(AT.timestamp() * 1000)
 
 
 def test_a_request_is_expired_once_its_decision_could_be_gone_allowing_for_the_senders_clock():

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import orjson
 
+from streams.logic.assignment import Decision
 from streams.tables import DecisionStore
+
+OLD, RECENT = "2024-01-15T10:30:05.000Z", "2024-01-16T10:30:05.000Z"
 
 
 class PartitionedEntries:
@@ -24,16 +27,16 @@ class PartitionedEntries:
 
 
 def _old(key: str) -> dict:
-    return {"orderId": key, "old": True}
+    return Decision(key, OLD, driver_id="d", eta=3).record()
 
 
 def test_the_sweep_reads_its_budget_resumes_and_visits_every_partition():
     table = PartitionedEntries({
         0: {f"a{i}".encode(): _old(f"a{i}") for i in range(5)},
-        1: {b"b0": _old("b0"), b"b1": {"orderId": "b1", "old": False}},
+        1: {b"b0": _old("b0"), b"b1": Decision("b1", RECENT, error="no").record()},
     })
     store = DecisionStore(table)
-    keep = lambda decision: not decision["old"]  # noqa: E731
+    keep = lambda decision: decision.decided_at == RECENT  # noqa: E731
     assert store.expired(keep, 3) == [(b"a0", 0), (b"a1", 0), (b"a2", 0)]
     assert store.expired(keep, 3) == [(b"a3", 0), (b"a4", 0)]  # the rest of partition 0, then its turn ends
     assert store.expired(keep, 3) == [(b"b0", 1)]  # kept ones stay

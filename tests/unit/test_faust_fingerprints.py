@@ -31,6 +31,11 @@ REPLACED = {
         "b1dfc749a210",
         "the seek guard: does it still delegate to aiokafka's seek_to_committed, which skips uncommitted "
         "partitions?"),
+    ("faust.transport.consumer", "ThreadDelegateConsumer", "_getmany"): (
+        "9ea6e4fb70fc",
+        "topics read elsewhere: does faust still fetch only the partitions it names, and none when it names none?"),
+    ("faust.transport.drivers.aiokafka", "Consumer", "verify_event_path"): (
+        "93e8c235b5fe", "topics read elsewhere: does faust's check of each partition's reading still go through it?"),
     ("faust.tables.recovery", "Recovery", "_resume_streams"): (
         "8887e4033a88", "the seek-first recovery: does faust still resume stream partitions before their seek?"),
     ("faust.tables.recovery", "Recovery", "on_recovery_completed"): (

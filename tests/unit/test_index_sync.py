@@ -144,14 +144,14 @@ class Recorded(PartitionService):
 
 def test_partition_services_start_in_order_and_stop_in_reverse(monkeypatch) -> None:
     """Sessions read while the tables were restored are dropped before pings are read again; pings
-    stop before anything of theirs is forgotten."""
+    stop before anything of theirs is forgotten; requests are read last and stopped first."""
     app = DispatchApp(Settings())
     calls: list = []
     runtime = app.runtime
-    for field in ("sessions", "index_writer", "progress", "pings"):
+    order = ["sessions", "index_writer", "progress", "pings", "request_batches"]
+    for field in order:
         monkeypatch.setattr(runtime, field, Recorded(field, calls))
     monkeypatch.setattr(DispatchApp, "driver_partitions", lambda self: {0})
     asyncio.run(app._partitions_restored(app))
     asyncio.run(app._partitions_revoked(app, revoked=set()))
-    order = ["sessions", "index_writer", "progress", "pings"]
     assert calls == [("restored", name, {0}) for name in order] + [("revoked", name) for name in reversed(order)]

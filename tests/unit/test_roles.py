@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from infra.settings import Settings
+from streams.processes import shape
 from streams.views import routes
 
 
@@ -55,3 +56,10 @@ def test_a_worker_without_the_api_role_serves_only_the_operations_routes():
         "/driver-sessions/sessions/nearby",
         "/driver-sessions/sessions/{driver_id}",
     ]
+
+
+def test_make_runs_shape_puts_pings_behind_requests_for_the_cpu():
+    processes = {process.roles: process for process in shape("roles", 6066)}
+    assert processes["sessions"].niceness > 0
+    assert processes["assignments"].niceness == 0 and processes["api"].niceness == 0
+    assert [process.niceness for process in shape("one", 6066)] == [0]
