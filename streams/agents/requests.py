@@ -24,7 +24,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.clients import committed_offsets
-from streams.faust_fixes import commit_in_group
+from streams.faust_fixes import commit_in_group, still_in_generation
 from streams.reader import Batch, PartitionReader
 from streams.runtime import Runtime
 
@@ -96,6 +96,17 @@ class RequestBatches(PartitionReader):
 
     async def _take(self, batch: Batch) -> None:
         runtime = self._app.runtime
+        if batch and not still_in_generation(self._app):
+            # Expelled from the group (paused past its session timeout): these partitions are another
+            # worker's now, and a consumer of no group would read on. The block is left to their owner,
+            # who reads it from the committed offsets (or to this worker, if the rebalance gives them
+            # back: `restored` reads from the committed offsets again, and ends the pause).
+            consumer = self._consumer
+            if consumer is not None:
+                consumer.pause(*consumer.assignment())
+            log.warning("request_reading_paused", reason="expelled from the group",
+                        left=sum(len(records) for records in batch.values()))
+            return
         if batch:
             runtime.requests.read()
             records = [record for records in batch.values() for record in records]
