@@ -72,6 +72,7 @@ class Block:
     failures: list[tuple[Any, Exception]] = field(default_factory=list)
 
 
+# The wait for the acknowledgements of a block's answers, returned when the block is decided.
 Completion = Callable[[], Awaitable[None]]
 
 

@@ -24,6 +24,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.clients import committed_offsets
+from streams.agents.assignment import Completion
 from streams.faust_fixes import commit_in_group, still_in_generation
 from streams.reader import Batch, PartitionReader
 from streams.runtime import Runtime
@@ -40,8 +41,6 @@ DECIDE_EVERY_S = 0.002
 # Blocks whose answers may wait for the broker at once: the next blocks are decided meanwhile, so each
 # block is at most this share of `Settings.answers_in_flight`.
 BLOCKS_IN_FLIGHT = 4
-
-Completion = Callable[[], Awaitable[None]]
 
 
 class RequestBatches(PartitionReader):
