@@ -24,7 +24,7 @@ REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
 endif
 export KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT KAFKA_BOOTSTRAP_SERVERS REDIS_URL
 
-.PHONY: help setup infra-up infra-down topics run test test-unit upgrade-test lint demo demo-stop bench faults clean
+.PHONY: help setup infra-up infra-down cluster-up cluster-down topics run test test-unit upgrade-test lint demo demo-stop bench faults clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,13 @@ infra-up: setup ## start Kafka (KRaft) and Redis on 127.0.0.1, unless KAFKA_BOOT
 infra-down: ## stop the Kafka and Redis that infra-up started
 	@infra/kafka/kafka.sh down
 	@infra/redis.sh down
+
+# The distributed servers (docs/SCALING.md): `eval "$$(infra/cluster.sh env)"` points a shell at them.
+cluster-up: setup ## start a three-broker Kafka cluster (9192, 9194, 9196) and a Redis Cluster of 3 primaries + 3 replicas (7000-7005)
+	@infra/cluster.sh up
+
+cluster-down: ## stop what cluster-up started
+	@infra/cluster.sh down
 
 # Servers of someone else's (KAFKA_BOOTSTRAP_SERVERS given): missing topics are created, existing
 # ones left as they are; `geodispatch topics apply --help` says what a full apply changes.

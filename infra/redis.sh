@@ -50,7 +50,8 @@ down() {
 
 case "${1:-}" in
   up) up ;;
+  install) install_server ;;
   down) down ;;
   status) answers && say "answering on 127.0.0.1:$port" || { say "not answering"; exit 1; } ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|install" >&2; exit 2 ;;
 esac

@@ -96,15 +96,23 @@ class TopicNames:
         return f"{self.prefix}{app_id}-{table}-changelog"
 
 
+def min_insync_replicas(replication: int) -> int:
+    """Replicas that must have a write before it is acknowledged (the producers use acks=all): a
+    majority from three replicas up, so that losing one broker neither loses an acknowledged record nor
+    stops writes; one below three, where a majority would stop writes whenever a broker is down."""
+    return replication // 2 + 1 if replication >= 3 else 1
+
+
 def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replication: int,
          app_id: str = "geodispatch") -> list[TopicSpec]:
     """All topics of the contract, and the changelogs of the worker's tables (faust would create them
     at start; planned, they are widened with the rest). Every topic keyed by driver or order shares one
     partition count so that a key's records always meet on the same partition number."""
-    events, pings = {"cleanup.policy": "delete"}, {"cleanup.policy": "delete"}
+    durable = {"min.insync.replicas": str(min_insync_replicas(replication))}
+    events, pings = {"cleanup.policy": "delete", **durable}, {"cleanup.policy": "delete", **durable}
     events_kept, pings_kept = {"retention.ms": str(7 * DAY_MS)}, {"retention.ms": str(DAY_MS)}
     # The DLQ is kept long: operators replay from it days later.
-    dead_letters = {"cleanup.policy": "delete", "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+    dead_letters = {"cleanup.policy": "delete", "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES), **durable}
     dead_letters_kept = {"retention.ms": str(30 * DAY_MS)}
     specs = [TopicSpec(names.locations(r), partitions, replication, pings, pings_kept) for r in regions]
     specs += [TopicSpec(names.requests(r), partitions, replication, events, events_kept) for r in regions]
@@ -117,6 +125,6 @@ def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replicati
         TopicSpec(names.tracking, partitions, replication, pings, pings_kept),
         TopicSpec(names.dlq, 1, replication, dead_letters, dead_letters_kept),
     ]
-    specs += [TopicSpec(names.changelog(app_id, table), partitions, replication, {"cleanup.policy": "compact"})
-              for table in TABLES]
+    compacted = {"cleanup.policy": "compact", **durable}
+    specs += [TopicSpec(names.changelog(app_id, table), partitions, replication, compacted) for table in TABLES]
     return specs

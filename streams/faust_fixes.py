@@ -314,10 +314,21 @@ class GuardedConsumer(aiokafka_driver.Consumer):
         self._starts = {tp: start for tp, start in self._starts.items() if tp in kept}
 
 
+class IdempotentProducer(aiokafka_driver.Producer):
+    """faust's producer, idempotent outside transactions too: a send retried after a broker failover
+    (a leader lost with the request in flight) is not written twice. faust asks for idempotence only
+    for its exactly-once transactions."""
+
+    def _settings_extra(self) -> dict[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 class Transport(aiokafka_driver.Transport):
-    """faust's aiokafka transport with our consumer: the `geodispatch` entry of `faust.transports`."""
+    """faust's aiokafka transport with our consumer and producer: the `geodispatch` entry of
+    `faust.transports`."""
 
     Consumer = GuardedConsumer
+    Producer = IdempotentProducer
 
 
 # faust-streaming's recovery ends a rebalance by resuming the stream partitions, then awaiting the seek

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Starts, stops and reports on the single-node KRaft development broker, run straight from the jars
-# that Maven fetched into .cache/kafka/libs. Idempotent: `up` on a running broker only says so.
+# Starts, stops and reports on a KRaft node run straight from the jars that Maven fetched into
+# .cache/kafka/libs: by default the single-node development broker; infra/cluster.sh runs it once per
+# node of a three-node cluster (KAFKA_NODE_ID, KAFKA_VOTERS, KAFKA_CLUSTER_ID, KAFKA_REPLICATION).
+# Idempotent: `up` on a running broker only says so.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,10 +12,15 @@ libs="$cache/kafka/libs"
 data_dir="${KAFKA_DATA_DIR:-$cache/kafka/run}"
 port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
+node_id="${KAFKA_NODE_ID:-1}"
+voters="${KAFKA_VOTERS:-1@127.0.0.1:$controller_port}"
+replication="${KAFKA_REPLICATION:-1}"
+# A write is acknowledged once this many replicas have it: a majority of three, or the one node.
+min_isr=$(( replication / 2 + 1 ))
 pid_file="$data_dir/kafka.pid"
 config="$data_dir/server.properties"
 
-say() { printf 'kafka: %s\n' "$*"; }
+say() { printf 'kafka%s: %s\n' "${KAFKA_NODE_ID:+ $node_id}" "$*"; }
 
 is_running() {
   [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null
@@ -46,14 +53,16 @@ tool() { java_cmd "$data_dir/logs/tools" "$@"; }
 write_config() {
   mkdir -p "$data_dir/logs/tools"
   sed -e "s|@DATA_DIR@|$data_dir|g" -e "s|@PORT@|$port|g" \
-      -e "s|@CONTROLLER_PORT@|$controller_port|g" "$here/server.properties.in" > "$config"
+      -e "s|@CONTROLLER_PORT@|$controller_port|g" -e "s|@NODE_ID@|$node_id|g" -e "s|@VOTERS@|$voters|g" \
+      -e "s|@REPLICATION@|$replication|g" -e "s|@MIN_ISR@|$min_isr|g" "$here/server.properties.in" > "$config"
   if [ -n "${KAFKA_EXTRA_CONFIG:-}" ]; then cat "$KAFKA_EXTRA_CONFIG" >> "$config"; fi
 }
 
 format_storage() {
   if [ -f "$data_dir/data/meta.properties" ]; then return; fi
-  local cluster_id
-  cluster_id=$(tool kafka.tools.StorageTool random-uuid)
+  # The nodes of a cluster share the id infra/cluster.sh gives them.
+  local cluster_id="${KAFKA_CLUSTER_ID:-}"
+  [ -n "$cluster_id" ] || cluster_id=$(tool kafka.tools.StorageTool random-uuid)
   say "formatting storage in $data_dir/data (cluster $cluster_id)"
   # KAFKA_SCRAM_USERS="name:password ..." adds SCRAM-SHA-512 users at format time, so a SASL_SSL
   # listener (configured through KAFKA_EXTRA_CONFIG) has its users before the broker first starts.
@@ -87,14 +96,17 @@ wait_ready() {
   return 1
 }
 
-up() {
+# Starts the node without waiting: a node of a cluster answers only once a majority of the
+# controllers runs, so infra/cluster.sh starts them all before it waits. Returns 1 when nothing was
+# started (already running, or the port taken).
+start() {
   if is_running; then
     say "already running (pid $(cat "$pid_file")) on 127.0.0.1:$port; nothing to do"
-    return 0
+    return 1
   fi
   if port_open "$port"; then
     say "something else already listens on 127.0.0.1:$port; using it as the broker"
-    return 0
+    return 1
   fi
   fetch_jars
   write_config
@@ -105,7 +117,11 @@ up() {
   exec_java=1 java_cmd "$data_dir/logs" kafka.Kafka "$config" >"$data_dir/logs/stdout.log" 2>&1 </dev/null &
   echo $! > "$pid_file"
   disown
+}
+
+up() {
   local started=$SECONDS
+  start || return 0
   wait_ready
   say "ready after $((SECONDS - started))s (pid $(cat "$pid_file"))"
 }
@@ -135,9 +151,12 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  start) start || true ;;
+  wait) wait_ready && say "ready (pid $(cat "$pid_file"))" ;;
+  kill) is_running && kill -9 "$(cat "$pid_file")" && say "killed (SIGKILL)" ;;
   down) down ;;
   status) status ;;
   reset) down; rm -rf "$data_dir"; say "removed $data_dir" ;;
   classpath) fetch_jars >&2; echo "$libs/*" ;;
-  *) echo "usage: $0 up|down|status|reset|classpath" >&2; exit 2 ;;
+  *) echo "usage: $0 up|start|wait|kill|down|status|reset|classpath" >&2; exit 2 ;;
 esac
