@@ -24,7 +24,7 @@ REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
 endif
 export KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT KAFKA_BOOTSTRAP_SERVERS REDIS_URL
 
-.PHONY: help setup infra-up infra-down cluster-up cluster-down topics run test test-unit upgrade-test lint demo demo-stop bench faults clean
+.PHONY: help setup infra-up infra-down cluster-up cluster-down test-cluster topics run test test-unit upgrade-test lint demo demo-stop bench faults clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ cluster-up: setup ## start a three-broker Kafka cluster (9192, 9194, 9196) and a
 
 cluster-down: ## stop what cluster-up started
 	@infra/cluster.sh down
+
+test-cluster: cluster-up ## the integration tests marked `cluster` (sessions, assignment, DLQ, restarts, the index) on those servers
+	eval "$$(infra/cluster.sh env)" && GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest -m cluster tests/integration $(PYTEST_ARGS)
 
 # Servers of someone else's (KAFKA_BOOTSTRAP_SERVERS given): missing topics are created, existing
 # ones left as they are; `geodispatch topics apply --help` says what a full apply changes.

@@ -60,6 +60,15 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def listener_pid(address: str) -> int | None:
+    """The pid of the process listening on host:port on this machine (the broker, Redis), if any."""
+    port = int(address.rsplit(":", 1)[1])
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            return connection.pid
+    return None
+
+
 def redis_cpu_seconds(url: str = REDIS_URL) -> float:
     """The Redis server's own CPU time so far (user + system), as its INFO reports it."""
     import redis

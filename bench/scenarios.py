@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from bench import baselines
 from bench.deploy import (
@@ -27,6 +28,7 @@ from bench.deploy import (
     counter_sum,
     cpu_seconds,
     end_offsets,
+    listener_pid,
     peak_rss_mib,
     pings_seen,
     redis_cpu_seconds,
@@ -47,7 +49,7 @@ class Sizes:
         500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000, 20_000, 25_000,
     )
     ramp_step_s: float = 6.0
-    scale_pings: int = 80_000
+    scale_pings: int = 240_000
     scale_drivers: int = 20_000
     assign_drivers: int = 10_000
     api_seconds: float = 10.0
@@ -489,42 +491,78 @@ async def create_topic(name: str, partitions: int) -> None:
 # -- 4: one worker against two on the same backlog ----------------------------------------------
 
 
+# Workers of the scale scenario, each count draining the same backlog in its own consumer group.
+SCALE_WORKERS = (1, 2, 4)
+SCALE_PARTITIONS = 8
+
+
 def scale(run: Run) -> None:
+    """The same ping backlog drained by one, two and four workers of one group on 8 partitions, each
+    count in a group of its own; and the model that predicts the counts above one from the one-worker
+    run: a worker's rate times the workers, until the CPU that one ping costs the whole machine (the
+    workers, the broker and Redis) uses every core (docs/SCALING.md)."""
     s = run.sizes
-    dep = run.deployment("s")
+    dep = run.deployment("s", partitions=SCALE_PARTITIONS)
     dep.apply_topics()
     try:
-        run.log(f"scale: backlog of {s.scale_pings} pings from {s.scale_drivers} drivers")
+        run.log(f"scale: {s.scale_pings} pings from {s.scale_drivers} drivers, {SCALE_PARTITIONS} partitions")
         dep.tool("bench.load", "pings", "--drivers", str(s.scale_drivers), "--count", str(s.scale_pings))
-        result: dict[str, Any] = {"pings": s.scale_pings}
-        for n in (1, 2):
-            group = Deployment(
-                workdir=dep.workdir,
-                prefix=dep.prefix,
-                app_id=f"x{n}",
-                redis_prefix=f"{dep.redis_prefix}x{n}:",
-                partitions=dep.partitions,
-                checkout=dep.checkout,
-            )
+        servers = [pid for pid in (listener_pid(dep.bootstrap.split(",")[0]), listener_pid(_redis_address(dep)))
+                   if pid]
+        cores = psutil.cpu_count() or 1
+        result: dict[str, Any] = {"pings": s.scale_pings, "partitions": SCALE_PARTITIONS, "cores": cores,
+                                  "servers_measured": len(servers)}
+        for n in SCALE_WORKERS:
+            group = Deployment(workdir=dep.workdir, prefix=dep.prefix, app_id=f"x{n}",
+                               redis_prefix=f"{dep.redis_prefix}x{n}:", partitions=dep.partitions,
+                               checkout=dep.checkout)
             workers = [group.start_worker(f"w{i}") for i in range(n)]
-            series = follow(workers, pings_seen, s.scale_pings, timeout=300, settle=index_settled)
-            # From the moment every worker has work (rebalance done) to 95% of the backlog.
-            active = next((p for p in series if all(c > 0 for c in p[2:])), series[0])
-            end = next(p for p in series if p[1] >= 0.95 * s.scale_pings)
+            # From the moment every worker has work (rebalance done) to 95 % of the backlog: the rate,
+            # and the CPU every process of the machine spent on those pings.
+            follow(workers, pings_seen, 1, timeout=300, settle=lambda stats: pings_seen(stats) > 0)
+            cpu0 = _cpu(workers, servers)
+            series = follow(workers, pings_seen, int(0.95 * s.scale_pings), timeout=300)
+            cpu1 = _cpu(workers, servers)
+            active, end = series[0], series[-1]
             rate = (end[1] - active[1]) / (end[0] - active[0]) if end[0] > active[0] else None
+            follow(workers, pings_seen, s.scale_pings, timeout=300, settle=index_settled)
             result[f"workers_{n}"] = {
                 "rate": round(rate, 1) if rate else None,
-                "counted_from_s": round(active[0] - workers[0].started_at, 2),
+                "cpu_us_per_ping": round((cpu1 - cpu0) / (end[1] - active[1]) * 1e6, 1) if end[1] > active[1] else None,
                 "per_worker": list(series[-1][2:]),
                 "series": [(round(p[0] - workers[0].started_at, 2), p[1]) for p in series],
             }
             run.log(f"scale: {n} worker(s): {rate or 0:.0f} pings/s")
             group.stop_all()
-        r1, r2 = result["workers_1"]["rate"], result["workers_2"]["rate"]
+        one = result["workers_1"]
+        for n in SCALE_WORKERS:
+            rate = result[f"workers_{n}"]["rate"]
+            predicted = predicted_rate(one["rate"], one["cpu_us_per_ping"], n, cores)
+            result[f"workers_{n}"]["predicted"] = round(predicted, 1) if predicted else None
+            ratio = round(rate / predicted, 3) if rate and predicted else None
+            result[f"workers_{n}"]["measured_over_predicted"] = ratio
+        r1, r2, r4 = (result[f"workers_{n}"]["rate"] for n in SCALE_WORKERS)
         result["ratio"] = round(r2 / r1, 3) if r1 and r2 else None
+        result["ratio_four_two"] = round(r4 / r2, 3) if r2 and r4 else None
         run.results["scale"] = result
     finally:
         dep.cleanup()
+
+
+def predicted_rate(one_rate: float | None, cpu_us_per_ping: float | None, workers: int, cores: int) -> float | None:
+    """The scale model: each worker adds one worker's rate until the machine's cores are spent, at the
+    CPU per ping of the whole machine measured with one worker."""
+    if not one_rate or not cpu_us_per_ping:
+        return None
+    return min(workers * one_rate, cores / (cpu_us_per_ping / 1e6))
+
+
+def _cpu(workers: list[WorkerProcess], servers: list[int]) -> float:
+    return sum(cpu_seconds(w.pid) for w in workers) + sum(cpu_seconds(pid) for pid in servers)
+
+
+def _redis_address(dep: Deployment) -> str:
+    return dep.redis_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
 
 
 # -- 2, 5, 6: a city of 10,000 available drivers: sessions API, requests, mixed ------------------
@@ -711,7 +749,7 @@ async def reservation_holders(dep: Deployment, pairs: list[tuple[str, str]]) -> 
     try:
         pipe = redis.pipeline(transaction=False)
         for driver, _ in pairs:
-            pipe.get(f"{dep.redis_prefix}r:{driver}")
+            pipe.get(dep.redis_keys.reservation(driver))
         held = await pipe.execute() if pairs else []
     finally:
         await redis.aclose()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka.admin import AIOKafkaAdminClient
-from redis.asyncio import Redis
+
+from infra.clients import redis_client
+from infra.settings import Settings
 
 UNLINK_BATCH = 5000
 
@@ -40,7 +42,8 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
 
 
 async def _unlink_keys(redis_url: str, prefix: str) -> None:
-    redis = Redis.from_url(redis_url)
+    """On REDIS_URL, or on the Redis Cluster that REDIS_CLUSTER_NODES names, where it scans every node."""
+    redis = redis_client(Settings(redis_url=redis_url), decode_responses=False)
     try:
         batch = []
         async for key in redis.scan_iter(match=f"{prefix}*", count=UNLINK_BATCH):

@@ -126,6 +126,7 @@ env_lines() {
   echo "export KAFKA_BOOTSTRAP_SERVERS=$(bootstrap)"
   echo "export GEODISPATCH_REPLICATION_FACTOR=3"
   echo "export REDIS_CLUSTER_NODES=$(redis_nodes)"
+  echo "export GEODISPATCH_REDIS_WAIT_REPLICAS=1"
 }
 
 case "${1:-}" in

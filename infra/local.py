@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import redis
+
 from infra.cleanup import remove_deployment
+from infra.clients import blocking_redis_client
+from infra.redis_keys import RedisKeys
+from infra.settings import Settings
 from infra.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +180,14 @@ class LocalDeployment:
     @property
     def names(self) -> TopicNames:
         return TopicNames(self.prefix)
+
+    @property
+    def redis_keys(self) -> RedisKeys:
+        return RedisKeys(self.redis_prefix, self.partitions)
+
+    def redis(self, decode_responses: bool = True) -> redis.Redis | redis.RedisCluster:
+        """A client of the deployment's Redis: the Redis Cluster of REDIS_CLUSTER_NODES when it is set."""
+        return blocking_redis_client(Settings(redis_url=self.redis_url), decode_responses)
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)

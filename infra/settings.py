@@ -45,7 +45,18 @@ class Settings(BaseSettings):
 
     # -- Redis ----------------------------------------------------------------------------------
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), validation_alias=_env("REDIS_URL"))
+    # A Redis Cluster's nodes (host:port, comma-separated; any few of them will do): when set, the index
+    # and the DLQ tools use the cluster and REDIS_URL is not read.
+    redis_cluster_nodes: str | None = Field(None, validation_alias=_env("REDIS_CLUSTER_NODES"))
     redis_prefix: str = "gd:"
+    # The H3 resolution of the shard cells that the available drivers are kept in (streams.logic.shards):
+    # finer spreads a city over more slots of a Redis Cluster, coarser lets a search read fewer of them.
+    redis_shard_resolution: int = Field(5, ge=0, le=8)
+    # Replicas that must confirm a reservation or decision before it counts (WAIT): Redis replicates
+    # asynchronously, and a primary that dies before its replica has a reservation loses it in the
+    # failover (docs/RELIABILITY.md). 0 for a Redis without replicas; 1 on `make cluster-up`'s cluster.
+    redis_wait_replicas: int = Field(0, ge=0, le=5)
+    redis_wait_timeout_ms: int = Field(100, ge=1, le=10_000)
 
     # -- worker ---------------------------------------------------------------------------------
     app_id: str = "geodispatch"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+
+from aiokafka.partitioner import murmur2
 
 DAY_MS = 24 * 3600 * 1000
 # A dead letter is the failed record's key, value and headers plus ours (at most a few kB): the DLQ
@@ -33,6 +36,14 @@ def region_key(lat: float, lng: float) -> str:
     if not (math.isfinite(lat) and math.isfinite(lng)):
         raise ValueError("coordinates must be finite numbers")
     return f"{math.trunc(lat / 10)}_{math.trunc(lng / 10)}"
+
+
+# aiokafka's murmur2 is pure Python, and every ping needs its key's partition twice
+# (the routing check, the index's readiness key): a fleet's driver ids are remembered.
+@functools.lru_cache(maxsize=1 << 18)
+def key_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (Java client, aiokafka, kafkajs): murmur2 of the key bytes."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier
         return web.Response(body=answers.metrics_text(metrics), content_type=answers.METRICS_CONTENT_TYPE)
 
     async def close_redis(app: web.Application) -> None:
-        await index.redis.aclose()
+        await index.aclose()
 
     gate = token_gate(verifier, lambda status: metrics.http_refused.labels(status=str(status)).inc())
     app = web.Application(middlewares=[json_errors, gate])
@@ -80,7 +80,7 @@ def serve(settings: Settings) -> None:
         loop = uvloop.new_event_loop()
     else:
         loop = asyncio.new_event_loop()
-    index = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
+    index = RegionIndex.from_settings(settings)
     app = build_api(settings, index, Metrics(), verifier)
     log.info("api_serving", host=settings.web_host, port=settings.web_port, open=verifier is None)
     web.run_app(app, host=settings.web_host, port=settings.web_port, loop=loop, print=None, access_log=None)

@@ -51,7 +51,7 @@ class DispatchApp(faust.App):
         gate = token_gate(verifier, lambda status: metrics.http_refused.labels(status=str(status)).inc())
         super().__init__(settings.faust_app_id, **faust_options(settings, [json_errors, gate]))
         names = TopicNames(settings.topic_prefix)
-        index = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
+        index = RegionIndex.from_settings(settings, metrics.unreplicated_writes.inc)
         topics = Topics(self, names)
         fence = Fence()
         self.read_elsewhere = set()

@@ -215,13 +215,31 @@ def index_rebuild() -> None:
     settings = _settings()
 
     async def run() -> str:
-        idx = RegionIndex.from_url(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.partitions)
+        idx = RegionIndex.from_settings(settings)
         try:
             return await idx.request_rebuild()
         finally:
-            await idx.redis.aclose()
+            await idx.aclose()
 
     click.echo(f"index: new epoch {asyncio.run(run())}; every worker rebuilds its part within a second")
+
+
+@index.command("forget-old-layout")
+def index_forget_old_layout() -> None:
+    """Delete the Redis keys that workers before the Redis Cluster layout wrote (0.1.0's index,
+    reservations and decisions); the new workers rebuild theirs from their tables. Safe while they run."""
+    from streams.index import RegionIndex
+
+    settings = _settings()
+
+    async def run() -> int:
+        idx = RegionIndex.from_settings(settings)
+        try:
+            return await idx.forget_old_layout(lambda n: click.echo(f"index: {n} old keys deleted so far", err=True))
+        finally:
+            await idx.aclose()
+
+    click.echo(f"index: {asyncio.run(run())} keys of the old layout deleted")
 
 
 def _register_operator_commands() -> None:

@@ -1,41 +1,58 @@
-"""The shared region index in Redis: session documents, H3 cell sets of available drivers, atomic
-reservations and per-order decisions. Every worker reads and writes it; Lua keeps each step atomic."""
+"""The shared region index in Redis: session documents, the available drivers of each shard cell,
+reservations and per-order decisions. Every worker reads and writes it; Lua keeps each step atomic, and
+each step touches one Redis Cluster hash slot (infra.redis_keys)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
 import h3
 import orjson
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+import structlog
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import NoScriptError
 
+from infra.clients import redis_client
 from infra.redis_keys import RedisKeys
+from infra.settings import Settings
 from streams.logic.assignment import Decision
-from streams.logic.geo import NEARBY_RESOLUTION, haversine_km, nearest_first
+from streams.logic.geo import haversine_km, nearest_first
 from streams.logic.sessions import DriverSession, last_location, unlocated_response
-from streams.routing import key_partition
+from streams.logic.shards import reach_km, shard_of, shards_of_cells, shards_within
 
 # Drivers per upsert.lua call: Redis serves no other client while a script runs, so an index rebuild
 # goes in calls small enough that a reservation waits at most a few ms behind one.
 UPSERT_BATCH = 100
 # Drivers per move.lua call: a move is a fraction of an upsert's work.
 MOVE_BATCH = 400
+# A script call: the script's name (SCRIPTS), its KEYS, its ARGV.
+Call = tuple[str, Sequence[str], Sequence[object]]
+# Keys per UNLINK of `forget_old_layout`.
+OLD_LAYOUT_BATCH = 5000
+log = structlog.get_logger(__name__)
 # The circle a candidate search starts from (candidates.lua): in a city of a few drivers per km2 it
 # holds a request's handful of candidates already.
 FIRST_CIRCLE_KM = 0.5
 
 
-def lua(*names: str) -> str:
-    """The scripts of these files of streams/lua/ joined, in order: a search after the functions it
-    uses. Each file's header says its KEYS and ARGV."""
-    folder = resources.files("streams") / "lua"
-    return "\n".join((folder / f"{name}.lua").read_text() for name in names)
+SCRIPTS = ("upsert", "move", "hints", "candidates", "nearby", "reserve", "record_decisions", "settle",
+           "forget_unexpiring")
+# How long a reservation lasts until its order's decision is recorded and it is settled: long enough to
+# outlast a worker's Redis retries and the redelivery of its requests to another worker after it stopped
+# between the two (docs/RELIABILITY.md); a driver reserved by a worker that stopped before it recorded
+# the decision is free again after it.
+PROVISIONAL_S = 300
+
+
+def lua(name: str) -> str:
+    """The script of this file of streams/lua/; its header says its KEYS and ARGV."""
+    return (resources.files("streams") / "lua" / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -67,26 +84,110 @@ class Reservation:
 
 
 class RegionIndex:
-    def __init__(self, client: aioredis.Redis, prefix: str, partitions: int) -> None:
+    """The index on one Redis or a Redis Cluster alike: every script call touches one hash slot
+    (infra.redis_keys), and the calls of a batch go in one pipeline, which a cluster client splits by
+    node."""
+
+    def __init__(self, client: Redis | RedisCluster, prefix: str, partitions: int, shard_resolution: int,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 100,
+                 on_unreplicated: Callable[[], None] = lambda: None) -> None:
         self.redis = client
-        self.keys = RedisKeys(prefix)
+        # Replicas that must have a reservation or decision before it counts (Settings.redis_wait_replicas).
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
+        # Called for each pipeline whose writes went out with fewer replicas than that.
+        self._on_unreplicated = on_unreplicated
+        self._node_clients: dict[str, Redis] = {}
+        self.keys = RedisKeys(prefix, partitions)
         self.partitions = partitions
-        self._upsert = client.register_script(lua("upsert"))
-        self._move = client.register_script(lua("move"))
-        self._reserve_first = client.register_script(lua("reserve_first"))
-        self._record_failures = client.register_script(lua("record_failures"))
-        self._forget_unexpiring = client.register_script(lua("forget_unexpiring"))
-        self._nearby = client.register_script(lua("locate_available", "nearby"))
-        self._candidates = client.register_script(lua("locate_available", "candidates"))
+        self.shard_resolution = shard_resolution
+        self._scripts = {name: client.register_script(lua(name)) for name in SCRIPTS}
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, partitions: int) -> RegionIndex:
-        return cls(aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30), prefix, partitions)
+    def from_settings(cls, settings: Settings, on_unreplicated: Callable[[], None] = lambda: None) -> RegionIndex:
+        return cls(redis_client(settings), settings.redis_prefix, settings.partitions, settings.redis_shard_resolution,
+                   settings.redis_wait_replicas, settings.redis_wait_timeout_ms, on_unreplicated)
 
-    @property
-    def cell_prefix(self) -> str:
-        """Of the sets of available drivers per resolution-9 cell (the `nearby` API's)."""
-        return self.keys.cells(NEARBY_RESOLUTION)
+    def partition_of(self, key: str) -> int:
+        return self.keys.partition(key)
+
+    def _driver_keys(self, driver_ids: Iterable[str]) -> list[str]:
+        """Each driver's hash and reservation key, in turn: the KEYS of the driver scripts."""
+        keys: list[str] = []
+        for driver_id in driver_ids:
+            keys += [self.keys.driver(driver_id), self.keys.reservation(driver_id)]
+        return keys
+
+    async def _run(self, calls: Sequence[Call], replicated: bool = False) -> list:
+        """Runs (script, keys, args) calls in one pipeline; their replies in order. `replicated`: the
+        calls' writes count only once `wait_replicas` replicas have them (see `_pipelines_per_node`)."""
+        if not calls:
+            return []
+        run = self._pipelines_per_node if replicated and self.wait_replicas else self._pipeline
+        try:
+            return await run(calls)
+        except NoScriptError:
+            # Redis restarted, failed over or was replaced and forgot the scripts: load them, send again.
+            for script in self._scripts.values():
+                await self.redis.script_load(script.script)
+            return await run(calls)
+
+    async def _pipeline(self, calls: Sequence[Call]) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        return await pipe.execute()
+
+    async def _pipelines_per_node(self, calls: Sequence[Call]) -> list:
+        """The calls in one pipeline per Redis node, each ending with WAIT: Redis replicates
+        asynchronously, and a reservation or decision acknowledged by a primary that dies before its
+        replica has it would be lost in the failover, its driver free again on the new primary
+        (docs/RELIABILITY.md). WAIT counts the writes of its own connection, so it goes down the
+        pipeline's. A node whose replicas do not confirm within `wait_timeout_ms` is logged and counted,
+        and the answer still goes out: the index is not stopped by a replica that is down."""
+        by_node: dict[str, tuple[Redis, list[int]]] = {}
+        for i, (_, keys, _) in enumerate(calls):
+            if isinstance(self.redis, RedisCluster):
+                node = self.redis.get_node_from_key(keys[0])
+                by_node.setdefault(node.name, (self._node_client(node), []))[1].append(i)
+            else:
+                by_node.setdefault("", (self.redis, []))[1].append(i)
+
+        async def run(client: Redis, indices: list[int]) -> list:
+            pipe = client.pipeline(transaction=False)
+            for i in indices:
+                name, keys, args = calls[i]
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            *replies, replicas = await pipe.execute()
+            if int(replicas) < self.wait_replicas:
+                self._on_unreplicated()
+                log.warning("redis_writes_not_replicated", replicas=int(replicas), wanted=self.wait_replicas,
+                            node=getattr(client.connection_pool, "connection_kwargs", {}).get("port"))
+            return replies
+
+        replies: list = [None] * len(calls)
+        done = await asyncio.gather(*(run(client, indices) for client, indices in by_node.values()))
+        for (_, indices), answers in zip(by_node.values(), done, strict=True):
+            for i, answer in zip(indices, answers, strict=True):
+                replies[i] = answer
+        return replies
+
+    def _node_client(self, node: ClusterNode) -> Redis:
+        """A client of one node of the cluster alone, for the pipelines that end with WAIT; reconnected
+        when the node's address changes (a failover)."""
+        client = self._node_clients.get(node.name)
+        if client is None:
+            kwargs = node.connection_kwargs
+            client = Redis(host=node.host, port=node.port, username=kwargs.get("username"),
+                           password=kwargs.get("password"), decode_responses=kwargs.get("decode_responses", True),
+                           socket_timeout=kwargs.get("socket_timeout"), health_check_interval=30)
+            self._node_clients[node.name] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._node_clients.values():
+            await client.aclose()
+        await self.redis.aclose()
 
     # -- writes from the sessions agent ---------------------------------------------------------
 
@@ -94,56 +195,62 @@ class RegionIndex:
         self, sessions: Iterable[DriverSession], fence: int, rebuild: bool = False,
         moves: Iterable[DriverSession] = (),
     ) -> WriteResult:
-        """Applies session changes in one pipelined round trip, fenced by the writer's token: whole
-        sessions UPSERT_BATCH drivers per upsert.lua call, and `moves` (sessions whose position alone
-        changed since their last write) MOVE_BATCH per move.lua call."""
-        sessions, moves = list(sessions), list(moves)
+        """Applies session changes, fenced by the writer's token, in two pipelined round trips: first
+        the drivers' own keys, per partition, whole sessions UPSERT_BATCH drivers per upsert.lua call
+        and `moves` (sessions whose position alone changed since their last write) MOVE_BATCH per
+        move.lua call; then the hints those changes call for, per shard cell."""
         flags = [fence, "1" if rebuild else "0"]
-        calls = [
-            (self._upsert, [*flags, *map(self._session_entry, sessions[start : start + UPSERT_BATCH])])
-            for start in range(0, len(sessions), UPSERT_BATCH)
-        ]
-        calls += [
-            (self._move, [fence, orjson.dumps([self._move_entry(s) for s in moves[start : start + MOVE_BATCH]])])
-            for start in range(0, len(moves), MOVE_BATCH)
-        ]
+        calls: list[tuple[str, list[str], list[object]]] = []
+        order: list[str] = []
+        for partition, batch in self._by_partition(sessions).items():
+            for start in range(0, len(batch), UPSERT_BATCH):
+                chunk = batch[start : start + UPSERT_BATCH]
+                calls.append(("upsert", [self.keys.ready(partition), *self._driver_keys(s.driver_id for s in chunk)],
+                              [*flags, *map(self._session_entry, chunk)]))
+                order += [s.driver_id for s in chunk]
+        for partition, batch in self._by_partition(moves).items():
+            for start in range(0, len(batch), MOVE_BATCH):
+                chunk = batch[start : start + MOVE_BATCH]
+                calls.append(("move", [self.keys.ready(partition), *self._driver_keys(s.driver_id for s in chunk)],
+                              [fence, orjson.dumps([self._move_entry(s) for s in chunk])]))
+                order += [s.driver_id for s in chunk]
         if not calls:
             return WriteResult()
-        try:
-            results = await self._write_batches(calls)
-        except NoScriptError:
-            # Redis restarted or was replaced and forgot the scripts: load them and send again.
-            for script in (self._upsert, self._move):
-                await self.redis.script_load(script.script)
-            results = await self._write_batches(calls)
-        drivers = [s.driver_id for s in sessions] + [s.driver_id for s in moves]
-        outcomes = list(zip(drivers, results, strict=True))
+        replies = await self._run(calls)
+        await self.apply_hints(hints for _, hints in replies)
+        results = [result for outcome, _ in replies for result in outcome]
+        outcomes = list(zip(order, results, strict=True))
         return WriteResult(applied=results.count(1), stale=results.count(0), fenced=results.count(-1),
                            held=tuple(d for d, result in outcomes if result == -2),
                            unmovable=tuple(d for d, result in outcomes if result == -3))
 
-    async def _write_batches(self, calls: list[tuple[AsyncScript, list[object]]]) -> list[int]:
-        pipe = self.redis.pipeline(transaction=False)
-        keys = self.keys
-        for script, args in calls:
-            if script is self._upsert:
-                pipe.evalsha(script.sha, 0, keys.driver(""), keys.reservation(""), keys.available, self.cell_prefix,
-                             *args)
-            else:
-                pipe.evalsha(script.sha, 0, keys.driver(""), keys.available, self.cell_prefix, *args)
-        return [result for batch in await pipe.execute() for result in batch]
+    def _by_partition(self, sessions: Iterable[DriverSession]) -> dict[int, list[DriverSession]]:
+        grouped: dict[int, list[DriverSession]] = {}
+        for session in sessions:
+            grouped.setdefault(self.partition_of(session.driver_id), []).append(session)
+        return grouped
+
+    async def apply_hints(self, replies: Iterable[str]) -> None:
+        """Applies the hints' changes that driver scripts returned (JSON arrays of [shard, id, ...]),
+        one hints.lua call per shard cell, in the order they were returned."""
+        by_shard: dict[str, list[list]] = {}
+        for reply in replies:
+            for change in orjson.loads(reply):
+                by_shard.setdefault(change[0], []).append(change[1:])
+        await self._run([("hints", [self.keys.available(shard), self.keys.fixes(shard)], [orjson.dumps(changes)])
+                         for shard, changes in by_shard.items()])
 
     def _session_entry(self, session: DriverSession) -> bytes:
         """One driver's arguments of upsert.lua, all strings (Lua would print numbers with 14 digits)."""
         return orjson.dumps([
             session.driver_id,
-            self.keys.ready(key_partition(session.driver_id.encode(), self.partitions)),
             str(session.version),
             orjson.dumps(unlocated_response(session)).decode(),
             _text(session.lat),
             _text(session.lng),
             str(session.loc_ts_ms or 0),
             session.h3_res9 or "",
+            self._shard(session),
             "1" if session.assignable else "0",
             list(session.closed_trips),
             session.trip_id or "",
@@ -155,15 +262,18 @@ class RegionIndex:
         """One driver's entry of move.lua."""
         return [
             session.driver_id,
-            self.keys.ready(key_partition(session.driver_id.encode(), self.partitions)),
             str(session.version),
             _text(session.lat),
             _text(session.lng),
             str(session.loc_ts_ms or 0),
             session.h3_res9 or "",
+            self._shard(session),
             _text(session.speed_mps),
             _text(session.heading_deg),
         ]
+
+    def _shard(self, session: DriverSession) -> str:
+        return shard_of(session.h3_res9, self.shard_resolution) if session.h3_res9 else ""
 
     # -- the index's generation: lets every worker notice Redis was emptied or replaced ---------
 
@@ -176,12 +286,15 @@ class RegionIndex:
         return epoch
 
     async def unready(self, partitions: Iterable[int]) -> list[int]:
-        """Of these partitions, those not rebuilt since Redis was last emptied."""
+        """Of these partitions, those not rebuilt since Redis (or their slot) was last emptied."""
         wanted = sorted(partitions)
         if not wanted:
             return []
-        flags = await self.redis.mget([self.keys.ready(p) for p in wanted])
-        return [p for p, flag in zip(wanted, flags, strict=True) if flag is None]
+        pipe = self.redis.pipeline(transaction=False)
+        for partition in wanted:
+            pipe.exists(self.keys.ready(partition))
+        flags = await pipe.execute()
+        return [p for p, flag in zip(wanted, flags, strict=True) if not flag]
 
     async def mark_ready(self, partitions: Iterable[int], epoch: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -205,17 +318,19 @@ class RegionIndex:
         if doc is None:
             return None
         response = orjson.loads(doc)
-        if "last_loc" not in response:  # documents written by 0.1.0 carry their position
-            response["last_loc"] = last_location(_number(lat), _number(lng), c9 or None, _number(speed),
-                                                 _number(heading), int(ts) if ts and ts != "0" else None)
+        response["last_loc"] = last_location(_number(lat), _number(lng), c9 or None, _number(speed),
+                                             _number(heading), int(ts) if ts and ts != "0" else None)
         return response
 
     async def nearby(self, origin: str, k: int, limit: int, min_loc_ts_ms: int) -> tuple[list[str], list[str]]:
         """Available drivers in the k-ring of a resolution-9 cell, nearest to its centre first."""
         cells = list(h3.grid_disk(origin, k))
-        located = _located(await self._nearby(keys=[self.cell_prefix + c for c in cells],
-                                              args=[self.keys.driver(""), min_loc_ts_ms]))
         lat, lng = h3.cell_to_latlng(origin)
+        reach = max(haversine_km(lat, lng, *h3.cell_to_latlng(c)) + reach_km(c) for c in cells)
+        calls = [("nearby", [self.keys.available(shard), self.keys.fixes(shard)],
+                  [min_loc_ts_ms, lng, lat, reach * 1.001 + 0.001, *ring])
+                 for shard, ring in shards_of_cells(cells, self.shard_resolution).items()]
+        located = [d for reply in await self._run(calls) for d in _located(reply)]
         ordered = nearest_first({d.driver_id: (d.lat, d.lng) for d in located}, lat, lng)
         return ordered[:limit], cells
 
@@ -225,20 +340,34 @@ class RegionIndex:
         """For each (lat, lng, radius_km) search: up to `count` available, fresh drivers within radius_km
         of the point, nearest first, with their distance; and whether the search found `count` (more may
         lie beyond). Each search reads only the drivers near its point (in circles growing up to its
-        radius until one holds `count`), never the fleet; one round trip for all."""
+        radius until one holds `count`) in the shard cells within its radius, never the fleet; one
+        round trip for all, one call per shard cell."""
         if not searches:
             return []
-        args: list = [self.keys.driver(""), min_loc_ts_ms, count, FIRST_CIRCLE_KM]
-        for lat, lng, radius_km in searches:
-            # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
-            # so that a driver exactly radius_km away qualifies.
-            args += [lng, lat, radius_km * 1.001 + 0.001]
-        replies = await self._candidates(keys=[self.keys.available], args=args)
+        by_shard: dict[str, list[int]] = {}
+        for i, (lat, lng, radius_km) in enumerate(searches):
+            for shard in shards_within(lat, lng, radius_km, self.shard_resolution):
+                by_shard.setdefault(shard, []).append(i)
+        calls = []
+        for shard, indices in by_shard.items():
+            args: list = [min_loc_ts_ms, count, FIRST_CIRCLE_KM]
+            for i in indices:
+                lat, lng, radius_km = searches[i]
+                # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
+                # so that a driver exactly radius_km away qualifies.
+                args += [lng, lat, radius_km * 1.001 + 0.001]
+            calls.append(("candidates", [self.keys.available(shard), self.keys.fixes(shard)], args))
+        found: list[dict[str, Located]] = [{} for _ in searches]
+        maybe_more = [False] * len(searches)
+        for indices, replies in zip(by_shard.values(), await self._run(calls), strict=True):
+            for i, (searched, located) in zip(indices, replies, strict=True):
+                maybe_more[i] |= searched >= count
+                found[i].update((d.driver_id, d) for d in _located(located))
         results = []
-        for (lat, lng, radius_km), (searched, located) in zip(searches, replies, strict=True):
-            found = [(d, haversine_km(lat, lng, d.lat, d.lng)) for d in _located(located)]
-            within = sorted(((d, km) for d, km in found if km <= radius_km + 1e-9), key=lambda pair: pair[1])
-            results.append((within, searched >= count))
+        for (lat, lng, radius_km), drivers, more in zip(searches, found, maybe_more, strict=True):
+            measured = ((d, haversine_km(lat, lng, d.lat, d.lng)) for d in drivers.values())
+            within = sorted(((d, km) for d, km in measured if km <= radius_km + 1e-9), key=lambda pair: pair[1])
+            results.append((within[:count], more or len(within) > count))
         return results
 
     # -- reservations and decisions -----------------------------------------------------------
@@ -249,40 +378,140 @@ class RegionIndex:
         """For each (decision, candidates) in order, with candidates (driver id, ETA in minutes) best
         first: reserves the first candidate still free, and records the order's decision, naming that
         driver and ETA, for `retention_s`, unless the order already has one, which is returned instead.
-        One round trip for all."""
+
+        In rounds, each one pipelined round trip: every order still looking tries its next candidate
+        (reserve.lua, per driver partition), earlier orders first where two want the same driver. Then
+        the decisions are recorded (record_decisions.lua, per request partition) and the reservations
+        settled (settle.lua): an order that had a decision already gets it back and its new driver is
+        released. Until settled, a reservation is provisional and expires (PROVISIONAL_S)."""
         if not offers:
             return []
-        args: list = [self.keys.driver(""), self.keys.reservation(""), self.keys.decision(""), self.keys.available,
-                      self.cell_prefix, min_loc_ts_ms, retention_s]
-        for decision, candidates in offers:
-            args += [decision.order_id, orjson.dumps(decision.record()), len(candidates)]
-            for driver_id, eta in candidates:
-                args += [driver_id, eta]
-        replies = await self._reserve_first(args=args)
-        return [
-            Reservation(outcome, Decision.from_record(orjson.loads(payload)) if outcome != "none" else None,
-                        int(position))
-            for outcome, position, payload in replies
-        ]
+        position = [0] * len(offers)  # the candidate each order tries next
+        reserved: dict[int, tuple[str, int]] = {}  # order -> (driver, its position among the candidates)
+        looking = [i for i, (_, candidates) in enumerate(offers) if candidates]
+        while looking:
+            attempts: dict[int, list[tuple[int, str]]] = {}  # driver partition -> (order, driver)
+            wanted: set[str] = {driver for driver, _ in reserved.values()}
+            for i in looking:
+                candidates = offers[i][1]
+                while position[i] < len(candidates) and candidates[position[i]][0] in wanted:
+                    position[i] += 1  # reserved for an earlier order of the batch already
+                if position[i] < len(candidates):
+                    driver = candidates[position[i]][0]
+                    wanted.add(driver)
+                    attempts.setdefault(self.partition_of(driver), []).append((i, driver))
+            calls = [("reserve", self._driver_keys(d for _, d in tried),
+                      [min_loc_ts_ms, PROVISIONAL_S * 1000, *(offers[i][0].order_id for i, _ in tried)])
+                     for tried in attempts.values()]
+            for tried, outcomes in zip(attempts.values(), await self._run(calls, replicated=True), strict=True):
+                for (i, driver), outcome in zip(tried, outcomes, strict=True):
+                    if outcome:
+                        reserved[i] = (driver, position[i] + 1)
+                    position[i] += 1
+            looking = [i for i in looking if i not in reserved and position[i] < len(offers[i][1])]
+        named = {i: offers[i][0].named(driver, dict(offers[i][1])[driver]) for i, (driver, _) in reserved.items()}
+        recorded = await self._record(list(named.values()), retention_s)
+        chosen = dict(zip(named, recorded, strict=True))
+        released = [(offers[i][0].order_id, reserved[i][0]) for i, decision in chosen.items()
+                    if decision.driver_id != reserved[i][0]]
+        await self._settle(recorded, released)
+        # An order with no driver free may have been decided before (a redelivered request).
+        undecided = [i for i in range(len(offers)) if i not in chosen]
+        for i, decision in zip(undecided, await self.decisions([offers[i][0].order_id for i in undecided]),
+                               strict=True):
+            if decision is not None:
+                chosen[i] = decision
+        results = []
+        for i, (_, candidates) in enumerate(offers):
+            if i not in chosen:
+                results.append(Reservation("none", None, len(candidates)))
+            elif chosen[i] == named.get(i):
+                results.append(Reservation("reserved", chosen[i], reserved[i][1]))
+            else:
+                results.append(Reservation("existing", chosen[i], 0))
+        return results
+
+    async def _record(self, decisions: Sequence[Decision], ttl_s: int) -> list[Decision]:
+        """Records each decision for `ttl_s` unless its order already has one; returns each order's
+        decision, the one it had or the one given. One call per request partition."""
+        by_partition: dict[int, list[int]] = {}
+        for i, decision in enumerate(decisions):
+            by_partition.setdefault(self.partition_of(decision.order_id), []).append(i)
+        calls = [("record_decisions", [self.keys.decision(decisions[i].order_id) for i in indices],
+                  [ttl_s, *(orjson.dumps(decisions[i].record()) for i in indices)])
+                 for indices in by_partition.values()]
+        recorded: list[Decision | None] = [None] * len(decisions)
+        for indices, replies in zip(by_partition.values(), await self._run(calls, replicated=True), strict=True):
+            for i, raw in zip(indices, replies, strict=True):
+                recorded[i] = Decision.from_record(orjson.loads(raw))
+        return recorded
+
+    async def _settle(self, decisions: Sequence[Decision], released: Sequence[tuple[str, str]] = ()) -> None:
+        """Keeps the driver of every assigned decision reserved for its order for good, and releases the
+        (order, driver) reservations in `released`; then applies the hints' changes."""
+        by_partition: dict[int, list[tuple[str, str, str]]] = {}
+        for decision in decisions:
+            if decision.assigned:
+                by_partition.setdefault(self.partition_of(decision.driver_id), []).append(
+                    (decision.driver_id, decision.order_id, "1"))
+        for order_id, driver_id in released:
+            by_partition.setdefault(self.partition_of(driver_id), []).append((driver_id, order_id, "0"))
+        calls = [("settle", self._driver_keys(d for d, _, _ in entries),
+                  [value for _, order_id, keep in entries for value in (order_id, keep)])
+                 for entries in by_partition.values()]
+        replies = await self._run(calls, replicated=True)
+        for entries, (_, lost) in zip(by_partition.values(), replies, strict=True):
+            for position in lost:
+                driver_id, order_id, _ = entries[int(position) - 1]
+                log.error("decided_driver_held_by_another_order", order_id=order_id, driver_id=driver_id,
+                          holder=await self.reservation_holder(driver_id))
+        await self.apply_hints(hints for hints, _ in replies)
 
     async def decision(self, order_id: str) -> Decision | None:
-        raw = await self.redis.get(self.keys.decision(order_id))
-        return Decision.from_record(orjson.loads(raw)) if raw else None
+        (decision,) = await self.decisions([order_id])
+        return decision
+
+    async def decisions(self, order_ids: Sequence[str]) -> list[Decision | None]:
+        if not order_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for order_id in order_ids:
+            pipe.get(self.keys.decision(order_id))
+        return [Decision.from_record(orjson.loads(raw)) if raw else None for raw in await pipe.execute()]
 
     async def record_failures(self, failures: Sequence[Decision], ttl_s: int) -> list[Decision]:
         """Records each failed decision for `ttl_s` unless its order already has one; returns each
-        order's decision, the existing one or the failure. One round trip for all."""
+        order's decision, the existing one or the failure. One round trip for all, and one more to keep
+        the drivers of orders decided before (another worker's, or a delivery before a crash)."""
         if not failures:
             return []
-        replies = await self._record_failures(keys=[self.keys.decision(f.order_id) for f in failures],
-                                              args=[ttl_s, *(orjson.dumps(f.record()) for f in failures)])
-        return [Decision.from_record(orjson.loads(raw)) for raw in replies]
+        recorded = await self._record(failures, ttl_s)
+        await self._settle([decision for decision in recorded if decision.assigned])
+        return recorded
 
     async def forget_unexpiring_decisions(self, order_ids: Sequence[str]) -> int:
         """Deletes the decisions of these orders that Redis would keep forever (see forget_unexpiring.lua)."""
-        if not order_ids:
-            return 0
-        return int(await self._forget_unexpiring(keys=[self.keys.decision(o) for o in order_ids]))
+        by_partition: dict[int, list[str]] = {}
+        for order_id in order_ids:
+            by_partition.setdefault(self.partition_of(order_id), []).append(self.keys.decision(order_id))
+        return sum(await self._run([("forget_unexpiring", keys, []) for keys in by_partition.values()]))
+
+    async def forget_old_layout(self, progress: Callable[[int], None] = lambda removed: None) -> int:
+        """Deletes the keys of the layout before the hash-tagged one (0.1.0's index, reservations and
+        decisions: names without a `{`), keeping the epoch and the DLQ tools' ledger; returns how many.
+        Safe while workers run: they neither read nor write those keys."""
+        kept = (self.keys.epoch, self.keys.dlq_replayed(""))
+        removed, batch = 0, []
+        async for key in self.redis.scan_iter(match=f"{self.keys.prefix}*", count=OLD_LAYOUT_BATCH):
+            if "{" not in key and not key.startswith(kept):
+                batch.append(key)
+            if len(batch) >= OLD_LAYOUT_BATCH:
+                removed += await self.redis.unlink(*batch)
+                batch = []
+                progress(removed)
+        if batch:
+            removed += await self.redis.unlink(*batch)
+        return removed
 
     async def reservation_holder(self, driver_id: str) -> str | None:
         return await self.redis.get(self.keys.reservation(driver_id))
@@ -292,7 +521,7 @@ class RegionIndex:
 
 
 def _located(payload: str) -> list[Located]:
-    """The (id, lat, lng, ts) quadruples of locate_available.lua."""
+    """The flat (id, lat, lng, ts) quadruples of candidates.lua and nearby.lua."""
     flat = orjson.loads(payload)
     return [
         Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)

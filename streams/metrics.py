@@ -149,6 +149,12 @@ class Metrics:
             "Sweeps whose deletion of unexpiring (0.1.0) decision keys Redis did not take: those keys stay.",
             registry=r,
         )
+        self.unreplicated_writes = Counter(
+            "geodispatch_redis_unreplicated_writes_total",
+            "Reservation or decision writes that went out before GEODISPATCH_REDIS_WAIT_REPLICAS replicas "
+            "confirmed them (a replica down or behind): lost if their primary fails now.",
+            registry=r,
+        )
         self.reservation_conflicts = Counter(
             "geodispatch_reservation_conflicts_total", "A candidate was taken by another order first.", registry=r
         )

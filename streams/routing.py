@@ -7,8 +7,7 @@ import functools
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.partitioner import murmur2
-
+from infra.topics import key_partition
 from streams.dlq import timestamp_ms
 from streams.topics import send_confirmed
 
@@ -16,14 +15,6 @@ if TYPE_CHECKING:
     from streams.runtime import Runtime
 
 REROUTED_FROM = "geodispatch.rerouted_from"
-
-
-# aiokafka's murmur2 is pure Python, and every ping needs its key's partition twice
-# (the routing check, the index's readiness key): a fleet's driver ids are remembered.
-@functools.lru_cache(maxsize=1 << 18)
-def key_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (Java client, aiokafka, kafkajs): murmur2 of the key bytes."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def misrouted(key: bytes | None, partition: int, partitions: int) -> int | None:

@@ -41,7 +41,7 @@ REQUEST_BATCHES = "request batches"
 SESSIONS = f"table {SESSIONS_TABLE}"
 DECISIONS = f"table {DECISIONS_TABLE}"
 INDEX = "Redis index: sessions, available drivers by cell (written by streams.index_writer)"
-RESERVATIONS = "Redis index: reservations, decisions (streams/lua/reserve_first.lua)"
+RESERVATIONS = "Redis index: reservations, decisions (streams/lua/reserve.lua, record_decisions.lua, settle.lua)"
 
 
 @dataclass(frozen=True)

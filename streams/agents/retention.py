@@ -1,5 +1,5 @@
 """Decisions kept for their retention and no longer: a timer sweeps the expired ones out of the
-decisions table (Redis expires its copies itself, streams/lua/reserve_first.lua)."""
+decisions table (Redis expires its copies itself, streams/lua/record_decisions.lua)."""
 
 from __future__ import annotations
 

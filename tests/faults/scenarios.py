@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from infra.percentiles import percentiles
+from infra.redis_keys import RedisKeys
 from infra.topics import TopicNames
 from tests.faults.checker import (
     History,
@@ -122,14 +123,14 @@ def history(dep: Deployment, load: Load, worker: WorkerProcess, regions: tuple[s
     for record in dep.read_all(names.trip_events):
         event = json.loads(record.value)
         trip_ends.append(TripEnd(event["orderId"], event["driverId"], record.timestamp))
-    client = redis.Redis.from_url(dep.redis_url, decode_responses=True)
+    client = dep.redis()
     prefix = dep.redis_prefix
-    reservations = {key[len(prefix) + 2:]: client.get(key) for key in client.scan_iter(f"{prefix}r:*", count=1000)}
+    reservations = {RedisKeys.named(key): client.get(key) for key in client.scan_iter(f"{prefix}r:*", count=1000)}
     decisions = {}
     for key in client.scan_iter(f"{prefix}o:*", count=1000):
         raw = client.get(key)
         if raw:
-            decisions[key[len(prefix) + 2:]] = json.loads(raw).get("driverId")
+            decisions[RedisKeys.named(key)] = json.loads(raw).get("driverId")
     sessions = {driver: worker.get(f"/driver-sessions/sessions/{driver}")[1] for driver in load.last_pings}
     return History(requests=requests, answers=answers, dead_letters=letters, trip_ends=trip_ends,
                    reservations={d: o for d, o in reservations.items() if o},
@@ -368,12 +369,12 @@ def redis_restart(dep: Deployment, server: RedisServer, duration_s: float, wipes
 
 def _index_rebuilt(dep: Deployment, load: Load, timeout: float = 30) -> float:
     """Seconds until the emptied Redis has a new epoch and every driver's document again."""
-    client = redis.Redis.from_url(dep.redis_url, decode_responses=True)
+    client = dep.redis()
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
             drivers = sum(1 for _ in client.scan_iter(f"{dep.redis_prefix}d:*", count=1000))
-            if drivers >= load.drivers and client.exists(f"{dep.redis_prefix}meta:epoch"):
+            if drivers >= load.drivers and client.exists(dep.redis_keys.epoch):
                 break
         except redis.RedisError:
             pass

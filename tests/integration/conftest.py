@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from infra.settings import Settings
 from streams.index import RegionIndex
 from tests.integration.harness import BOOTSTRAP, REDIS_URL, Deployment
 
@@ -30,7 +31,9 @@ def _redis_host_port(url: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def infrastructure() -> None:
-    missing = [name for name, address in (("Kafka", BOOTSTRAP.split(",")[0]), ("Redis", _redis_host_port(REDIS_URL)))
+    cluster_nodes = os.environ.get("REDIS_CLUSTER_NODES")
+    redis_address = cluster_nodes.split(",")[0].strip() if cluster_nodes else _redis_host_port(REDIS_URL)
+    missing = [name for name, address in (("Kafka", BOOTSTRAP.split(",")[0]), ("Redis", redis_address))
                if not _reachable(address)]
     if missing:
         message = f"{' and '.join(missing)} not reachable; run `make infra-up` (or `make test`, which does)"
@@ -49,11 +52,12 @@ def deployment(tmp_path):
 
 @pytest.fixture
 async def index():
-    """A region index of the real Redis under a prefix of its own, deleted afterwards."""
+    """A region index of the real Redis (or Redis Cluster: REDIS_CLUSTER_NODES) under a prefix of its own,
+    deleted afterwards."""
     prefix = f"gd:t{uuid.uuid4().hex[:8]}:"
-    regions = RegionIndex.from_url(REDIS_URL, prefix, partitions=4)
+    regions = RegionIndex.from_settings(Settings(redis_prefix=prefix, partitions=4))
     yield regions
     keys = [key async for key in regions.redis.scan_iter(match=prefix + "*")]
     if keys:
         await regions.redis.delete(*keys)
-    await regions.redis.aclose()
+    await regions.aclose()

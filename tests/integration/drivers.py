@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import h3
-import redis
 
-from tests.integration.harness import REDIS_URL, Deployment, WorkerProcess, wait_for
+from tests.integration.harness import Deployment, WorkerProcess, wait_for
 
 NYC = (40.7128, -74.006)
 SESSION_FIELDS = {"driver_id", "online", "last_loc", "trip_id", "eligibility"}
@@ -95,13 +94,12 @@ def decoded(records) -> list[dict]:
     return [json.loads(r.value) for r in records]
 
 
-def delete_redis_keys(prefix: str, match: str = "*", keep: tuple[str, ...] = ()) -> int:
-    """Deletes this deployment's keys only (other tests share the Redis server): those under
-    `prefix` matching `match`, but for the ones named in `keep` (without the prefix)."""
-    client = redis.Redis.from_url(REDIS_URL)
+def delete_redis_keys(deployment: Deployment, match: str = "*", keep: tuple[str, ...] = ()) -> int:
+    """Deletes this deployment's keys only (other tests share the Redis server): those under its
+    prefix matching `match`, but for the ones named in `keep`."""
+    client = deployment.redis()
     try:
-        kept = {f"{prefix}{name}".encode() for name in keep}
-        keys = [k for k in client.scan_iter(match=f"{prefix}{match}", count=1000) if k not in kept]
+        keys = [k for k in client.scan_iter(match=f"{deployment.redis_prefix}{match}", count=1000) if k not in keep]
         if keys:
             client.delete(*keys)
         return len(keys)

@@ -10,7 +10,9 @@ import pytest
 import redis
 
 from streams.routing import key_partition
-from tests.integration.harness import REDIS_URL, wait_for
+from tests.integration.harness import wait_for
+
+pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
 RESTAURANT = (40.7128, -74.006)
 CUSTOMER = (40.7589, -73.9851)
@@ -146,9 +148,9 @@ def test_the_same_request_three_times_gets_one_driver_three_identical_answers(ci
     assert len(answers) == 3
     assert answers[0] == answers[1] == answers[2]
     assert answers[0]["driverId"] == "only"
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client = city.dep.redis()
     holders = [key for key in client.scan_iter(f"{city.dep.redis_prefix}r:*") if client.get(key) == "order_once"]
-    assert holders == [f"{city.dep.redis_prefix}r:only"]
+    assert holders == [city.dep.redis_keys.reservation("only")]
     assert city.session("other")["trip_id"] is None
 
 
@@ -165,7 +167,7 @@ def test_a_decision_whose_worker_died_before_the_trip_command_still_gives_the_dr
     changelog = f"{dep.prefix}geodispatch-assignment_decisions-changelog"
     dep.produce(changelog, [(order.encode(), json.dumps(decision).encode())],
                 partition=key_partition(order.encode(), dep.partitions))
-    redis.Redis.from_url(REDIS_URL).set(f"{dep.redis_prefix}r:kept", order)
+    dep.redis().set(dep.redis_keys.reservation("kept"), order)
 
     city.worker = dep.start_worker("w2")  # a new data directory: the decision comes from the changelog
     city.worker.wait_ready(timeout=90)
@@ -191,9 +193,10 @@ def test_an_answer_is_stamped_when_its_driver_was_reserved_not_when_the_request_
     from before that trip ended, so the answer claimed the driver held two orders at once. Redis
     paused here holds the decision back the same way."""
     city.driver("patient", 0.5)
-    client = redis.Redis.from_url(REDIS_URL)
+    client = city.dep.redis()
     paused_until = datetime.now(UTC) + timedelta(seconds=3)
-    client.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    nodes = {"target_nodes": redis.RedisCluster.ALL_NODES} if isinstance(client, redis.RedisCluster) else {}
+    client.execute_command("CLIENT", "PAUSE", 3000, "ALL", **nodes)
     city.ask("order_held_back")
     answer = city.answer("order_held_back", 1)
     assert answer["driverId"] == "patient"

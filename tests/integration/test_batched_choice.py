@@ -43,7 +43,7 @@ async def runtime():
     keys = [key async for key in built.index.redis.scan_iter(match=prefix + "*")]
     if keys:
         await built.index.redis.delete(*keys)
-    await built.index.redis.aclose()
+    await built.index.aclose()
 
 
 class CountedSearches:
@@ -114,4 +114,4 @@ async def test_a_failed_search_fails_every_request_of_its_block():
     runtime = DispatchApp(nothing_there).runtime
     outcomes = await _choose(runtime, [request(f"ord_{n}", A) for n in range(3)])
     assert [type(outcome).__name__ for outcome in outcomes] == ["GaveUp"] * 3
-    await runtime.index.redis.aclose()
+    await runtime.index.aclose()

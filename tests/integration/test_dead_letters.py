@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from schemas import dead_letter as dl
 from tests.integration.harness import wait_for
+
+pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
 HEADERS = [
     dl.ORIGINAL_TOPIC, dl.ORIGINAL_PARTITION, dl.ORIGINAL_OFFSET, dl.ORIGINAL_TIMESTAMP, dl.STAGE,

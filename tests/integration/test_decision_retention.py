@@ -9,12 +9,10 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
-import redis
 from rocksdict import AccessType, Options, Rdict
 
-from infra.redis_keys import RedisKeys
 from streams.routing import key_partition
-from tests.integration.harness import REDIS_URL, wait_for
+from tests.integration.harness import wait_for
 from tests.integration.test_assignment import City, request
 
 RETENTION_S = 12
@@ -46,8 +44,8 @@ def test_a_decision_is_given_again_within_its_retention_and_gone_everywhere_afte
     changelog = f"{deployment.prefix}geodispatch-assignment_decisions-changelog"
     deployment.produce(changelog, [(LEGACY.encode(), json.dumps(legacy).encode())],
                        partition=key_partition(LEGACY.encode(), deployment.partitions))
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    legacy_key = RedisKeys(deployment.redis_prefix).decision(LEGACY)
+    client = deployment.redis()
+    legacy_key = deployment.redis_keys.decision(LEGACY)
     client.set(legacy_key, json.dumps(legacy))
 
     city = City(deployment, deployment.start_worker("w1"))
@@ -63,7 +61,7 @@ def test_a_decision_is_given_again_within_its_retention_and_gone_everywhere_afte
     deployment.produce(topic, [(ORDER.encode(), body)])  # redelivered within the retention
     answers = city.answers(2)[ORDER]
     assert answers == [first, first]
-    decision_key = RedisKeys(deployment.redis_prefix).decision(ORDER)
+    decision_key = deployment.redis_keys.decision(ORDER)
     assert 0 < client.ttl(decision_key) <= RETENTION_S
 
     wait_for(lambda: not client.exists(decision_key), timeout=RETENTION_S + 10, message="Redis forgets the decision")

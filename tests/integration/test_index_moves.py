@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 
 import h3
+import pytest
 
 from infra.settings import Settings
 from streams.index import RegionIndex, now_ms
 from streams.index_writer import FLUSH_MAX, IndexWriter
 from streams.metrics import Metrics
 from tests.integration.test_index_search import FENCE, located, to_assign
+
+pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
 EAST_KM = 0.02  # far enough east to be in another resolution-9 cell
 

@@ -39,7 +39,7 @@ def _at(driver: str, moved: bool) -> tuple[float, float]:
 
 def _restart_with_nothing_but_the_logs(deployment, worker):
     worker.stop()
-    assert delete_redis_keys(deployment.redis_prefix) > 0
+    assert delete_redis_keys(deployment) > 0
     again = deployment.start_worker("w2", **SETTINGS)  # a new data directory
     again.wait_ready(timeout=90)
     return again

@@ -137,5 +137,5 @@ def test_worker_uses_redis_over_tls(deployment, tls_redis):
     deployment.produce(deployment.names.locations("4_-7"), [(b"drv_tls", _ping("drv_tls"))])
     assert _session_shows(worker, "drv_tls")["driver_id"] == "drv_tls"
     stored = redis.Redis.from_url(url, decode_responses=True)
-    assert stored.exists(f"{deployment.redis_prefix}d:drv_tls")
+    assert stored.exists(deployment.redis_keys.driver("drv_tls"))
     stored.close()

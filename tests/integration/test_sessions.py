@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 import h3
+import pytest
 
 from schemas import DriverStatus, LocationPing, default_codec
 from schemas import dead_letter as dl
@@ -31,6 +32,8 @@ from tests.integration.drivers import (
     wait_session,
 )
 from tests.integration.harness import wait_for
+
+pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
 # Liveness is tested on its own; elsewhere a slow shared machine must not time drivers out mid-test.
 PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "30"}

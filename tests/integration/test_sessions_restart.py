@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rocksdict import AccessType, Options, Rdict
 
@@ -26,7 +25,9 @@ from tests.integration.drivers import (
     session,
     wait_nearby,
 )
-from tests.integration.harness import BOOTSTRAP, REDIS_URL, run, wait_for
+from tests.integration.harness import BOOTSTRAP, run, wait_for
+
+pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
 DRIVERS = [f"drv_r{i}" for i in range(6)]
 PATIENT = {"GEODISPATCH_HEARTBEAT_INTERVAL_S": "60"}
@@ -64,7 +65,7 @@ def test_restart_with_an_emptied_redis_brings_every_driver_back(deployment):
     _online_fleet(deployment, worker)
 
     worker.stop()
-    assert delete_redis_keys(deployment.redis_prefix) > 0
+    assert delete_redis_keys(deployment) > 0
 
     worker = deployment.start_worker("w1", **PATIENT)  # same name: same data directory
     worker.wait_ready(timeout=90)
@@ -93,7 +94,7 @@ def test_restart_with_an_empty_data_dir_restores_from_the_changelog(deployment, 
     _online_fleet(deployment, worker)
 
     worker.stop()
-    assert delete_redis_keys(deployment.redis_prefix) > 0
+    assert delete_redis_keys(deployment) > 0
 
     worker = deployment.start_worker("w2", **_restoring(restore))  # a new data directory: only the changelog
     worker.wait_ready(timeout=90)
@@ -151,14 +152,14 @@ def test_a_late_changelog_write_of_a_former_owner_loses_to_the_owners_on_restore
     zombie = {**owner, "trip_id": order, "closed_trips": [], "version": owner["version"] + 5,
               "fence": owner["fence"] - 1}
     deployment.produce(changelog, [(driver.encode(), orjson.dumps(zombie))], partition=last.partition)
-    assert delete_redis_keys(deployment.redis_prefix) > 0
+    assert delete_redis_keys(deployment) > 0
 
     worker = deployment.start_worker("w2", **_restoring(restore))  # a new data directory: only the changelog
     worker.wait_ready(timeout=90)
     wait_nearby(worker, cell9(), lambda d: d == [driver], k=2, timeout=60, message="the driver restored free")
     _assert_restored_by(worker, restore)
     assert session(worker, driver)[1]["trip_id"] is None
-    assert redis.Redis.from_url(REDIS_URL).get(f"{deployment.redis_prefix}r:{driver}") is None
+    assert deployment.redis().get(deployment.redis_keys.reservation(driver)) is None
     _, metrics = worker.get("/metrics")
     assert 'geodispatch_fenced_writes_total{store="changelog"} 1.0' in metrics
 
@@ -183,7 +184,7 @@ def test_after_redis_is_emptied_no_driver_looks_free_before_the_commands_sent_be
     records = [(d.encode(), orjson.dumps({**check, "driver_id": d})) for d in backlog]
     records.append((driver.encode(), orjson.dumps({**check, "driver_id": driver, "kind": "assign", "order_id": order})))
     produce_many(deployment, deployment.names.driver_commands, records)
-    assert delete_redis_keys(deployment.redis_prefix) > 0
+    assert delete_redis_keys(deployment) > 0
 
     worker = deployment.start_worker("w1", **PATIENT)  # same data directory: the session has no trip yet
     seen_free = []
@@ -199,7 +200,7 @@ def test_after_redis_is_emptied_no_driver_looks_free_before_the_commands_sent_be
 
     wait_for(trip_recorded, timeout=120, interval=0.05, message="the trip to reach the session")
     assert seen_free == [], "the driver was offered while its trip was still on its way"
-    assert redis.Redis.from_url(REDIS_URL).get(f"{deployment.redis_prefix}r:{driver}") == order.encode()
+    assert deployment.redis().get(deployment.redis_keys.reservation(driver)) == order
 
 
 BACKLOG = 8000
@@ -224,8 +225,8 @@ def test_index_rebuild_command_restores_deleted_keys(deployment):
 
     # Everything but the epoch and the partitions' readiness: the worker cannot notice on its own, only
     # the command repairs it.
-    ready = tuple(f"meta:ready:{p}" for p in range(deployment.partitions))
-    assert delete_redis_keys(deployment.redis_prefix, keep=("meta:epoch", *ready)) > 0
+    keys = deployment.redis_keys
+    assert delete_redis_keys(deployment, keep=(keys.epoch, *map(keys.ready, range(deployment.partitions)))) > 0
     time.sleep(2.5)
     assert nearby(worker, cell9(), k=2)["drivers"] == []
     result = deployment.cli("index", "rebuild")
@@ -233,13 +234,13 @@ def test_index_rebuild_command_restores_deleted_keys(deployment):
     wait_nearby(worker, cell9(), lambda d: sorted(d) == DRIVERS, k=2, timeout=30, message="fleet rebuilt")
 
 
-def test_index_rebuild_command_restores_lost_cell_sets(deployment):
+def test_index_rebuild_command_restores_lost_hints(deployment):
     worker = deployment.start_worker(**PATIENT)
     worker.wait_ready()
     _online_fleet(deployment, worker)
 
-    # The drivers' hashes survive (same versions as the table's), only the cell sets are gone.
-    assert delete_redis_keys(deployment.redis_prefix, match="c[79]:*") > 0
+    # The drivers' hashes survive (same versions as the table's), only the shards' hints are gone.
+    assert delete_redis_keys(deployment, match="geo:*") > 0
     assert nearby(worker, cell9(), k=2)["drivers"] == []
     deployment.cli("index", "rebuild")
-    wait_nearby(worker, cell9(), lambda d: sorted(d) == DRIVERS, k=2, timeout=30, message="cell sets rebuilt")
+    wait_nearby(worker, cell9(), lambda d: sorted(d) == DRIVERS, k=2, timeout=30, message="hints rebuilt")

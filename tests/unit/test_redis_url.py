@@ -1,8 +1,10 @@
 """REDIS_URL carries Redis credentials and TLS: the index client takes user, password, TLS and its CA
-from the URL alone, and the settings never print the password."""
+from the URL alone, and the settings never print the password. REDIS_CLUSTER_NODES, when set, makes it
+a Redis Cluster client instead."""
 
 from __future__ import annotations
 
+from redis.asyncio import RedisCluster
 from redis.asyncio.connection import SSLConnection
 
 from infra.settings import Settings
@@ -10,7 +12,7 @@ from streams.index import RegionIndex
 
 
 def _kwargs(url: str) -> tuple[type, dict]:
-    pool = RegionIndex.from_url(url, "gd:", 4).redis.connection_pool
+    pool = RegionIndex.from_settings(Settings(redis_url=url)).redis.connection_pool
     return pool.connection_class, pool.connection_kwargs
 
 
@@ -43,3 +45,10 @@ def test_the_redis_url_is_a_secret_in_the_settings(monkeypatch):
     settings = Settings()
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
     assert "hunter2" in settings.redis_url.get_secret_value()
+
+
+def test_cluster_nodes_make_a_cluster_client_of_the_index():
+    client = RegionIndex.from_settings(Settings(redis_cluster_nodes="10.0.0.1:7000, 10.0.0.2:7001")).redis
+    assert isinstance(client, RedisCluster)
+    assert [(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()] == [("10.0.0.1", 7000),
+                                                                                        ("10.0.0.2", 7001)]

@@ -1,0 +1,33 @@
+-- reserve.lua: tries to reserve drivers of one partition, each for an order, in order; one call per
+-- driver partition and round of a batch's reservations (streams.index.RegionIndex.reserve_first).
+-- KEYS[2i - 1], KEYS[2i] driver i's hash and reservation key. ARGV[1] the oldest position still fresh
+-- (epoch ms), ARGV[2] how long a reservation stays provisional (ms), ARGV[2 + i] the order for driver i.
+-- Returns one integer per driver: 1 reserved for the order, 2 reserved for it already (a redelivered
+-- request), 0 not: reserved for another order, unavailable or its position stale.
+--
+-- The order's decision is recorded next, in its own slot (record_decisions.lua), and then the
+-- reservation is settled (settle.lua): kept for good, or released when the order had a decision
+-- already. Until then it expires by itself, so that a worker stopped in between leaves no driver held
+-- for an order it never answered; the driver's next ping makes it available again (move.lua).
+local min_ts, provisional_ms = tonumber(ARGV[1]), ARGV[2]
+local results = {}
+for i = 3, #ARGV do
+  local n = i - 2
+  local driver, reservation, order = KEYS[2 * n - 1], KEYS[2 * n], ARGV[i]
+  local holder = redis.call('GET', reservation)
+  if holder == order then
+    results[n] = 2
+  elseif holder then
+    results[n] = 0
+  else
+    local d = redis.call('HMGET', driver, 'avail', 'ts')
+    if d[1] == '1' and tonumber(d[2]) >= min_ts then
+      redis.call('SET', reservation, order, 'PX', provisional_ms)
+      redis.call('HSET', driver, 'avail', '0')
+      results[n] = 1
+    else
+      results[n] = 0
+    end
+  end
+end
+return results
