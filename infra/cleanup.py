@@ -15,14 +15,15 @@ from infra.settings import Settings
 UNLINK_BATCH = 5000
 
 
-async def remove_deployment(bootstrap: str, redis_url: str, topic_prefix: str, redis_prefix: str,
+async def remove_deployment(bootstrap: str, redis: Settings, topic_prefix: str, redis_prefix: str,
                             timeout_s: float = 30.0) -> list[str]:
-    """Deletes the topics whose names start with `topic_prefix` and the Redis keys under `redis_prefix`.
+    """Deletes the topics whose names start with `topic_prefix` and the Redis keys under `redis_prefix`
+    on the Redis that `redis` (the settings) names.
     Best effort (a fault test may leave its servers down): returns what could not be removed, one line
     each, for the caller to report."""
     problems = []
     for what, removal in (("topics", _delete_topics(bootstrap, topic_prefix)),
-                          ("redis keys", _unlink_keys(redis_url, redis_prefix))):
+                          ("redis keys", _unlink_keys(redis, redis_prefix))):
         try:
             await asyncio.wait_for(removal, timeout_s)
         except Exception as exc:  # reported by the caller; nothing else depends on the removal
@@ -41,9 +42,9 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-async def _unlink_keys(redis_url: str, prefix: str) -> None:
-    """On REDIS_URL, or on the Redis Cluster that REDIS_CLUSTER_NODES names, where it scans every node."""
-    redis = redis_client(Settings(redis_url=redis_url), decode_responses=False)
+async def _unlink_keys(settings: Settings, prefix: str) -> None:
+    """On the settings' Redis, or their Redis Cluster, whose every node it scans."""
+    redis = redis_client(settings, decode_responses=False)
     try:
         batch = []
         async for key in redis.scan_iter(match=f"{prefix}*", count=UNLINK_BATCH):

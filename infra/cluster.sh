@@ -4,13 +4,14 @@
 # Redis Cluster of three primaries with a replica each (Debian's redis-server). Ports, all on 127.0.0.1:
 #   Kafka:  CLUSTER_KAFKA_PORT (9192), +2 and +4; each node's controller on the port after its broker's
 #   Redis:  CLUSTER_REDIS_PORT (7000) to +5
-# `eval "$(infra/cluster.sh env)"` points the project at them. Idempotent, like infra/kafka/kafka.sh.
+# and their data under CLUSTER_HOME (.cache/cluster). `eval "$(infra/cluster.sh env)"` points the
+# project at them. Idempotent, like infra/kafka/kafka.sh.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 cache="${GEODISPATCH_CACHE:-$root/.cache}"
-home="$cache/cluster"
+home="${CLUSTER_HOME:-$cache/cluster}"
 kafka_base="${CLUSTER_KAFKA_PORT:-9192}"
 redis_base="${CLUSTER_REDIS_PORT:-7000}"
 nodes=(1 2 3)
@@ -112,14 +113,23 @@ down() {
   redis_down
 }
 
-# The primary serving a key's slot, as host:port (the fault scenarios kill it).
-redis_primary_of() {
-  local slot
-  slot=$(redis-cli -p "$redis_base" cluster keyslot "$1")
-  redis-cli -p "$redis_base" cluster nodes | awk -v slot="$slot" '
-    $3 ~ /master/ && $8 == "connected" {
-      for (i = 9; i <= NF; i++) { split($i, r, "-"); hi = (r[2] == "" ? r[1] : r[2]);
-        if (slot >= r[1] && slot <= hi) { split($2, a, "@"); print a[1]; exit } } }'
+# The ports of the primaries serving slots, as a node that answers sees them.
+redis_primaries() {
+  local port
+  for port in "${redis_ports[@]}"; do
+    if redis_answers "$port"; then
+      redis-cli -p "$port" cluster nodes | awk '$3 ~ /master/ && $3 !~ /fail/ && NF >= 9 {
+        split($2, a, "@"); n = split(a[1], hp, ":"); print hp[n] }' | sort -n
+      return 0
+    fi
+  done
+  return 1
+}
+
+# SIGKILL one Redis node (the fault scenarios kill a primary under load).
+redis_kill() {
+  local pid_file="$home/redis-$1/redis.pid"
+  kill -9 "$(cat "$pid_file")" && rm -f "$pid_file" && say "redis node $1 killed (SIGKILL)"
 }
 
 env_lines() {
@@ -138,9 +148,11 @@ case "${1:-}" in
           redis_ok && say "redis cluster ok on $(redis_nodes)" || say "redis cluster not ok" ;;
   kill-broker) kafka_node "$2" kill ;;
   start-broker) kafka_node "$2" start; kafka_node "$2" wait ;;
-  redis-primary-of) redis_primary_of "$2" ;;
+  redis-primaries) redis_primaries ;;
+  redis-kill) redis_kill "$2" ;;
+  redis-start) redis_node_up "$2"; say "redis node $2 answering" ;;
   env) env_lines ;;
   reset) down; rm -rf "$home"; say "removed $home" ;;
-  *) echo "usage: $0 up|down|status|env|reset|kafka-up|redis-up|kill-broker N|start-broker N|redis-primary-of KEY" >&2
+  *) echo "usage: $0 up|down|status|env|reset|kafka-up|redis-up|kill-broker N|start-broker N|redis-primaries|redis-kill PORT|redis-start PORT" >&2
      exit 2 ;;
 esac

@@ -32,6 +32,7 @@ from infra.topics import TopicNames
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_CLUSTER_NODES = os.environ.get("REDIS_CLUSTER_NODES") or None
 PYTHON = sys.executable
 
 
@@ -166,6 +167,8 @@ class LocalDeployment:
     # The shared broker and Redis unless a caller brings servers of its own (fault tests restart them).
     bootstrap: str = BOOTSTRAP
     redis_url: str = REDIS_URL
+    # A Redis Cluster's nodes instead of redis_url (`make test-cluster`, the cluster fault scenarios).
+    redis_cluster_nodes: str | None = REDIS_CLUSTER_NODES
     # What `python -m <module>` starts a worker with: the project's own `geodispatch worker` by default.
     worker_command: tuple[str, ...] = ("streams", "worker")
     # Whose code the workers and commands run: this checkout, or another one (see `worktree`).
@@ -187,7 +190,10 @@ class LocalDeployment:
 
     def redis(self, decode_responses: bool = True) -> redis.Redis | redis.RedisCluster:
         """A client of the deployment's Redis: the Redis Cluster of REDIS_CLUSTER_NODES when it is set."""
-        return blocking_redis_client(Settings(redis_url=self.redis_url), decode_responses)
+        return blocking_redis_client(self._redis_settings(), decode_responses)
+
+    def _redis_settings(self) -> Settings:
+        return Settings(redis_url=self.redis_url, redis_cluster_nodes=self.redis_cluster_nodes)
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -201,6 +207,9 @@ class LocalDeployment:
             GEODISPATCH_REGIONS=",".join(self.regions),
             GEODISPATCH_LOG_FORMAT="json",
         )
+        env.pop("REDIS_CLUSTER_NODES", None)
+        if self.redis_cluster_nodes:
+            env["REDIS_CLUSTER_NODES"] = self.redis_cluster_nodes
         env.update(self.defaults)
         env.update(self.extra_env)
         env.update(overrides)
@@ -255,5 +264,6 @@ class LocalDeployment:
     def cleanup(self) -> None:
         """Stops the workers and removes the deployment's topics and Redis keys from the servers."""
         self.stop_all()
-        for problem in asyncio.run(remove_deployment(self.bootstrap, self.redis_url, self.prefix, self.redis_prefix)):
+        for problem in asyncio.run(remove_deployment(self.bootstrap, self._redis_settings(), self.prefix,
+                                                     self.redis_prefix)):
             print(f"deployment {self.prefix}: {problem}", file=sys.stderr)

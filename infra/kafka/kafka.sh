@@ -76,7 +76,7 @@ format_storage() {
 wait_ready() {
   local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90}))
   while [ $SECONDS -lt $deadline ]; do
-    if ! is_running; then
+    if ! is_running && ! port_open "$port"; then
       say "the broker exited while starting; last lines of $data_dir/logs/server.log:"
       tail -n 40 "$data_dir/logs/server.log" 2>/dev/null || true
       tail -n 20 "$data_dir/logs/stdout.log" 2>/dev/null || true
@@ -152,7 +152,7 @@ status() {
 case "${1:-}" in
   up) up ;;
   start) start || true ;;
-  wait) wait_ready && say "ready (pid $(cat "$pid_file"))" ;;
+  wait) wait_ready && say "ready on 127.0.0.1:$port" ;;
   kill) is_running && kill -9 "$(cat "$pid_file")" && say "killed (SIGKILL)" ;;
   down) down ;;
   status) status ;;
