@@ -24,7 +24,7 @@ from tests.faults.checker import (
     request_from_record,
 )
 from tests.faults.load import Load
-from tests.faults.servers import Broker, RedisServer
+from tests.faults.servers import Broker, Cluster, RedisServer
 from tests.integration.harness import Deployment, WorkerProcess
 
 FULL = os.environ.get("GEODISPATCH_FAULTS_FULL") == "1"
@@ -402,3 +402,75 @@ def rebalance_churn(dep: Deployment, duration_s: float, cycle_s: float) -> Outco
     time.sleep(max(0.0, duration_s - (time.monotonic() - started)))
     return _finish(dep, load, workers, f"rebalance churn (third worker joins and leaves x{joins}, "
                    f"every {cycle_s:.0f}s, {duration_s:.0f}s of load)", {"joins and leaves": joins}, time.time())
+
+
+# -- node faults on the clusters (issue 23) ---------------------------------------------------------
+
+
+def on_cluster(dep: Deployment, cluster: Cluster, wait_replicas: int = 1) -> None:
+    """The deployment on the cluster's servers: topics of three replicas, the index on the Redis Cluster,
+    reservations and decisions confirmed by a replica (unless `wait_replicas` says otherwise)."""
+    dep.bootstrap, dep.redis_cluster_nodes = cluster.bootstrap, cluster.redis_nodes
+    dep.extra_env.update(GEODISPATCH_REPLICATION_FACTOR="3", GEODISPATCH_REDIS_WAIT_REPLICAS=str(wait_replicas))
+
+
+def cluster_broker_kill(dep: Deployment, cluster: Cluster, duration_s: float, down_s: float = 10.0) -> Outcome:
+    """Mixed load on the three-broker cluster; one broker (a controller too) is SIGKILLed a third of the
+    way in and started again `down_s` later on its data. Its partitions' leadership moves to the
+    others; acknowledged records were on two replicas at least. No worker is restarted by the test."""
+    workers = _start_pair(dep)
+    load = Load(dep.names, seed=23, bootstrap=dep.bootstrap)
+    load.start()
+    time.sleep(duration_s / 3)
+    cluster.kill_broker(2)
+    time.sleep(down_s)
+    restart = cluster.start_broker(2)
+    back = time.time()
+    time.sleep(max(0.0, duration_s * 2 / 3 - down_s - restart))
+    exited = {name: w.process.returncode for name, w in workers.items() if w.process.poll() is not None}
+    assert not exited, f"workers exited after a broker's SIGKILL: {exited}"
+    extra = {"broker down (s)": round(down_s + restart, 1), "workers restarted by the test": 0}
+    name = f"cluster broker SIGKILL (1 of 3, {down_s:.0f}s down, {duration_s:.0f}s of load)"
+    return _finish(dep, load, workers, name, extra, back)
+
+
+def redis_primary_kill(dep: Deployment, cluster: Cluster, duration_s: float) -> Outcome:
+    """Mixed load on the Redis Cluster; a primary is SIGKILLed a third of the way in, its replica takes
+    its slots over (the cluster's node timeout), and the dead node is started again (empty: it rejoins
+    as the new primary's replica). What the failover may lose is what the primary had not replicated;
+    the checker finds any reservation or decision so lost, and the workers count the writes that went
+    out unconfirmed (geodispatch_redis_unreplicated_writes_total)."""
+    workers = _start_pair(dep)
+    load = Load(dep.names, seed=29, bootstrap=dep.bootstrap)
+    load.start()
+    time.sleep(duration_s / 3)
+    primaries = cluster.redis_primaries()
+    victim = primaries[0]
+    killed = time.monotonic()
+    cluster.kill_redis(victim)
+    # Until its replica serves its slots: the cluster marks it failed after its node timeout, and then a
+    # replica is elected. Started again before that, a primary without persistence would come back
+    # empty as the primary of its slots, and they would be lost.
+    while True:
+        serving = cluster.redis_primaries()
+        if victim not in serving and len(serving) == len(primaries) and cluster.redis_ok():
+            break
+        time.sleep(0.1)
+        assert time.monotonic() - killed < 60, "the Redis Cluster did not fail over within 60 s"
+    failover = time.monotonic() - killed
+    cluster.start_redis(victim)
+    back = time.time()
+    time.sleep(max(0.0, duration_s * 2 / 3 - failover))
+    unreplicated = sum(_metric(w, "geodispatch_redis_unreplicated_writes_total") for w in workers.values()
+                       if w.process.poll() is None)
+    extra = {"slots unavailable (s)": round(failover, 1), "writes sent unconfirmed by a replica": int(unreplicated),
+             "wait for replicas": dep.extra_env.get("GEODISPATCH_REDIS_WAIT_REPLICAS", "0")}
+    return _finish(dep, load, workers, f"Redis primary SIGKILL (1 of 3, failover, {duration_s:.0f}s of load)",
+                   extra, back)
+
+
+def _metric(worker: WorkerProcess, name: str) -> float:
+    status, text = worker.get("/metrics")
+    if status != 200:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in str(text).splitlines() if line.startswith(name))

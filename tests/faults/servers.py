@@ -1,10 +1,12 @@
-"""A Kafka broker and a Redis server of a fault test's own, on free ports under its tmp dir, so that the
-test can kill and restart them without touching the shared ones everybody else uses."""
+"""A Kafka broker and a Redis server, or a three-broker Kafka cluster and a Redis Cluster, of a fault
+test's own, on free ports under its tmp dir, so that the test can kill and restart them without
+touching the shared ones everybody else uses."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import redis
 from tests.integration.harness import ROOT, free_port
 
 KAFKA_SH = ROOT / "infra" / "kafka" / "kafka.sh"
+CLUSTER_SH = ROOT / "infra" / "cluster.sh"
 
 
 def _alive(pid: int) -> bool:
@@ -153,3 +156,94 @@ class RedisServer:
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, 10)
+
+
+def _free_run(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    for _ in range(200):
+        base = free_port()
+        if base + count < 65536 and all(_port_free(base + i) for i in range(count)):
+            return base
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Cluster:
+    """Three Kafka nodes and a Redis Cluster of three primaries with a replica each, of a fault test's
+    own (infra/cluster.sh on free ports, data under its tmp dir)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.home = tmp / "cluster"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.kafka_base, self.redis_base = _free_run(6), _free_run(6)
+        # As for the single broker: the controller takes a SIGKILLed broker back once its session expired.
+        self.extra = self.home / "kafka-extra.properties"
+        self.extra.write_text("broker.session.timeout.ms=4000\nbroker.heartbeat.interval.ms=1000\n")
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.kafka_base + 2 * n}" for n in range(3))
+
+    @property
+    def redis_nodes(self) -> str:
+        return ",".join(f"127.0.0.1:{self.redis_base + n}" for n in range(6))
+
+    def script(self, *args: str) -> str:
+        env = dict(os.environ, CLUSTER_HOME=str(self.home), CLUSTER_KAFKA_PORT=str(self.kafka_base),
+                   CLUSTER_REDIS_PORT=str(self.redis_base), KAFKA_EXTRA_CONFIG=str(self.extra))
+        result = subprocess.run([str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise AssertionError(f"cluster.sh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def start(self) -> None:
+        self.script("up")
+
+    def close(self) -> None:
+        self.script("down")
+
+    def kill_broker(self, node: int) -> None:
+        self.script("kill-broker", str(node))
+
+    def start_broker(self, node: int) -> float:
+        started = time.monotonic()
+        self.script("start-broker", str(node))
+        return time.monotonic() - started
+
+    def redis_primaries(self) -> list[int]:
+        return [int(port) for port in self.script("redis-primaries").split()]
+
+    def kill_redis(self, port: int) -> None:
+        self.script("redis-kill", str(port))
+
+    def start_redis(self, port: int) -> None:
+        self.script("redis-start", str(port))
+
+    def redis_ok(self) -> bool:
+        """Every slot served by a primary that answers."""
+        try:
+            client = redis.Redis(host="127.0.0.1", port=self._answering_node(), socket_timeout=2,
+                                 decode_responses=True)
+            info = client.execute_command("CLUSTER", "INFO")
+        except (redis.RedisError, AssertionError):
+            return False
+        return "cluster_state:ok" in str(info)
+
+    def _answering_node(self) -> int:
+        for n in range(6):
+            try:
+                client = redis.Redis(host="127.0.0.1", port=self.redis_base + n, socket_timeout=1,
+                                     socket_connect_timeout=0.5, retry=None)
+                if client.ping():
+                    return self.redis_base + n
+            except redis.RedisError:
+                continue
+        raise AssertionError("no node of the Redis Cluster answers")
