@@ -507,11 +507,12 @@ def scale(run: Run) -> None:
     try:
         run.log(f"scale: {s.scale_pings} pings from {s.scale_drivers} drivers, {SCALE_PARTITIONS} partitions")
         dep.tool("bench.load", "pings", "--drivers", str(s.scale_drivers), "--count", str(s.scale_pings))
-        servers = [pid for pid in (listener_pid(dep.bootstrap.split(",")[0]), listener_pid(_redis_address(dep)))
-                   if pid]
+        broker, redis_server = listener_pid(dep.bootstrap.split(",")[0]), listener_pid(_redis_address(dep))
+        servers = {"broker": broker, "redis": redis_server}
         cores = psutil.cpu_count() or 1
-        result: dict[str, Any] = {"pings": s.scale_pings, "partitions": SCALE_PARTITIONS, "cores": cores,
-                                  "servers_measured": len(servers)}
+        result: dict[str, Any] = {"pings": s.scale_pings, "drivers": s.scale_drivers, "partitions": SCALE_PARTITIONS,
+                                  "cores": cores, "servers_measured": [name for name, pid in servers.items() if pid]}
+        memory0 = _redis_memory(dep)
         for n in SCALE_WORKERS:
             group = Deployment(workdir=dep.workdir, prefix=dep.prefix, app_id=f"x{n}",
                                redis_prefix=f"{dep.redis_prefix}x{n}:", partitions=dep.partitions,
@@ -526,12 +527,17 @@ def scale(run: Run) -> None:
             active, end = series[0], series[-1]
             rate = (end[1] - active[1]) / (end[0] - active[0]) if end[0] > active[0] else None
             follow(workers, pings_seen, s.scale_pings, timeout=300, settle=index_settled)
+            done = end[1] - active[1]
+            per_ping = {part: round((cpu1[part] - cpu0[part]) / done * 1e6, 2) for part in cpu0} if done else {}
             result[f"workers_{n}"] = {
                 "rate": round(rate, 1) if rate else None,
-                "cpu_us_per_ping": round((cpu1 - cpu0) / (end[1] - active[1]) * 1e6, 1) if end[1] > active[1] else None,
+                "cpu_us_per_ping": round(sum(per_ping.values()), 1) if per_ping else None,
+                "cpu_us_per_ping_by_process": per_ping,
                 "per_worker": list(series[-1][2:]),
                 "series": [(round(p[0] - workers[0].started_at, 2), p[1]) for p in series],
             }
+            if n == 1:
+                result["redis_bytes_per_driver"] = round((_redis_memory(dep) - memory0) / s.scale_drivers)
             run.log(f"scale: {n} worker(s): {rate or 0:.0f} pings/s")
             group.stop_all()
         one = result["workers_1"]
@@ -557,8 +563,19 @@ def predicted_rate(one_rate: float | None, cpu_us_per_ping: float | None, worker
     return min(workers * one_rate, cores / (cpu_us_per_ping / 1e6))
 
 
-def _cpu(workers: list[WorkerProcess], servers: list[int]) -> float:
-    return sum(cpu_seconds(w.pid) for w in workers) + sum(cpu_seconds(pid) for pid in servers)
+def _cpu(workers: list[WorkerProcess], servers: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds so far of the workers together and of each server found."""
+    return {"workers": sum(cpu_seconds(w.pid) for w in workers),
+            **{name: cpu_seconds(pid) for name, pid in servers.items() if pid}}
+
+
+def _redis_memory(dep: Deployment) -> int:
+    """Bytes Redis uses for data (INFO memory, used_memory)."""
+    client = dep.redis()
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
 
 
 def _redis_address(dep: Deployment) -> str:
