@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,6 +41,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_run(count: int, bus_offset: int = 0) -> int:
+    """The first of `count` consecutive free ports (with bus_offset, the `count` ports that far above
+    them too: a Redis Cluster node also listens on its port + 10000). They are drawn below the kernel's
+    ephemeral range, so that no client socket can take one between this check and the servers' binds."""
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(500):
+        base = random.randrange(10000, ephemeral_start - bus_offset - count)
+        ports = [base + i for i in range(count)] + [base + bus_offset + i for i in range(count) if bus_offset]
+        if all(_port_free(port) for port in ports):
+            return base
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class WorkerFailed(AssertionError):

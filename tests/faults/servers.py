@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
+from infra.local import free_port_run
 from tests.integration.harness import ROOT, free_port
 
 KAFKA_SH = ROOT / "infra" / "kafka" / "kafka.sh"
@@ -158,24 +158,6 @@ class RedisServer:
             _wait_gone(pid, 10)
 
 
-def _free_run(count: int) -> int:
-    """The first of `count` consecutive free ports."""
-    for _ in range(200):
-        base = free_port()
-        if base + count < 65536 and all(_port_free(base + i) for i in range(count)):
-            return base
-    raise AssertionError(f"no {count} consecutive free ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 class Cluster:
     """Three Kafka nodes and a Redis Cluster of three primaries with a replica each, of a fault test's
     own (infra/cluster.sh on free ports, data under its tmp dir)."""
@@ -183,7 +165,9 @@ class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.home = tmp / "cluster"
         self.home.mkdir(parents=True, exist_ok=True)
-        self.kafka_base, self.redis_base = _free_run(6), _free_run(6)
+        # One run for both, so that the brokers and the Redis nodes cannot pick the same ports.
+        self.kafka_base = free_port_run(12, bus_offset=10000)
+        self.redis_base = self.kafka_base + 6
         # As for the single broker: the controller takes a SIGKILLed broker back once its session expired.
         self.extra = self.home / "kafka-extra.properties"
         self.extra.write_text("broker.session.timeout.ms=4000\nbroker.heartbeat.interval.ms=1000\n")

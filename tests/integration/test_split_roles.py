@@ -15,7 +15,7 @@ import urllib.request
 import psutil
 import pytest
 
-from infra.local import ROOT, free_port
+from infra.local import ROOT, free_port_run
 from tests.integration.harness import Deployment, wait_for
 from tests.integration.test_assignment import City, request, unsuitable_and_suitable_drivers
 
@@ -128,9 +128,7 @@ def test_a_request_is_answered_at_once_while_the_sessions_process_works_through_
 
 
 def test_geodispatch_run_starts_a_process_per_role_and_stops_them_together(deployment, tmp_path):
-    port = free_port()
-    while any(free_port() == port + n for n in (1, 2)):  # a rough guard: the next two must be free too
-        port = free_port()
+    port = free_port_run(3)
     env = deployment.env(GEODISPATCH_DATA_DIR=str(tmp_path / "data"))
     run = subprocess.Popen([sys.executable, "-m", "streams", "run", "--web-port", str(port)], env=env, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
