@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 FIRST_CIRCLE_KM = 0.5
 
 
-SCRIPTS = ("upsert", "move", "hints", "candidates", "nearby", "reserve", "record_decisions", "settle",
+SCRIPTS = ("upsert", "move", "hints", "candidates", "nearby", "reserve", "record_decisions", "settle", "decide",
            "forget_unexpiring")
 # How long a reservation lasts until its order's decision is recorded and it is settled: long enough to
 # outlast a worker's Redis retries and the redelivery of its requests to another worker after it stopped
@@ -51,8 +51,10 @@ PROVISIONAL_S = 300
 
 
 def lua(name: str) -> str:
-    """The script of this file of streams/lua/; its header says its KEYS and ARGV."""
-    return (resources.files("streams") / "lua" / f"{name}.lua").read_text()
+    """The script of this file of streams/lua/ (its header says its KEYS and ARGV), after the steps the
+    scripts share (common.lua)."""
+    folder = resources.files("streams") / "lua"
+    return (folder / "common.lua").read_text() + (folder / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Located:
     lat: float
     lng: float
     loc_ts_ms: int
+    shard: str  # the shard cell whose hints it was found in
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,9 @@ class RegionIndex:
         self._on_unreplicated = on_unreplicated
         self._node_clients: dict[str, Redis] = {}
         self.keys = RedisKeys(prefix, partitions)
-        self.partitions = partitions
+        # One Redis takes a batch's reservations and decisions in one call (decide.lua); a cluster, where
+        # they live in different slots, slot by slot (_reserve_in_rounds).
+        self.decides_in_one_call = not isinstance(client, RedisCluster)
         self.shard_resolution = shard_resolution
         self._scripts = {name: client.register_script(lua(name)) for name in SCRIPTS}
 
@@ -106,9 +111,6 @@ class RegionIndex:
     def from_settings(cls, settings: Settings, on_unreplicated: Callable[[], None] = lambda: None) -> RegionIndex:
         return cls(redis_client(settings), settings.redis_prefix, settings.partitions, settings.redis_shard_resolution,
                    settings.redis_wait_replicas, settings.redis_wait_timeout_ms, on_unreplicated)
-
-    def partition_of(self, key: str) -> int:
-        return self.keys.partition(key)
 
     def _driver_keys(self, driver_ids: Iterable[str]) -> list[str]:
         """Each driver's hash and reservation key, in turn: the KEYS of the driver scripts."""
@@ -227,7 +229,7 @@ class RegionIndex:
     def _by_partition(self, sessions: Iterable[DriverSession]) -> dict[int, list[DriverSession]]:
         grouped: dict[int, list[DriverSession]] = {}
         for session in sessions:
-            grouped.setdefault(self.partition_of(session.driver_id), []).append(session)
+            grouped.setdefault(self.keys.partition(session.driver_id), []).append(session)
         return grouped
 
     async def apply_hints(self, replies: Iterable[str]) -> None:
@@ -327,10 +329,12 @@ class RegionIndex:
         cells = list(h3.grid_disk(origin, k))
         lat, lng = h3.cell_to_latlng(origin)
         reach = max(haversine_km(lat, lng, *h3.cell_to_latlng(c)) + reach_km(c) for c in cells)
+        rings = shards_of_cells(cells, self.shard_resolution)
         calls = [("nearby", [self.keys.available(shard), self.keys.fixes(shard)],
                   [min_loc_ts_ms, lng, lat, reach * 1.001 + 0.001, *ring])
-                 for shard, ring in shards_of_cells(cells, self.shard_resolution).items()]
-        located = [d for reply in await self._run(calls) for d in _located(reply)]
+                 for shard, ring in rings.items()]
+        replies = await self._run(calls)
+        located = [d for shard, reply in zip(rings, replies, strict=True) for d in _located(reply, shard)]
         ordered = nearest_first({d.driver_id: (d.lat, d.lng) for d in located}, lat, lng)
         return ordered[:limit], cells
 
@@ -359,10 +363,10 @@ class RegionIndex:
             calls.append(("candidates", [self.keys.available(shard), self.keys.fixes(shard)], args))
         found: list[dict[str, Located]] = [{} for _ in searches]
         maybe_more = [False] * len(searches)
-        for indices, replies in zip(by_shard.values(), await self._run(calls), strict=True):
+        for (shard, indices), replies in zip(by_shard.items(), await self._run(calls), strict=True):
             for i, (searched, located) in zip(indices, replies, strict=True):
                 maybe_more[i] |= searched >= count
-                found[i].update((d.driver_id, d) for d in _located(located))
+                found[i].update((d.driver_id, d) for d in _located(located, shard))
         results = []
         for (lat, lng, radius_km), drivers, more in zip(searches, found, maybe_more, strict=True):
             measured = ((d, haversine_km(lat, lng, d.lat, d.lng)) for d in drivers.values())
@@ -373,19 +377,42 @@ class RegionIndex:
     # -- reservations and decisions -----------------------------------------------------------
 
     async def reserve_first(
-        self, offers: Sequence[tuple[Decision, Sequence[tuple[str, int]]]], min_loc_ts_ms: int, retention_s: int
+        self, offers: Sequence[tuple[Decision, Sequence[tuple[str, int]]]], min_loc_ts_ms: int, retention_s: int,
+        found_in: Mapping[str, str] | None = None,
     ) -> list[Reservation]:
         """For each (decision, candidates) in order, with candidates (driver id, ETA in minutes) best
         first: reserves the first candidate still free, and records the order's decision, naming that
         driver and ETA, for `retention_s`, unless the order already has one, which is returned instead.
-
-        In rounds, each one pipelined round trip: every order still looking tries its next candidate
-        (reserve.lua, per driver partition), earlier orders first where two want the same driver. Then
-        the decisions are recorded (record_decisions.lua, per request partition) and the reservations
-        settled (settle.lua): an order that had a decision already gets it back and its new driver is
-        released. Until settled, a reservation is provisional and expires (PROVISIONAL_S)."""
+        `found_in`: the shard cell each candidate was found in (Located.shard), whose hints a reserved
+        driver leaves. On one Redis, one call does it all (decide.lua); on a cluster, the steps go slot
+        by slot (_reserve_in_rounds)."""
         if not offers:
             return []
+        if not self.decides_in_one_call:
+            return await self._reserve_in_rounds(offers, min_loc_ts_ms, retention_s)
+        found_in = found_in or {}
+        shards = sorted({found_in[d] for _, candidates in offers for d, _ in candidates if d in found_in})
+        keys = [key for shard in shards for key in (self.keys.available(shard), self.keys.fixes(shard))]
+        args: list = [min_loc_ts_ms, retention_s, len(shards), *shards]
+        for decision, candidates in offers:
+            keys += [self.keys.decision(decision.order_id), *self._driver_keys(d for d, _ in candidates)]
+            args += [decision.order_id, decision.decided_at, len(candidates)]
+            for driver_id, eta in candidates:
+                args += [driver_id, eta]
+        ((replies, left),) = await self._run([("decide", keys, args)], replicated=True)
+        await self.apply_hints([left])
+        return [Reservation(outcome, Decision.from_record(orjson.loads(payload)) if outcome != "none" else None,
+                            int(position)) for outcome, position, payload in replies]
+
+    async def _reserve_in_rounds(
+        self, offers: Sequence[tuple[Decision, Sequence[tuple[str, int]]]], min_loc_ts_ms: int, retention_s: int
+    ) -> list[Reservation]:
+        """reserve_first on a Redis Cluster, where an order's decision and its candidates live in
+        different slots. In rounds, each one pipelined round trip: every order still looking tries its
+        next candidate (reserve.lua, per driver partition), earlier orders first where two want the same
+        driver. Then the decisions are recorded (record_decisions.lua, per request partition) and the
+        reservations settled (settle.lua): an order that had a decision already gets it back and its new
+        driver is released. Until settled, a reservation is provisional and expires (PROVISIONAL_S)."""
         position = [0] * len(offers)  # the candidate each order tries next
         reserved: dict[int, tuple[str, int]] = {}  # order -> (driver, its position among the candidates)
         looking = [i for i, (_, candidates) in enumerate(offers) if candidates]
@@ -399,7 +426,7 @@ class RegionIndex:
                 if position[i] < len(candidates):
                     driver = candidates[position[i]][0]
                     wanted.add(driver)
-                    attempts.setdefault(self.partition_of(driver), []).append((i, driver))
+                    attempts.setdefault(self.keys.partition(driver), []).append((i, driver))
             calls = [("reserve", self._driver_keys(d for _, d in tried),
                       [min_loc_ts_ms, PROVISIONAL_S * 1000, *(offers[i][0].order_id for i, _ in tried)])
                      for tried in attempts.values()]
@@ -436,7 +463,7 @@ class RegionIndex:
         decision, the one it had or the one given. One call per request partition."""
         by_partition: dict[int, list[int]] = {}
         for i, decision in enumerate(decisions):
-            by_partition.setdefault(self.partition_of(decision.order_id), []).append(i)
+            by_partition.setdefault(self.keys.partition(decision.order_id), []).append(i)
         calls = [("record_decisions", [self.keys.decision(decisions[i].order_id) for i in indices],
                   [ttl_s, *(orjson.dumps(decisions[i].record()) for i in indices)])
                  for indices in by_partition.values()]
@@ -452,10 +479,10 @@ class RegionIndex:
         by_partition: dict[int, list[tuple[str, str, str]]] = {}
         for decision in decisions:
             if decision.assigned:
-                by_partition.setdefault(self.partition_of(decision.driver_id), []).append(
+                by_partition.setdefault(self.keys.partition(decision.driver_id), []).append(
                     (decision.driver_id, decision.order_id, "1"))
         for order_id, driver_id in released:
-            by_partition.setdefault(self.partition_of(driver_id), []).append((driver_id, order_id, "0"))
+            by_partition.setdefault(self.keys.partition(driver_id), []).append((driver_id, order_id, "0"))
         calls = [("settle", self._driver_keys(d for d, _, _ in entries),
                   [value for _, order_id, keep in entries for value in (order_id, keep)])
                  for entries in by_partition.values()]
@@ -481,19 +508,22 @@ class RegionIndex:
 
     async def record_failures(self, failures: Sequence[Decision], ttl_s: int) -> list[Decision]:
         """Records each failed decision for `ttl_s` unless its order already has one; returns each
-        order's decision, the existing one or the failure. One round trip for all, and one more to keep
-        the drivers of orders decided before (another worker's, or a delivery before a crash)."""
+        order's decision, the existing one or the failure. One round trip for all, and on a cluster one
+        more to keep the drivers of orders decided before (another worker's, or a delivery before a crash)."""
         if not failures:
             return []
         recorded = await self._record(failures, ttl_s)
-        await self._settle([decision for decision in recorded if decision.assigned])
+        if not self.decides_in_one_call:
+            # A decision recorded before a worker stopped may have left its reservation provisional
+            # (_reserve_in_rounds); on one Redis, decide.lua made both at once.
+            await self._settle([decision for decision in recorded if decision.assigned])
         return recorded
 
     async def forget_unexpiring_decisions(self, order_ids: Sequence[str]) -> int:
         """Deletes the decisions of these orders that Redis would keep forever (see forget_unexpiring.lua)."""
         by_partition: dict[int, list[str]] = {}
         for order_id in order_ids:
-            by_partition.setdefault(self.partition_of(order_id), []).append(self.keys.decision(order_id))
+            by_partition.setdefault(self.keys.partition(order_id), []).append(self.keys.decision(order_id))
         return sum(await self._run([("forget_unexpiring", keys, []) for keys in by_partition.values()]))
 
     async def forget_old_layout(self, progress: Callable[[int], None] = lambda removed: None) -> int:
@@ -520,11 +550,12 @@ class RegionIndex:
         return bool(await self.redis.ping())
 
 
-def _located(payload: str) -> list[Located]:
-    """The flat (id, lat, lng, ts) quadruples of candidates.lua and nearby.lua."""
+def _located(payload: str, shard: str) -> list[Located]:
+    """The flat (id, lat, lng, ts) quadruples of candidates.lua and nearby.lua, found in `shard`."""
     flat = orjson.loads(payload)
     return [
-        Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)
+        Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3]), shard)
+        for i in range(0, len(flat), 4)
     ]
 
 

@@ -189,8 +189,9 @@ async def _decide_into(runtime: Runtime, requests: list[AssignmentRequested], de
             (decide.to_assign(requests[i].orderId, now), [(c.driver_id, eta_minutes(c)) for c in cands])
             for i, cands in zip(open_, ranked, strict=True)
         ]
+        found_in = {d.driver_id: d.shard for drivers, _ in found for d, _ in drivers}
         reservations = await _retrying(
-            runtime, lambda o=offers: runtime.index.reserve_first(o, fresh_since, retention_s))
+            runtime, lambda o=offers, f=found_in: runtime.index.reserve_first(o, fresh_since, retention_s, f))
         still_open = []
         for i, cands, (_, maybe_more), reservation in zip(open_, ranked, found, reservations, strict=True):
             context = contexts[i]

@@ -30,7 +30,7 @@ for i = 4, #ARGV, 3 do
     local fixes = redis.call('HMGET', KEYS[2], unpack(found))
     for j, id in ipairs(found) do
       if fixes[j] then
-        local ts, _, lat_, lng_ = string.match(fixes[j], '^(%d+) (%w+) (%S+) (%S+)$')
+        local ts, _, lat_, lng_ = parse_fix(fixes[j])
         if ts and tonumber(ts) >= min_ts then
           out[#out + 1] = id
           out[#out + 1] = lat_

@@ -9,14 +9,6 @@
 -- (two writers' hints crossing: a reservation and a ping); the driver's next ping mends it.
 local changes = cjson.decode(ARGV[1])
 for _, change in ipairs(changes) do
-  local id = change[1]
-  if #change == 1 or math.abs(tonumber(change[3])) > 85.05112878 then
-    -- Redis GEO stops at 85.05 degrees of latitude; no delivery fleet works beyond it.
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-  else
-    redis.call('GEOADD', KEYS[1], change[2], change[3], id)
-    redis.call('HSET', KEYS[2], id, change[4] .. ' ' .. change[5] .. ' ' .. change[3] .. ' ' .. change[2])
-  end
+  apply_hint(KEYS[1], KEYS[2], change)
 end
 return #changes

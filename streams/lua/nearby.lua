@@ -17,7 +17,7 @@ if #found > 0 then
   end
   for j, id in ipairs(found) do
     if fixes[j] then
-      local ts, cell, lat, lng = string.match(fixes[j], '^(%d+) (%w+) (%S+) (%S+)$')
+      local ts, cell, lat, lng = parse_fix(fixes[j])
       if ts and wanted[cell] and tonumber(ts) >= min_ts then
         out[#out + 1] = id
         out[#out + 1] = lat

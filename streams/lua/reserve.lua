@@ -13,21 +13,6 @@ local min_ts, provisional_ms = tonumber(ARGV[1]), ARGV[2]
 local results = {}
 for i = 3, #ARGV do
   local n = i - 2
-  local driver, reservation, order = KEYS[2 * n - 1], KEYS[2 * n], ARGV[i]
-  local holder = redis.call('GET', reservation)
-  if holder == order then
-    results[n] = 2
-  elseif holder then
-    results[n] = 0
-  else
-    local d = redis.call('HMGET', driver, 'avail', 'ts')
-    if d[1] == '1' and tonumber(d[2]) >= min_ts then
-      redis.call('SET', reservation, order, 'PX', provisional_ms)
-      redis.call('HSET', driver, 'avail', '0')
-      results[n] = 1
-    else
-      results[n] = 0
-    end
-  end
+  results[n] = reserve_driver(KEYS[2 * n - 1], KEYS[2 * n], ARGV[i], min_ts, provisional_ms)
 end
 return results

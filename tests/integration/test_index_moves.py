@@ -27,7 +27,7 @@ def _moved(session, dlng: float, version: int, **fields):
 
 
 async def _ready(index: RegionIndex) -> None:
-    await index.mark_ready(range(index.partitions), "epoch")
+    await index.mark_ready(range(index.keys.partitions), "epoch")
 
 
 async def _available_at(index: RegionIndex, cell: str) -> list[str]:
@@ -72,7 +72,7 @@ async def test_a_reserved_driver_moves_without_becoming_available_again(index):
 
 async def test_a_move_the_index_cannot_take_is_written_whole_by_the_writer(index):
     await _ready(index)
-    writer = IndexWriter(index, Metrics(), Settings(partitions=index.partitions))
+    writer = IndexWriter(index, Metrics(), Settings(partitions=index.keys.partitions))
     stranger = located("drv_unknown", 0, 0)  # never written whole: the index has no document
     writer.stage(stranger, moved_only=True)
     result = await writer.flush(FENCE)
@@ -92,7 +92,7 @@ async def test_a_move_the_index_cannot_take_is_written_whole_by_the_writer(index
 
 async def test_a_change_besides_the_position_staged_after_a_move_is_written_whole(index):
     await _ready(index)
-    writer = IndexWriter(index, Metrics(), Settings(partitions=index.partitions))
+    writer = IndexWriter(index, Metrics(), Settings(partitions=index.keys.partitions))
     driver = located("drv_busy", 0, 0)
     await index.write_sessions([driver], FENCE)
     writer.stage(_moved(driver, EAST_KM, version=2), moved_only=True)
@@ -105,7 +105,7 @@ async def test_a_change_besides_the_position_staged_after_a_move_is_written_whol
 
 async def test_a_flush_writes_a_bounded_number_of_drivers_and_leaves_the_rest_pending(index):
     await _ready(index)
-    writer = IndexWriter(index, Metrics(), Settings(partitions=index.partitions))
+    writer = IndexWriter(index, Metrics(), Settings(partitions=index.keys.partitions))
     fleet = [located(f"drv_{n}", 0.00001 * n, 0) for n in range(FLUSH_MAX + 10)]
     for driver in fleet:
         writer.stage(driver)

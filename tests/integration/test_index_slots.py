@@ -1,6 +1,7 @@
 """The index on Redis Cluster terms (infra.redis_keys, streams/lua/): every script call stays in one hash
 slot, so a reservation is made in the driver's slot, the decision in the order's, and then the
-reservation is settled. These are the histories that split them: a worker stopped between the steps,
+reservation is settled; one Redis takes those steps in one call instead (decide.lua), and the same
+histories must hold for it. These are the histories that split them: a worker stopped between the steps,
 two workers deciding the same order, a driver that crosses into another shard cell. Against the real
 Redis, and against the Redis Cluster of `make cluster-up` under `make test-cluster`."""
 
@@ -13,6 +14,7 @@ import h3
 import pytest
 from redis.asyncio import RedisCluster
 
+from infra.local import REDIS_CLUSTER_NODES
 from streams.index import RegionIndex, now_ms
 from streams.logic.shards import shard_of
 from tests.integration.test_index_search import CENTRE, FENCE, RETENTION_S, located, to_assign
@@ -20,8 +22,16 @@ from tests.integration.test_index_search import CENTRE, FENCE, RETENTION_S, loca
 pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
 
+@pytest.fixture(params=["slot by slot"] if REDIS_CLUSTER_NODES else ["slot by slot", "in one call"])
+def index(index, request):
+    """The index deciding each way the run's Redis takes: slot by slot, as on a Redis Cluster, and on
+    one Redis also in one call (decide.lua)."""
+    index.decides_in_one_call = request.param == "in one call"
+    return index
+
+
 async def _ready(index: RegionIndex) -> None:
-    await index.mark_ready(range(index.partitions), "epoch")
+    await index.mark_ready(range(index.keys.partitions), "epoch")
 
 
 async def _candidates(index: RegionIndex) -> list[str]:
@@ -71,6 +81,7 @@ async def test_an_order_decided_by_another_worker_keeps_that_decision_and_frees_
     assert await _candidates(index) == ["drv_second"]
 
 
+@pytest.mark.parametrize("index", ["slot by slot"], indirect=True)  # in one call, nothing is left unsettled
 async def test_a_decided_driver_whose_reservation_expired_is_reserved_again_on_redelivery(index):
     await _ready(index)
     await index.write_sessions([located("drv_decided", 0.001, 0), located("drv_other", 0.002, 0)], FENCE)
@@ -110,6 +121,28 @@ async def test_a_driver_crossing_into_another_shard_is_found_there_alone(index):
 
 
 
+async def test_a_driver_reserved_after_it_crossed_into_another_shard_leaves_that_shards_hints(index):
+    await _ready(index)
+    driver = located("drv_moving", 0, 0)
+    home = shard_of(driver.h3_res9, index.shard_resolution)
+    neighbour = next(iter(set(h3.grid_ring(home, 1))))
+    await index.write_sessions([driver], FENCE)
+    ((found, _),) = await index.candidates([(*CENTRE, 1.0)], 8, now_ms() - 60_000)
+    assert [(d.driver_id, d.shard) for d, _ in found] == [("drv_moving", home)]
+    lat, lng = h3.cell_to_latlng(neighbour)
+    crossed = dataclasses.replace(driver, lat=lat, lng=lng, h3_res9=h3.latlng_to_cell(lat, lng, 9), version=2,
+                                  loc_ts_ms=now_ms())
+    assert (await index.write_sessions([], FENCE, moves=[crossed])).applied == 1
+
+    # Reserved on the strength of the search before it moved, which found it in its old shard.
+    (reservation,) = await index.reserve_first([(to_assign("ord_m"), [("drv_moving", 2)])], now_ms() - 60_000,
+                                               RETENTION_S, found_in={"drv_moving": home})
+    assert reservation.outcome == "reserved"
+    for shard in (home, neighbour):
+        assert await index.redis.zscore(index.keys.available(shard), "drv_moving") is None
+        assert await index.redis.hget(index.keys.fixes(shard), "drv_moving") is None
+
+
 async def test_reservations_and_decisions_wait_for_a_replica_and_go_out_without_one(index):
     missed = []
     index.wait_replicas, index.wait_timeout_ms, index._on_unreplicated = 1, 50, lambda: missed.append(1)
@@ -119,8 +152,9 @@ async def test_reservations_and_decisions_wait_for_a_replica_and_go_out_without_
                                                RETENTION_S)
     assert reservation.outcome == "reserved" and await index.reservation_holder("drv_replicated") == "ord_w"
     replicas = await _replicas(index)
-    # reserve, record and settle each waited: confirmed where a replica runs, counted as missed where none does.
-    assert (len(missed) == 0) if replicas else (len(missed) >= 3)
+    # Each step waited (reserve, record and settle, or the one call): confirmed where a replica runs,
+    # counted as missed where none does.
+    assert (len(missed) == 0) if replicas else (len(missed) >= (1 if index.decides_in_one_call else 3))
 
 
 async def _replicas(index: RegionIndex) -> int:
