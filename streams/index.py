@@ -101,9 +101,9 @@ class RegionIndex:
         self._on_unreplicated = on_unreplicated
         self._node_clients: dict[str, Redis] = {}
         self.keys = RedisKeys(prefix, partitions)
-        # One Redis takes a batch's reservations and decisions in one call (decide.lua); a cluster, where
-        # they live in different slots, slot by slot (_reserve_in_rounds).
-        self.decides_in_one_call = not isinstance(client, RedisCluster)
+        # One Redis takes steps across slots in one call: a batch's reservations and decisions
+        # (decide.lua), a search over several shard cells; a cluster takes them slot by slot.
+        self.single_node = not isinstance(client, RedisCluster)
         self.shard_resolution = shard_resolution
         self._scripts = {name: client.register_script(lua(name)) for name in SCRIPTS}
 
@@ -118,6 +118,21 @@ class RegionIndex:
         for driver_id in driver_ids:
             keys += [self.keys.driver(driver_id), self.keys.reservation(driver_id)]
         return keys
+
+    def _by_node(self, shards_of: Sequence[Sequence[str]]) -> list[tuple[list[str], list[int]]]:
+        """The searches (each reading the shard cells shards_of[i]) grouped into calls, each with the
+        shards it reads: one call for all on one Redis, one per shard on a cluster."""
+        if self.single_node:
+            return [(sorted({shard for shards in shards_of for shard in shards}), list(range(len(shards_of))))]
+        by_shard: dict[str, list[int]] = {}
+        for i, shards in enumerate(shards_of):
+            for shard in shards:
+                by_shard.setdefault(shard, []).append(i)
+        return [([shard], indices) for shard, indices in by_shard.items()]
+
+    def _shard_keys(self, shards: Iterable[str]) -> list[str]:
+        """Each shard's GEO set and fixes hash, in turn: the KEYS of the search scripts."""
+        return [key for shard in shards for key in (self.keys.available(shard), self.keys.fixes(shard))]
 
     async def _run(self, calls: Sequence[Call], replicated: bool = False) -> list:
         """Runs (script, keys, args) calls in one pipeline; their replies in order. `replicated`: the
@@ -330,11 +345,12 @@ class RegionIndex:
         lat, lng = h3.cell_to_latlng(origin)
         reach = max(haversine_km(lat, lng, *h3.cell_to_latlng(c)) + reach_km(c) for c in cells)
         rings = shards_of_cells(cells, self.shard_resolution)
-        calls = [("nearby", [self.keys.available(shard), self.keys.fixes(shard)],
-                  [min_loc_ts_ms, lng, lat, reach * 1.001 + 0.001, *ring])
-                 for shard, ring in rings.items()]
+        groups = self._by_node([list(rings)])
+        calls = [("nearby", self._shard_keys(shards),
+                  [min_loc_ts_ms, lng, lat, reach * 1.001 + 0.001, *(c for shard in shards for c in rings[shard])])
+                 for shards, _ in groups]
         replies = await self._run(calls)
-        located = [d for shard, reply in zip(rings, replies, strict=True) for d in _located(reply, shard)]
+        located = [d for (shards, _), reply in zip(groups, replies, strict=True) for d in _located(reply, shards)]
         ordered = nearest_first({d.driver_id: (d.lat, d.lng) for d in located}, lat, lng)
         return ordered[:limit], cells
 
@@ -345,28 +361,27 @@ class RegionIndex:
         of the point, nearest first, with their distance; and whether the search found `count` (more may
         lie beyond). Each search reads only the drivers near its point (in circles growing up to its
         radius until one holds `count`) in the shard cells within its radius, never the fleet; one
-        round trip for all, one call per shard cell."""
+        round trip for all, in one call on one Redis and one per shard cell on a cluster."""
         if not searches:
             return []
-        by_shard: dict[str, list[int]] = {}
-        for i, (lat, lng, radius_km) in enumerate(searches):
-            for shard in shards_within(lat, lng, radius_km, self.shard_resolution):
-                by_shard.setdefault(shard, []).append(i)
-        calls = []
-        for shard, indices in by_shard.items():
+        shards_of = [shards_within(lat, lng, radius_km, self.shard_resolution) for lat, lng, radius_km in searches]
+        calls, groups = [], self._by_node(shards_of)
+        for shards, indices in groups:
+            number = {shard: j for j, shard in enumerate(shards, 1)}
             args: list = [min_loc_ts_ms, count, FIRST_CIRCLE_KM]
             for i in indices:
                 lat, lng, radius_km = searches[i]
+                read = [number[shard] for shard in shards_of[i] if shard in number]
                 # Redis measures on a slightly different sphere: search a hair wider, then judge by ours,
                 # so that a driver exactly radius_km away qualifies.
-                args += [lng, lat, radius_km * 1.001 + 0.001]
-            calls.append(("candidates", [self.keys.available(shard), self.keys.fixes(shard)], args))
+                args += [lng, lat, radius_km * 1.001 + 0.001, len(read), *read]
+            calls.append(("candidates", self._shard_keys(shards), args))
         found: list[dict[str, Located]] = [{} for _ in searches]
         maybe_more = [False] * len(searches)
-        for (shard, indices), replies in zip(by_shard.items(), await self._run(calls), strict=True):
+        for (shards, indices), replies in zip(groups, await self._run(calls), strict=True):
             for i, (searched, located) in zip(indices, replies, strict=True):
                 maybe_more[i] |= searched >= count
-                found[i].update((d.driver_id, d) for d in _located(located, shard))
+                found[i].update((d.driver_id, d) for d in _located(located, shards))
         results = []
         for (lat, lng, radius_km), drivers, more in zip(searches, found, maybe_more, strict=True):
             measured = ((d, haversine_km(lat, lng, d.lat, d.lng)) for d in drivers.values())
@@ -388,11 +403,11 @@ class RegionIndex:
         by slot (_reserve_in_rounds)."""
         if not offers:
             return []
-        if not self.decides_in_one_call:
+        if not self.single_node:
             return await self._reserve_in_rounds(offers, min_loc_ts_ms, retention_s)
         found_in = found_in or {}
         shards = sorted({found_in[d] for _, candidates in offers for d, _ in candidates if d in found_in})
-        keys = [key for shard in shards for key in (self.keys.available(shard), self.keys.fixes(shard))]
+        keys = self._shard_keys(shards)
         args: list = [min_loc_ts_ms, retention_s, len(shards), *shards]
         for decision, candidates in offers:
             keys += [self.keys.decision(decision.order_id), *self._driver_keys(d for d, _ in candidates)]
@@ -513,7 +528,7 @@ class RegionIndex:
         if not failures:
             return []
         recorded = await self._record(failures, ttl_s)
-        if not self.decides_in_one_call:
+        if not self.single_node:
             # A decision recorded before a worker stopped may have left its reservation provisional
             # (_reserve_in_rounds); on one Redis, decide.lua made both at once.
             await self._settle([decision for decision in recorded if decision.assigned])
@@ -550,12 +565,13 @@ class RegionIndex:
         return bool(await self.redis.ping())
 
 
-def _located(payload: str, shard: str) -> list[Located]:
-    """The flat (id, lat, lng, ts) quadruples of candidates.lua and nearby.lua, found in `shard`."""
+def _located(payload: str, shards: Sequence[str]) -> list[Located]:
+    """The flat (id, lat, lng, ts, j) quintuples of candidates.lua and nearby.lua, j the number of the
+    shard (of `shards`) each was found in."""
     flat = orjson.loads(payload)
     return [
-        Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3]), shard)
-        for i in range(0, len(flat), 4)
+        Located(flat[i], float(flat[i + 1]), float(flat[i + 2]), int(flat[i + 3]), shards[int(flat[i + 4]) - 1])
+        for i in range(0, len(flat), 5)
     ]
 
 

@@ -16,6 +16,7 @@ from redis.asyncio import RedisCluster
 
 from infra.local import REDIS_CLUSTER_NODES
 from streams.index import RegionIndex, now_ms
+from streams.logic.geo import haversine_km
 from streams.logic.shards import shard_of
 from tests.integration.test_index_search import CENTRE, FENCE, RETENTION_S, located, to_assign
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALIN
 def index(index, request):
     """The index deciding each way the run's Redis takes: slot by slot, as on a Redis Cluster, and on
     one Redis also in one call (decide.lua)."""
-    index.decides_in_one_call = request.param == "in one call"
+    index.single_node = request.param == "in one call"
     return index
 
 
@@ -121,6 +122,26 @@ async def test_a_driver_crossing_into_another_shard_is_found_there_alone(index):
 
 
 
+async def test_a_search_across_a_shard_edge_finds_the_nearest_of_both_shards(index):
+    await _ready(index)
+    home = shard_of(h3.latlng_to_cell(*CENTRE, 9), index.shard_resolution)
+    neighbour = next(iter(set(h3.grid_ring(home, 1))))
+    (lat0, lng0), (lat1, lng1) = h3.cell_to_latlng(home), h3.cell_to_latlng(neighbour)
+    # Drivers on the line between the two shards' centres, on both sides of their edge.
+    points = {f"drv_{n}": (lat0 + (lat1 - lat0) * f, lng0 + (lng1 - lng0) * f)
+              for n, f in enumerate((0.40, 0.44, 0.47, 0.49, 0.51, 0.53, 0.56, 0.60))}
+    sessions = [dataclasses.replace(located(driver, 0, 0), lat=lat, lng=lng, h3_res9=h3.latlng_to_cell(lat, lng, 9))
+                for driver, (lat, lng) in points.items()]
+    assert {shard_of(session.h3_res9, index.shard_resolution) for session in sessions} == {home, neighbour}
+    await index.write_sessions(sessions, FENCE)
+    point = (lat0 + (lat1 - lat0) * 0.505, lng0 + (lng1 - lng0) * 0.505)
+
+    ((found, maybe_more),) = await index.candidates([(*point, 20.0)], 3, now_ms() - 60_000)
+    nearest = sorted(points, key=lambda driver: haversine_km(*point, *points[driver]))[:3]
+    assert [d.driver_id for d, _ in found] == nearest and maybe_more
+    assert {d.shard for d, _ in found} == {home, neighbour}
+
+
 async def test_a_driver_reserved_after_it_crossed_into_another_shard_leaves_that_shards_hints(index):
     await _ready(index)
     driver = located("drv_moving", 0, 0)
@@ -154,7 +175,7 @@ async def test_reservations_and_decisions_wait_for_a_replica_and_go_out_without_
     replicas = await _replicas(index)
     # Each step waited (reserve, record and settle, or the one call): confirmed where a replica runs,
     # counted as missed where none does.
-    assert (len(missed) == 0) if replicas else (len(missed) >= (1 if index.decides_in_one_call else 3))
+    assert (len(missed) == 0) if replicas else (len(missed) >= (1 if index.single_node else 3))
 
 
 async def _replicas(index: RegionIndex) -> int:
