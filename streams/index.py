@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import NamedTuple
 
 import h3
 import orjson
@@ -68,8 +69,10 @@ class WriteResult:
     unmovable: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Located:
+class Located(NamedTuple):
+    """An available driver a search found. A tuple: a batch's searches make thousands, and a frozen
+    dataclass costs several times as much to build."""
+
     driver_id: str
     lat: float
     lng: float

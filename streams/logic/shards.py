@@ -10,11 +10,15 @@ import functools
 
 import h3
 
-from streams.logic.geo import NEARBY_RESOLUTION, haversine_km
+from streams.logic.geo import haversine_km
 
 # Radii are rounded up to this step before the shards are looked up: reading one shard too many costs
 # little, and a fleet's searches then share a handful of cached answers.
 RADIUS_STEP_KM = 0.5
+# And points to a cell of this resolution (about 5 km2): a city's requests then share a few hundred
+# cached answers, where its resolution-9 cells would miss the cache for most restaurants, for a shard
+# read now and then that only the cell's reach (about 1.2 km) brought in.
+SEARCH_CELL_RESOLUTION = 7
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -33,7 +37,8 @@ def reach_km(cell: str) -> float:
 def shards_within(lat: float, lng: float, km: float, resolution: int) -> tuple[str, ...]:
     """Every shard cell that comes within `km` of the point (and maybe a few that do not)."""
     steps = -(-km // RADIUS_STEP_KM)
-    return _shards_near(h3.latlng_to_cell(lat, lng, NEARBY_RESOLUTION), steps * RADIUS_STEP_KM, resolution)
+    near = h3.latlng_to_cell(lat, lng, max(SEARCH_CELL_RESOLUTION, resolution))
+    return _shards_near(near, steps * RADIUS_STEP_KM, resolution)
 
 
 @functools.lru_cache(maxsize=1 << 16)

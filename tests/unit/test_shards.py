@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.logic.geo import EARTH_RADIUS_KM, haversine_km
-from streams.logic.shards import reach_km, shard_of, shards_of_cells, shards_within
+from streams.logic.shards import SEARCH_CELL_RESOLUTION, reach_km, shard_of, shards_of_cells, shards_within
 
 RESOLUTION = 5
 
@@ -46,9 +46,10 @@ def test_a_wide_search_reads_the_rings_it_reaches_and_stops():
     assert read[0] == home and len(set(read)) == len(read)
     farthest = max(h3.grid_distance(home, s) for s in read)
     assert 2 <= farthest <= 5
-    # Nothing read lies wholly beyond the radius (plus the search cell's own size).
+    # Nothing read lies wholly beyond the radius (plus the radius step and the search cell's size).
+    near = h3.latlng_to_cell(lat, lng, SEARCH_CELL_RESOLUTION)
     for shard in read:
-        assert haversine_km(lat, lng, *h3.cell_to_latlng(shard)) <= 30.0 + 0.5 + reach_km(shard) + 0.2
+        assert haversine_km(lat, lng, *h3.cell_to_latlng(shard)) <= 30.0 + 0.5 + 2 * reach_km(near) + reach_km(shard)
 
 
 def test_cells_are_grouped_by_their_shard():
