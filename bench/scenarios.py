@@ -49,7 +49,7 @@ class Sizes:
         500, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 10_000, 12_000, 15_000, 20_000, 25_000,
     )
     ramp_step_s: float = 6.0
-    scale_pings: int = 240_000
+    scale_pings: int = 720_000
     scale_drivers: int = 20_000
     assign_drivers: int = 10_000
     api_seconds: float = 10.0
@@ -498,61 +498,99 @@ SCALE_PARTITIONS = 8
 
 def scale(run: Run) -> None:
     """The same ping backlog drained by one, two and four workers of one group on 8 partitions, each
-    count in a group of its own; and the model that predicts the counts above one from the one-worker
+    count on topics of its own; and the model that predicts the counts above one from the one-worker
     run: a worker's rate times the workers, until the CPU that one ping costs the whole machine (the
-    workers, the broker and Redis) uses every core (docs/SCALING.md)."""
+    workers, the broker and Redis) uses every core (docs/SCALING.md).
+
+    What is measured is a formed group draining, not its forming: the workers start on empty topics,
+    and once the group holds every partition with no rebalance under way they are paused (SIGSTOP)
+    while the backlog is written, and resumed together. Workers that join one by one instead rebalance
+    the group once per join, and each rebalance makes the new owners restore their tables and rewrite
+    their partitions' part of the index: a cost of the joins (docs/SCALING.md), which in a drain of a
+    few seconds outweighed the pings."""
     s = run.sizes
-    dep = run.deployment("s", partitions=SCALE_PARTITIONS)
-    dep.apply_topics()
-    try:
-        run.log(f"scale: {s.scale_pings} pings from {s.scale_drivers} drivers, {SCALE_PARTITIONS} partitions")
-        dep.tool("bench.load", "pings", "--drivers", str(s.scale_drivers), "--count", str(s.scale_pings))
-        broker, redis_server = listener_pid(dep.bootstrap.split(",")[0]), listener_pid(_redis_address(dep))
-        servers = {"broker": broker, "redis": redis_server}
-        cores = psutil.cpu_count() or 1
-        result: dict[str, Any] = {"pings": s.scale_pings, "drivers": s.scale_drivers, "partitions": SCALE_PARTITIONS,
-                                  "cores": cores, "servers_measured": [name for name, pid in servers.items() if pid]}
-        memory0 = _redis_memory(dep)
-        for n in SCALE_WORKERS:
-            group = Deployment(workdir=dep.workdir, prefix=dep.prefix, app_id=f"x{n}",
-                               redis_prefix=f"{dep.redis_prefix}x{n}:", partitions=dep.partitions,
-                               checkout=dep.checkout)
-            workers = [group.start_worker(f"w{i}") for i in range(n)]
-            # From the moment every worker has work (rebalance done) to 95 % of the backlog: the rate,
-            # and the CPU every process of the machine spent on those pings.
-            follow(workers, pings_seen, 1, timeout=300, settle=lambda stats: pings_seen(stats) > 0)
-            cpu0 = _cpu(workers, servers)
+    cores = psutil.cpu_count() or 1
+    result: dict[str, Any] = {"pings": s.scale_pings, "drivers": s.scale_drivers, "partitions": SCALE_PARTITIONS,
+                              "cores": cores}
+    run.log(f"scale: {s.scale_pings} pings from {s.scale_drivers} drivers, {SCALE_PARTITIONS} partitions")
+    for n in SCALE_WORKERS:
+        dep = run.deployment(f"s{n}", partitions=SCALE_PARTITIONS)
+        dep.apply_topics()
+        try:
+            broker, redis_server = listener_pid(dep.bootstrap.split(",")[0]), listener_pid(_redis_address(dep))
+            servers = {"broker": broker, "redis": redis_server}
+            result["servers_measured"] = [name for name, pid in servers.items() if pid]
+            # The workers sleep through the backlog's writing: a session timeout longer than it takes.
+            workers = [dep.start_worker(f"w{i}", GEODISPATCH_KAFKA_SESSION_TIMEOUT_S="90") for i in range(n)]
+            _wait_formed(workers, SCALE_PARTITIONS)
+            memory0 = _redis_memory(dep)
+            for worker in workers:
+                worker.process.send_signal(signal.SIGSTOP)
+            try:
+                dep.tool("bench.load", "pings", "--drivers", str(s.scale_drivers), "--count", str(s.scale_pings))
+                cpu0 = _cpu(workers, servers)
+            finally:
+                for worker in workers:
+                    worker.process.send_signal(signal.SIGCONT)
+            # From the resume to 95 % of the backlog: the rate, and the CPU every process of the machine
+            # spent on those pings.
             series = follow(workers, pings_seen, int(0.95 * s.scale_pings), timeout=300)
             cpu1 = _cpu(workers, servers)
-            active, end = series[0], series[-1]
-            rate = (end[1] - active[1]) / (end[0] - active[0]) if end[0] > active[0] else None
+            resumed, end = series[0], series[-1]
+            rate = end[1] / (end[0] - resumed[0]) if end[0] > resumed[0] else None
             follow(workers, pings_seen, s.scale_pings, timeout=300, settle=index_settled)
-            done = end[1] - active[1]
+            done = end[1]
             per_ping = {part: round((cpu1[part] - cpu0[part]) / done * 1e6, 2) for part in cpu0} if done else {}
             result[f"workers_{n}"] = {
                 "rate": round(rate, 1) if rate else None,
                 "cpu_us_per_ping": round(sum(per_ping.values()), 1) if per_ping else None,
                 "cpu_us_per_ping_by_process": per_ping,
                 "per_worker": list(series[-1][2:]),
-                "series": [(round(p[0] - workers[0].started_at, 2), p[1]) for p in series],
+                "series": [(round(p[0] - resumed[0], 2), p[1]) for p in series],
             }
             if n == 1:
                 result["redis_bytes_per_driver"] = round((_redis_memory(dep) - memory0) / s.scale_drivers)
             run.log(f"scale: {n} worker(s): {rate or 0:.0f} pings/s")
-            group.stop_all()
-        one = result["workers_1"]
-        for n in SCALE_WORKERS:
-            rate = result[f"workers_{n}"]["rate"]
-            predicted = predicted_rate(one["rate"], one["cpu_us_per_ping"], n, cores)
-            result[f"workers_{n}"]["predicted"] = round(predicted, 1) if predicted else None
-            ratio = round(rate / predicted, 3) if rate and predicted else None
-            result[f"workers_{n}"]["measured_over_predicted"] = ratio
-        r1, r2, r4 = (result[f"workers_{n}"]["rate"] for n in SCALE_WORKERS)
-        result["ratio"] = round(r2 / r1, 3) if r1 and r2 else None
-        result["ratio_four_two"] = round(r4 / r2, 3) if r2 and r4 else None
-        run.results["scale"] = result
-    finally:
-        dep.cleanup()
+        finally:
+            dep.cleanup()
+    one = result["workers_1"]
+    for n in SCALE_WORKERS:
+        rate = result[f"workers_{n}"]["rate"]
+        predicted = predicted_rate(one["rate"], one["cpu_us_per_ping"], n, cores)
+        result[f"workers_{n}"]["predicted"] = round(predicted, 1) if predicted else None
+        ratio = round(rate / predicted, 3) if rate and predicted else None
+        result[f"workers_{n}"]["measured_over_predicted"] = ratio
+    r1, r2, r4 = (result[f"workers_{n}"]["rate"] for n in SCALE_WORKERS)
+    result["ratio"] = round(r2 / r1, 3) if r1 and r2 else None
+    result["ratio_four_two"] = round(r4 / r2, 3) if r2 and r4 else None
+    run.results["scale"] = result
+
+
+def _wait_formed(workers: list[WorkerProcess], partitions: int, timeout: float = 180.0, steady_s: float = 3.0) -> None:
+    """Until the workers' group holds every partition of the statuses topic (which the pings follow),
+    each worker some, none rebalancing, for `steady_s` on end."""
+    deadline, since = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        held: list[list[str]] = []
+        for worker in workers:
+            try:
+                stats = worker.stats()
+            except (OSError, RuntimeError, ValueError):
+                stats = None
+            if not stats or not stats["ready"] or stats["partitions"]["rebalancing"]:
+                held = []
+                break
+            assigned = stats["partitions"]["assigned"]
+            held.append([tp for tp in assigned if tp.rsplit(":", 1)[0].endswith("driver_status")])
+        formed = len(held) == len(workers) and all(held) and sum(map(len, held)) == partitions
+        since = (since or time.monotonic()) if formed else None
+        if since is not None and time.monotonic() - since >= steady_s:
+            return
+        for worker in workers:
+            if not worker.alive():
+                raise RuntimeError(f"worker {worker.name} died:\n{worker.log_tail()}")
+        time.sleep(0.25)
+    raise TimeoutError(f"the group of {len(workers)} did not settle on {partitions} partitions within {timeout}s")
 
 
 def predicted_rate(one_rate: float | None, cpu_us_per_ping: float | None, workers: int, cores: int) -> float | None:

@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     # How long the group waits for a silent worker before handing its partitions to another one:
-    # the bound on how long a crashed worker's drivers and orders wait.
-    kafka_session_timeout_s: float = Field(30.0, ge=6, le=300)
+    # the bound on how long a crashed worker's drivers and orders wait. Faust refuses one longer than
+    # its broker request timeout (90 s).
+    kafka_session_timeout_s: float = Field(30.0, ge=6, le=90)
     # How long the producer waits to fill a batch; see streams/app.py (faust_options) for the trade-off.
     producer_linger_ms: int = Field(2, ge=0, le=1000)
     # Prefixes every topic name; tests use it to get topics of their own on a shared broker.

@@ -59,7 +59,9 @@ class Health(View):
 class Stats(View):
     async def get(self, request: Request) -> Response:
         runtime: Runtime = self.app.runtime
-        body, status = await timed(runtime.metrics, "stats", stats_answer(runtime, self.app.ready()))
+        partitions = {"assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in self.app.consumer.assignment()),
+                      "rebalancing": bool(self.app.rebalancing)}
+        body, status = await timed(runtime.metrics, "stats", stats_answer(runtime, self.app.ready(), partitions))
         return self.json(body, status=status)
 
 
@@ -72,16 +74,19 @@ def _counter_totals(metric) -> dict[str, float]:
     return totals
 
 
-async def stats_answer(runtime: Runtime, ready: bool) -> Answer:
-    return stats_document(runtime, ready), 200
+async def stats_answer(runtime: Runtime, ready: bool, partitions: dict[str, Any]) -> Answer:
+    return stats_document(runtime, ready, partitions), 200
 
 
-def stats_document(runtime: Runtime, ready: bool) -> dict[str, Any]:
+def stats_document(runtime: Runtime, ready: bool, partitions: dict[str, Any]) -> dict[str, Any]:
+    """The worker's figures; `partitions`: the topic partitions it holds ("topic:n") and whether its
+    group is rebalancing."""
     m = runtime.metrics
     latency = m.assignment_latency_window.percentiles(0.5, 0.95, 0.99)
     return {
         "roles": list(runtime.settings.roles),
         "ready": ready,
+        "partitions": partitions,
         "drivers": {
             "online": runtime.stats.get("drivers_online", 0),
             "available": runtime.stats.get("drivers_available", 0),

@@ -70,3 +70,6 @@ def test_health_and_stats_are_json(worker):
     assert body["kafka"] == "connected" and body["redis"] == "connected"
     status, body = worker.get("/stats")
     assert status == 200 and "drivers" in body and "pings" in body
+    # The worker holds every partition of its one-worker group, its statuses' among them.
+    assert body["partitions"]["rebalancing"] is False
+    assert any(tp.endswith("driver_status:0") for tp in body["partitions"]["assigned"]), body
