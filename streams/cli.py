@@ -151,6 +151,30 @@ def topics_apply(regions: str | None, dry_run: bool, create_only: bool, allow_re
         sys.exit(1)
 
 
+@topics.command("grow")
+def topics_grow() -> None:
+    """Grow a stopped deployment to GEODISPATCH_PARTITIONS partitions, keeping every driver's session
+    and every order's decision: widen every keyed topic and both changelogs, move each table entry
+    whose key now hashes to another partition (a copy, then a tombstone in the old one), and move the
+    drivers', reservations' and decisions' Redis keys to their new partitions, with a new index epoch.
+
+    \b
+    Stop every worker first (exit 2 while a consumer group of the deployment has members); then
+    raise GEODISPATCH_PARTITIONS everywhere and start them. A run cut short is finished by running it
+    again. Records the workers had not read yet are moved to their new partitions as they are read."""
+    from infra.repartition import WorkersRunning, grow
+
+    settings = _settings()
+    try:
+        growth = asyncio.run(grow(settings, lambda line: click.echo(line, err=True)))
+    except WorkersRunning as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    moved = sum((growth.entries_moved or {}).values())
+    click.echo(f"grown from {growth.partitions_before} to {growth.partitions} partitions: {growth.topics_widened} "
+               f"topics widened, {moved} table entries and {growth.redis_keys_moved} Redis keys moved")
+
+
 @topics.command("list")
 def topics_list() -> None:
     """List the topics on the broker with their partition counts."""
