@@ -55,48 +55,51 @@ def test_growing_the_partitions_keeps_sessions_reservations_and_decisions(small)
     worker.stop()
 
     grown = dataclasses.replace(small, partitions=AFTER, workers=[])
-    out = grown.cli("topics", "grow")
-    assert f"grown from {BEFORE} to {AFTER} partitions" in out.stdout, out.stdout + out.stderr
-    assert " 0 table entries" not in out.stdout and " 0 Redis keys" not in out.stdout, out.stdout
-    # Each moved driver's entry in the sessions changelog: live on his new partition, deleted on his old
-    # one, whichever worker comes to own either.
-    latest = {(r.partition, r.key): r.value
-              for r in grown.read_all(grown.names.changelog(grown.app_id, SESSIONS_TABLE))}
-    for driver in moving:
-        key = driver.encode()
-        assert latest[(key_partition(key, AFTER), key)] is not None, driver
-        assert latest[(key_partition(key, BEFORE), key)] is None, driver
-    client, keys = grown.redis(), grown.redis_keys
     try:
-        assert client.get(keys.reservation(moving[0])) == "ord_before"
-        assert client.exists(small.redis_keys.reservation(moving[0])) == 0
+        out = grown.cli("topics", "grow")
+        assert f"grown from {BEFORE} to {AFTER} partitions" in out.stdout, out.stdout + out.stderr
+        assert " 0 table entries" not in out.stdout and " 0 Redis keys" not in out.stdout, out.stdout
+        # Each moved driver's entry in the sessions changelog: live on his new partition, deleted on his old
+        # one, whichever worker comes to own either.
+        latest = {(r.partition, r.key): r.value
+                  for r in grown.read_all(grown.names.changelog(grown.app_id, SESSIONS_TABLE))}
+        for driver in moving:
+            key = driver.encode()
+            assert latest[(key_partition(key, AFTER), key)] is not None, driver
+            assert latest[(key_partition(key, BEFORE), key)] is None, driver
+        client, keys = grown.redis(), grown.redis_keys
+        try:
+            assert client.get(keys.reservation(moving[0])) == "ord_before"
+            assert client.exists(small.redis_keys.reservation(moving[0])) == 0
+        finally:
+            client.close()
+
+        worker = grown.start_worker("w1")  # the same data directory, its stores of two partitions
+        worker.wait_ready(timeout=90)
+        city = City(grown, worker)
+        # Each moved driver's next ping, on his new partition, goes on from his session. (One worker holds
+        # the old partitions too: the changelog check above is what shows the entries moved.)
+        for i, driver in enumerate(moving):
+            lat = RESTAURANT[0] + 0.0001 * (i + 1)
+            send_ping(grown, driver, lat, RESTAURANT[1])
+            wait_for(lambda d=driver, la=lat: (city.session(d).get("last_loc") or {}).get("lat") == la,
+                     timeout=60, message=f"{driver}'s ping after the growth")
+        after = {driver: city.session(driver) for driver in fleet}
+        for driver in fleet:
+            assert after[driver]["online"] is True, (driver, after[driver])
+            assert after[driver]["trip_id"] == before[driver]["trip_id"], driver
+        assert after[on_trip]["trip_id"] == "ord_trip"
+
+        city.ask("ord_before")
+        city.ask("ord_after")
+        answers = city.answers(3)
+        assert answers["ord_before"] == [decided, decided]
+        assert answers["ord_after"][0]["driverId"] not in (moving[0], on_trip)
+
+        refused = grown.cli("topics", "grow", check=False)
+        assert refused.returncode == 2 and "stop every worker" in refused.stderr, refused.stderr
+        worker.stop()
+        again = grown.cli("topics", "grow")
+        assert "0 topics widened, 0 table entries and 0 Redis keys moved" in again.stdout, again.stdout
     finally:
-        client.close()
-
-    worker = grown.start_worker("w1")  # the same data directory, its stores of two partitions
-    worker.wait_ready(timeout=90)
-    city = City(grown, worker)
-    # A ping makes each moved driver's new owner read his session from its table: had the entry not
-    # moved, the driver would start again offline, without his trip.
-    for i, driver in enumerate(moving):
-        lat = RESTAURANT[0] + 0.0001 * (i + 1)
-        send_ping(grown, driver, lat, RESTAURANT[1])
-        wait_for(lambda d=driver, la=lat: (city.session(d).get("last_loc") or {}).get("lat") == la,
-                 timeout=60, message=f"{driver}'s ping after the growth")
-    after = {driver: city.session(driver) for driver in fleet}
-    for driver in fleet:
-        assert after[driver]["online"] is True, (driver, after[driver])
-        assert after[driver]["trip_id"] == before[driver]["trip_id"], driver
-    assert after[on_trip]["trip_id"] == "ord_trip"
-
-    city.ask("ord_before")
-    city.ask("ord_after")
-    answers = city.answers(3)
-    assert answers["ord_before"] == [decided, decided]
-    assert answers["ord_after"][0]["driverId"] not in (moving[0], on_trip)
-
-    refused = grown.cli("topics", "grow", check=False)
-    assert refused.returncode == 2 and "stop every worker" in refused.stderr, refused.stderr
-    worker.stop()
-    again = grown.cli("topics", "grow")
-    assert "0 topics widened, 0 table entries and 0 Redis keys moved" in again.stdout, again.stdout
+        grown.stop_all()  # small's cleanup stops only the workers it started
