@@ -21,7 +21,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -62,8 +62,8 @@ class Growth:
     partitions_before: int = 0
     partitions: int = 0
     topics_widened: int = 0
-    entries_moved: dict[str, int] | None = None
-    entries_already_moved: dict[str, int] | None = None
+    entries_moved: dict[str, int] = field(default_factory=dict)
+    entries_already_moved: dict[str, int] = field(default_factory=dict)
     redis_keys_moved: int = 0
 
 
@@ -103,7 +103,6 @@ async def grow(settings: Settings, progress: Callable[[str], None] = lambda line
         progress(f"topics: {growth.topics_widened} widened to {settings.partitions} partitions")
     finally:
         await admin.close()
-    growth.entries_moved, growth.entries_already_moved = {}, {}
     for changelog in changelogs:
         moved, already = await _move_entries(settings, changelog)
         growth.entries_moved[changelog], growth.entries_already_moved[changelog] = moved, already

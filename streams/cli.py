@@ -170,7 +170,7 @@ def topics_grow() -> None:
     except WorkersRunning as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    moved = sum((growth.entries_moved or {}).values())
+    moved = sum(growth.entries_moved.values())
     click.echo(f"grown from {growth.partitions_before} to {growth.partitions} partitions: {growth.topics_widened} "
                f"topics widened, {moved} table entries and {growth.redis_keys_moved} Redis keys moved")
 

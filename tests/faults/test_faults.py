@@ -58,24 +58,25 @@ def test_zombie_worker(deployment):
     _assert_clean(scenarios.zombie(deployment, duration, pause))
 
 
+def _started(server):
+    """A fault test's own server, started for the test and closed after it."""
+    server.start()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def own_broker(tmp_path):
     from tests.faults.servers import Broker
 
-    broker = Broker(tmp_path)
-    broker.start()
-    yield broker
-    broker.close()
+    yield from _started(Broker(tmp_path))
 
 
 @pytest.fixture
 def own_redis(tmp_path):
     from tests.faults.servers import RedisServer
 
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.close()
+    yield from _started(RedisServer(tmp_path))
 
 
 # The short form restarts the broker the hard way only; the long one does both.
@@ -120,10 +121,7 @@ def test_rebalance_churn(deployment):
 def own_cluster(tmp_path):
     from tests.faults.servers import Cluster
 
-    cluster = Cluster(tmp_path)
-    cluster.start()
-    yield cluster
-    cluster.close()
+    yield from _started(Cluster(tmp_path))
 
 
 def test_cluster_broker_kill(own_cluster, deployment):
