@@ -24,7 +24,7 @@ REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
 endif
 export KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT KAFKA_BOOTSTRAP_SERVERS REDIS_URL
 
-.PHONY: help setup infra-up infra-down cluster-up cluster-down test-cluster topics run test test-unit upgrade-test lint demo demo-stop bench faults clean
+.PHONY: help setup infra-up infra-down cluster-up cluster-down test-cluster topics run test test-unit upgrade-test lint demo demo-stop compare bench faults clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -131,6 +131,17 @@ demo: topics ## the deployment of `make run` + a simulated city for DEMO_SECONDS
 	@echo "demo: the workers keep running (pid $$(cat $(DEMO_PID))): inspect dead letters with"
 	@echo "        $(GD) dlq list"
 	@echo "      stop it with 'make demo-stop'; 'make demo' starts it again"
+
+# `make compare`: greedy and batch matching on the same seeded city, for each scenario, each policy
+# against a worker of its own; tables and pictures in COMPARE_DIR/<scenario> (docs/MATCHING.md).
+COMPARE_ARGS ?= --drivers 300 --orders-per-s 3 --duration 90 --speedup 10 --seed 7
+COMPARE_DIR ?= results/compare
+
+compare: topics ## greedy vs batch matching on the simulator's three scenarios (about 15 min): tables and pictures in results/compare
+	@for scenario in balanced shortage rush; do \
+	  $(GD) simulate --compare greedy,batch --scenario $$scenario $(COMPARE_ARGS) \
+	    --results $(COMPARE_DIR)/$$scenario --pictures || exit 1; \
+	done
 
 demo-stop: ## stop the workers `make demo` left running
 	@if [ -f $(DEMO_PID) ] && kill -0 "$$(cat $(DEMO_PID))" 2>/dev/null; then \

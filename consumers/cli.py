@@ -365,3 +365,75 @@ def orders_show(db_path, order_id, as_json):
     for text in table(rows, columns):
         click.echo(text)
     click.echo(f"{len(rows)} order(s)")
+
+
+# -- supply-demand ---------------------------------------------------------------------------------------------
+
+
+@click.group("supply-demand")
+def supply_demand() -> None:
+    """The supply/demand feed (dispatch.supply_demand): available drivers, requests, assignments and
+    refusals per H3 cell, each cell's shares (by kind and source partition) added up."""
+
+
+@supply_demand.command("show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per cell instead of a table.")
+def supply_demand_show(as_json):
+    """Each cell of the feed with its shares added up, busiest first, and the totals."""
+    from dataclasses import asdict
+
+    from consumers.supply_demand import add_up, grand_total, read_feed
+
+    settings = commandline.settings()
+    shares = commandline.run(read_feed(settings))
+    per_cell = add_up(shares.latest.values())
+    rows = [{"h3": cell, **asdict(totals)} for cell, totals in per_cell.items()]
+    rows.sort(key=lambda row: (-row["requests"], -row["available_drivers"], row["h3"]))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    columns = [("H3", "h3", 15), ("AVAILABLE", "available_drivers", 9), ("REQUESTS", "requests", 8),
+               ("ASSIGNED", "assigned", 8), ("REFUSED", "refused", 7)]
+    for line in table(rows, columns):
+        click.echo(line)
+    totals = grand_total(per_cell)
+    click.echo(f"{len(rows)} cell(s), {len(shares.latest)} share(s): {totals.available_drivers} available, "
+               f"{totals.requests} requests ({totals.assigned} assigned, {totals.refused} refused) in the last "
+               f"{settings.supply_demand_window_s} s" + (f"; {shares.invalid} unreadable record(s)" if shares.invalid
+                                                          else ""))
+
+
+@supply_demand.command("check")
+@click.option("--settle-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Compare again for this long while the feed and the replay differ (the feed is written "
+                   "once a second).")
+def supply_demand_check(settle_s):
+    """Replay the run's own topics (presence, statuses, pings, answers, trip events, requests) and check
+    that every share of the feed has the counts the replay gives: exit 0 when they are equal, 1 with each
+    difference when not. Meant for a quiet pipeline: records in flight, or answers at the window's edge,
+    differ for a moment."""
+    from consumers.supply_demand import counts_by_share, differences, read_feed, replay
+
+    settings = commandline.settings()
+    window_ms = settings.supply_demand_window_s * 1000
+
+    async def compare() -> tuple[list[str], int, int]:
+        deadline = time.monotonic() + settle_s
+        while True:
+            replayed = await replay(settings)
+            shares = await read_feed(settings)
+            expected = replayed.counts(since_ms=time.time() * 1000 - window_ms)
+            found = differences(counts_by_share(shares.latest.values()), expected)
+            if not found or time.monotonic() >= deadline:
+                return found, len(expected), shares.invalid
+            await asyncio.sleep(1.0)
+
+    found, shares, invalid = commandline.run(compare())
+    for line in found:
+        click.echo(line)
+    if found or invalid:
+        click.echo(f"supply/demand: {len(found)} share(s) differ from the replay, {invalid} unreadable record(s)",
+                   err=True)
+        sys.exit(commandline.EXIT_FAILED)
+    click.echo(f"supply/demand: the feed's {shares} share(s) equal the replay of the run's topics")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 Role = Literal["sessions", "assignments", "api"]
 STREAM_ROLES: tuple[Role, ...] = ("sessions", "assignments")
 ALL_ROLES: tuple[Role, ...] = (*STREAM_ROLES, "api")
+Matching = Literal["greedy", "batch"]
+MATCHING_POLICIES: tuple[Matching, ...] = get_args(Matching)
 
 
 def _env(name: str) -> AliasChoices:
@@ -101,6 +103,12 @@ class Settings(BaseSettings):
     # Pings fetched and applied at a time (streams/agents/pings.py).
     ping_batch_max_records: int = Field(2000, ge=1, le=100_000)
 
+    # -- the supply/demand feed (streams.supply_demand) ------------------------------------------
+    # The H3 resolution of its cells: 7 is ~5 km² a cell, a neighbourhood.
+    supply_demand_resolution: int = Field(7, ge=0, le=9)
+    # The sliding window the demand counts (requests, assignments, refusals) cover.
+    supply_demand_window_s: int = Field(300, ge=1, le=86_400)
+
     # -- assignment (seed 003's priority score) -------------------------------------------------
     # Non-negative weights keep the score non-increasing in the driver's distance, which is what
     # lets the candidate search stop at the nearest few drivers.
@@ -124,6 +132,11 @@ class Settings(BaseSettings):
     # acknowledged. A block is at most a quarter of it, so the next blocks are decided while earlier
     # answers wait for the broker (bench/README.md).
     answers_in_flight: int = Field(256, ge=1, le=10_000)
+    # greedy: each request of a block, in turn, gets its best candidate still free. batch: the requests
+    # of a window are matched together (streams.logic.matching): most orders served, then the highest
+    # total score; each waits up to match_window_ms for the others of its window.
+    matching: Matching = "greedy"
+    match_window_ms: int = Field(300, ge=1, le=10_000)
 
     # -- failures -------------------------------------------------------------------------------
     retry_attempts: int = Field(4, ge=1)

@@ -25,6 +25,9 @@ DLQ = "dispatch.dlq"
 # Internal, keyed by driver: the assignment agent and the liveness timer ask the sessions agent (which
 # owns the driver's state) to record a trip or to check a heartbeat.
 DRIVER_COMMANDS = "dispatch.driver_commands"
+# Compacted: available drivers and demand per H3 cell, one record per cell, kind and source partition
+# (streams.supply_demand writes it, consumers.supply_demand reads it).
+SUPPLY_DEMAND = "dispatch.supply_demand"
 # The worker's tables, each with its changelog topic (faust's naming: "{app id}-{table}-changelog").
 SESSIONS_TABLE = "driver_sessions"
 DECISIONS_TABLE = "assignment_decisions"
@@ -103,6 +106,10 @@ class TopicNames:
     def driver_commands(self) -> str:
         return self.prefix + DRIVER_COMMANDS
 
+    @property
+    def supply_demand(self) -> str:
+        return self.prefix + SUPPLY_DEMAND
+
     def changelog(self, app_id: str, table: str) -> str:
         return f"{self.prefix}{app_id}-{table}-changelog"
 
@@ -137,5 +144,9 @@ def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replicati
         TopicSpec(names.dlq, 1, replication, dead_letters, dead_letters_kept),
     ]
     compacted = {"cleanup.policy": "compact", **durable}
+    # One partition whatever GEODISPATCH_PARTITIONS: its keys name the source partition already, and a
+    # topic widened later would keep each key's older records on the partition it left. Segments roll
+    # hourly so that compaction (which never touches the active segment) keeps it small.
+    specs.append(TopicSpec(names.supply_demand, 1, replication, compacted, {"segment.ms": str(3600 * 1000)}))
     specs += [TopicSpec(names.changelog(app_id, table), partitions, replication, compacted) for table in TABLES]
     return specs

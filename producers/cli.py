@@ -11,9 +11,11 @@ from pathlib import Path
 
 import click
 
+from infra.settings import MATCHING_POLICIES
 from producers import commandline
 from producers.pacing import RateLimiter
 from producers.publisher import Publisher
+from producers.simulator import SCENARIOS
 from schemas.models import AssignmentRequested, DriverStatus, LocationPing, Message, TripEvent
 
 FORMAT = click.option(
@@ -31,6 +33,20 @@ LINGER = click.option("--linger-ms", type=click.IntRange(min=0), default=5, show
 QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the summary line.")
 TS = click.option("--ts", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]),
                   default=None, help="Event time, ISO-8601 with an offset (default: now).")
+
+
+# A comparison's drain: long enough for the last orders' food and drivers at the demo's speed-ups.
+COMPARE_DRAIN_S = 300.0
+
+
+def _policies(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    policies = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [p for p in policies if p not in MATCHING_POLICIES]
+    if unknown or not policies or len(set(policies)) != len(policies):
+        raise click.BadParameter(f"{value!r}: name each of {', '.join(MATCHING_POLICIES)} at most once")
+    return policies
 
 
 def _now_or(ts: datetime | None) -> datetime:
@@ -222,8 +238,21 @@ def produce_request(order_id, restaurant, customer, prep_min, radius_km, geo_key
               help="With --stats-url: first wait up to this many seconds for every worker to be ready (exit 3 if not).")
 @click.option("--settle", "settle_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for outstanding answers after the last request.")
+@click.option("--scenario", type=click.Choice(list(SCENARIOS)), default="balanced", show_default=True,
+              help="balanced: orders all over the city; shortage: half of them in one district with few drivers; "
+                   "rush: a burst of 60 orders at one restaurant.")
+@click.option("--compare", "policies", callback=_policies, default=None, metavar="POLICY,POLICY",
+              help="Run the same city once per matching policy (greedy, batch), each against a worker of its own "
+                   "that this command starts on its own topics and Redis keys, and report them side by side "
+                   "(needs the worker installed; files and pictures in --results, or a temporary directory).")
+@click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="With --compare: workers per policy; each matches its own share of the request partitions.")
+@click.option("--drain", "drain_s", type=click.FloatRange(min=0), default=None,
+              help="After --duration, simulated seconds more without new orders until every assigned order is "
+                   "picked up (default: 300 with --compare, for the waits; 0 otherwise).")
 def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_per_hour, malformed_fraction, speedup,
-             pace, seed, run_id, fmt, live, stats_urls, api_url, results_dir, pictures, wait_ready_s, settle_s):
+             pace, seed, run_id, fmt, live, stats_urls, api_url, results_dir, pictures, wait_ready_s, settle_s,
+             scenario, policies, workers, drain_s):
     """Simulate a city: drivers go online, move and ping, drop out, accept and finish trips; orders arrive.
     Prints a summary (JSON with --results). Exit 1 if any record failed to be delivered, 3 if Kafka is down."""
     from producers.cities import CITIES
@@ -231,6 +260,10 @@ def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_p
     from producers.simulator import SimulationConfig
 
     settings = commandline.settings()
+    if workers > 1 and not policies:
+        raise click.UsageError("--workers applies to --compare only")
+    if policies and (stats_urls or api_url):
+        raise click.UsageError("--compare starts its own workers: --stats-url and --api-url do not apply")
     if stats_urls and wait_ready_s > 0:
         _wait_for_workers(stats_urls, wait_ready_s)
     config = SimulationConfig(
@@ -238,11 +271,14 @@ def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_p
         ping_interval_s=ping_interval_s or settings.heartbeat_interval_s, dropout_per_hour=dropout_per_hour,
         malformed_fraction=malformed_fraction, speedup=speedup, seed=seed,
         run_id=run_id if run_id is not None else datetime.now(UTC).strftime("%H%M%S-"),
+        scenario=SCENARIOS[scenario],
     )
-    report = commandline.run(run_simulation(
-        settings, config, duration_s=duration_s, pace=pace, fmt=fmt, live=live, stats_urls=stats_urls,
-        results_dir=results_dir, settle_s=settle_s,
-    ))
+    run = {"duration_s": duration_s, "pace": pace, "fmt": fmt, "live": live, "settle_s": settle_s,
+           "drain_s": drain_s if drain_s is not None else (COMPARE_DRAIN_S if policies else 0.0)}
+    if policies:
+        _compare(settings, config, policies, results_dir, pictures, workers, run)
+        return
+    report = commandline.run(run_simulation(settings, config, stats_urls=stats_urls, results_dir=results_dir, **run))
     click.echo(report.text())
     if results_dir is not None and pictures:
         from producers.plots import draw_all
@@ -254,6 +290,23 @@ def simulate(city, drivers, orders_per_s, duration_s, ping_interval_s, dropout_p
             click.echo(line)
     if report.delivery_failures:
         sys.exit(commandline.EXIT_FAILED)
+
+
+def _compare(settings, config, policies: tuple[str, ...], results_dir: Path | None, pictures: bool, workers: int,
+             run: dict) -> None:
+    import tempfile
+
+    from producers.compare import compare, draw, table
+
+    directory = results_dir or Path(tempfile.mkdtemp(prefix="geodispatch-compare-"))
+    outcomes = compare(settings, config, policies, directory, click.echo, workers, **run)
+    click.echo(f"\n{config.scenario.name}: {config.scenario.description}; seed {config.seed}, "
+               f"{workers} worker(s) per policy\n")
+    click.echo(table(outcomes))
+    if pictures:
+        for path in draw(directory, outcomes):
+            click.echo(f"picture: {path}")
+    click.echo(f"results: {directory}")
 
 
 def _wait_for_workers(stats_urls: tuple[str, ...], seconds: float) -> None:

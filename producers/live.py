@@ -20,9 +20,11 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from consumers.supply_demand import write_supply_demand
 from infra.percentiles import percentiles
 from infra.settings import Settings
 from infra.topics import TopicNames
+from producers.plots import SUPPLY_DEMAND_FILE
 from producers.publisher import BrokerUnreachable, Publisher
 from producers.simulator import CitySimulation, Outgoing, SimulationConfig
 from schemas.codec import InvalidMessage, default_codec
@@ -240,7 +242,11 @@ async def run_simulation(
     results_dir: Path | None = None,
     settle_s: float = 5.0,
     tick_s: float = 0.5,
+    drain_s: float = 0.0,
 ) -> Report:
+    """Runs the city for `duration_s` simulated seconds; then, for up to `drain_s` more, with no new
+    order, until every order answered so far has been picked up (a comparison's waits), and waits up to
+    `settle_s` for the answers still outstanding."""
     wall_start = time.monotonic()
     now = datetime.now(UTC)
     # As fast as possible, event times are laid out so that the last one is now (never in the future).
@@ -292,18 +298,27 @@ async def run_simulation(
 
     listener = asyncio.create_task(listen())
     last_view = -math.inf
+
+    async def tick(seconds: float) -> None:
+        nonlocal last_view, worker
+        await send(sim.advance(seconds))
+        # realtime: one simulated second per wall second; max: just let the listener run
+        await asyncio.sleep(max(0.0, wall_start + sim.now_s - time.monotonic()) if pace == "realtime" else 0)
+        if listener.done():
+            listener.result()  # re-raises what stopped it
+        if time.monotonic() - last_view >= VIEW_EVERY_S:
+            last_view = time.monotonic()
+            if stats_urls:
+                worker = await asyncio.to_thread(fetch_view, stats_urls)
+            view.draw(sim, answers, latencies_ms, worker)
+
     try:
         while sim.now_s < duration_s:
-            await send(sim.advance(min(tick_s, duration_s - sim.now_s)))
-            # realtime: one simulated second per wall second; max: just let the listener run
-            await asyncio.sleep(max(0.0, wall_start + sim.now_s - time.monotonic()) if pace == "realtime" else 0)
-            if listener.done():
-                listener.result()  # re-raises what stopped it
-            if time.monotonic() - last_view >= VIEW_EVERY_S:
-                last_view = time.monotonic()
-                if stats_urls:
-                    worker = await asyncio.to_thread(fetch_view, stats_urls)
-                view.draw(sim, answers, latencies_ms, worker)
+            await tick(min(tick_s, duration_s - sim.now_s))
+        sim.stop_orders()
+        drain_until = sim.now_s + drain_s
+        while (sent_at or sim.awaiting_pickup()) and sim.now_s < drain_until:
+            await tick(tick_s)
         await publisher.flush()
         settle_until = time.monotonic() + settle_s
         while sent_at and time.monotonic() < settle_until and not listener.done():
@@ -342,6 +357,11 @@ async def run_simulation(
     )
     if results_dir is not None:
         write_results(results_dir, report, sim, latencies_ms)
+        try:
+            # The demo map's supply/demand layer (producers.plots.draw_all draws it when the file is there).
+            await write_supply_demand(settings, results_dir / SUPPLY_DEMAND_FILE)
+        except Exception as exc:  # the run's own results are written; the layer is left out
+            log.warning("supply_demand_unreadable", topic=names.supply_demand, error=repr(exc))
     log.info("simulation_finished", sent=publisher.tally.sent, delivered=publisher.tally.delivered,
              failed=publisher.tally.failed)
     return report

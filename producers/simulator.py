@@ -87,6 +87,50 @@ def step_towards(
 
 
 @dataclass(frozen=True)
+class Hotspot:
+    """A district, this far from the city centre, where `share` of the orders arrive: more than its
+    drivers can serve when the share is well above the district's part of the city."""
+
+    north_km: float
+    east_km: float
+    radius_km: float
+    share: float
+
+
+@dataclass(frozen=True)
+class Rush:
+    """A burst at one restaurant, this far from the city centre: `orders` more orders, evenly over
+    `over_s` seconds from `at_s`, beside the city's own."""
+
+    north_km: float
+    east_km: float
+    at_s: float
+    orders: int
+    over_s: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    hotspot: Hotspot | None = None
+    rush: Rush | None = None
+
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario("balanced", "orders spread over the whole city, like its drivers"),
+        Scenario("shortage", "half the orders in one district of 1.2 km around a point 3.5 km from the centre, "
+                             "where a few percent of the drivers are",
+                 hotspot=Hotspot(north_km=2.5, east_km=2.5, radius_km=1.2, share=0.5)),
+        Scenario("rush", "the city's orders, and 60 more at one restaurant within 6 s from t = 20 s",
+                 rush=Rush(north_km=1.0, east_km=-1.0, at_s=20.0, orders=60, over_s=6.0)),
+    )
+}
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     city: City
     drivers: int = 50
@@ -105,6 +149,7 @@ class SimulationConfig:
     prep_minutes: tuple[int, int] = (3, 20)
     customer_km: tuple[float, float] = (0.5, 4.0)
     radii_km: tuple[float, ...] = (3.0, 5.0, 5.0, 5.0, 8.0)
+    scenario: Scenario = SCENARIOS["balanced"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +183,8 @@ class Order:
     driver_id: str | None = None
     driver_at_assignment: tuple[float, float] | None = None
     eta_min: int | None = None
+    error: str | None = None
+    picked_up_at_s: float | None = None
 
 
 @dataclass
@@ -156,6 +203,9 @@ class Driver:
     accuracy_m: float
     online_at_s: float
     next_ping_at_s: float
+    # The driver's own random stream (wandering, signal loss, GPS noise): a trip one driver takes in one
+    # run and not in another leaves every other driver's moves the same.
+    rng: random.Random = field(repr=False, compare=False, default_factory=random.Random)
     online: bool = False
     heading_deg: float = 0.0
     silent_until_s: float | None = None
@@ -200,12 +250,15 @@ class CitySimulation:
         # Independent streams: orders do not shift when a trip changes a driver's path, nor faults either.
         self._drivers_rng = random.Random(f"{config.seed}:drivers")
         self._orders_rng = random.Random(f"{config.seed}:orders")
+        self._rush_rng = random.Random(f"{config.seed}:rush")
         self._faults_rng = random.Random(f"{config.seed}:faults")
         self.drivers = [self._new_driver(number) for number in range(config.drivers)]
         self._by_id = {driver.driver_id: driver for driver in self.drivers}
         self.orders: dict[str, Order] = {}
         self._order_number = 0
         self._next_order_at_s = self._order_gap()
+        rush = config.scenario.rush
+        self._rush_times = [rush.at_s + n * rush.over_s / rush.orders for n in range(rush.orders)] if rush else []
 
     # -- set-up ----------------------------------------------------------------------------------------
 
@@ -221,6 +274,7 @@ class CitySimulation:
             accuracy_m=rng.uniform(3.0, 10.0),
             online_at_s=online_at,
             next_ping_at_s=online_at,
+            rng=random.Random(f"{self.config.seed}:driver:{number}"),
         )
 
     def _order_gap(self) -> float:
@@ -240,10 +294,25 @@ class CitySimulation:
         out: list[Outgoing] = []
         for driver in self.drivers:
             out.extend(self._advance_driver(driver, seconds))
-        while self._next_order_at_s <= self.now_s:
-            out.append(self._new_order(self._next_order_at_s))
-            self._next_order_at_s += self._order_gap()
-        return out
+        while True:
+            rush_at = self._rush_times[0] if self._rush_times else math.inf
+            if min(self._next_order_at_s, rush_at) > self.now_s:
+                return out
+            if rush_at < self._next_order_at_s:
+                self._rush_times.pop(0)
+                out.append(self._new_order(rush_at, rush=True))
+            else:
+                out.append(self._new_order(self._next_order_at_s))
+                self._next_order_at_s += self._order_gap()
+
+    def stop_orders(self) -> None:
+        """No order arrives after now: the trips under way go on (a comparison's last pickups)."""
+        self._next_order_at_s = math.inf
+        self._rush_times.clear()
+
+    def awaiting_pickup(self) -> int:
+        """Trips whose driver has not picked the order up yet."""
+        return sum(1 for d in self.drivers if d.trip is not None and not d.trip.picked_up)
 
     def _advance_driver(self, driver: Driver, seconds: float) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -258,8 +327,8 @@ class CitySimulation:
             driver.next_ping_at_s = self.now_s
             out.append(self._status(driver, online=True))
         out.extend(self._move(driver, seconds))
-        if driver.state == "available" and self._drivers_rng.random() < self.config.dropout_per_hour / 3600 * seconds:
-            driver.silent_until_s = self.now_s + self._drivers_rng.uniform(*self.config.dropout_s)
+        if driver.state == "available" and driver.rng.random() < self.config.dropout_per_hour / 3600 * seconds:
+            driver.silent_until_s = self.now_s + driver.rng.uniform(*self.config.dropout_s)
             self.counts.dropouts += 1
         if driver.silent_until_s is None and self.now_s >= driver.next_ping_at_s:
             out.append(self._ping(driver))
@@ -297,6 +366,7 @@ class CitySimulation:
         if self.now_s < trip.ready_at_s:
             return []  # waiting at the restaurant for the food
         trip.picked_up = True
+        trip.order.picked_up_at_s = self.now_s
         driver.waypoint = trip.order.customer
         self.counts.picked_up += 1
         return [self._trip_event(driver, trip.order, "picked_up")]
@@ -312,10 +382,10 @@ class CitySimulation:
         """A point up to 1.5 km away that stays within the city."""
         city = self.city
         for _ in range(10):
-            lat, lng = point_in_disk(self._drivers_rng, driver.lat, driver.lng, 1500.0)
+            lat, lng = point_in_disk(driver.rng, driver.lat, driver.lng, 1500.0)
             if distance_m(lat, lng, city.lat, city.lng) <= city.radius_km * 1000:
                 return lat, lng
-        return point_in_disk(self._drivers_rng, city.lat, city.lng, city.radius_km * 1000)
+        return point_in_disk(driver.rng, city.lat, city.lng, city.radius_km * 1000)
 
     # -- answers from the pipeline ---------------------------------------------------------------------
 
@@ -326,6 +396,7 @@ class CitySimulation:
             return []
         if response.status == "failed":
             order.outcome = "failed"
+            order.error = response.error
             self.counts.failed += 1
             return []
         order.outcome = "assigned"
@@ -355,7 +426,7 @@ class CitySimulation:
 
     def _ping(self, driver: Driver) -> Outgoing:
         self.counts.pings += 1
-        rng = self._drivers_rng
+        rng = driver.rng
         # GPS noise of about the reported accuracy.
         noise = driver.accuracy_m / 2
         lat, lng = offset(driver.lat, driver.lng, rng.gauss(0, noise), rng.gauss(0, noise))
@@ -386,11 +457,26 @@ class CitySimulation:
         self.counts.malformed[fault] = self.counts.malformed.get(fault, 0) + 1
         return Malformed(fault, "locations", self.city.region, ping.driver_id.encode(), value)
 
-    def _new_order(self, at_s: float) -> Outgoing:
-        rng, city, config = self._orders_rng, self.city, self.config
+    def _restaurant(self) -> tuple[float, float]:
+        """Where the next order of the city's own comes from: its hotspot, or anywhere in the city."""
+        rng, city, hotspot = self._orders_rng, self.city, self.config.scenario.hotspot
+        if hotspot is not None and rng.random() < hotspot.share:
+            centre = offset(city.lat, city.lng, hotspot.north_km * 1000, hotspot.east_km * 1000)
+            return point_in_disk(rng, *centre, hotspot.radius_km * 1000)
+        return point_in_disk(rng, city.lat, city.lng, city.radius_km * 1000 * 0.8)
+
+    def _rush_restaurant(self) -> tuple[float, float]:
+        rush, city = self.config.scenario.rush, self.city
+        assert rush is not None
+        return offset(city.lat, city.lng, rush.north_km * 1000, rush.east_km * 1000)
+
+    def _new_order(self, at_s: float, rush: bool = False) -> Outgoing:
+        """An order of the city's own, or of its rush (a stream of its own, so the city's orders are
+        the same with or without one)."""
+        city, config = self.city, self.config
+        rng, restaurant = (self._rush_rng, self._rush_restaurant()) if rush else (self._orders_rng, self._restaurant())
         self._order_number += 1
         order_id = f"{city.slug}-ord-{config.run_id}{config.seed}-{self._order_number:06d}"
-        restaurant = point_in_disk(rng, city.lat, city.lng, city.radius_km * 1000 * 0.8)
         distance = rng.uniform(*config.customer_km) * 1000
         bearing = rng.uniform(0, 2 * math.pi)
         customer = offset(*restaurant, distance * math.cos(bearing), distance * math.sin(bearing))
@@ -446,7 +532,8 @@ class CitySimulation:
                         for d in self.drivers],
             "orders": [
                 {"order_id": o.order_id, "restaurant": o.restaurant, "customer": o.customer, "outcome": o.outcome,
-                 "driver_id": o.driver_id, "driver_at_assignment": o.driver_at_assignment, "eta_min": o.eta_min}
+                 "driver_id": o.driver_id, "driver_at_assignment": o.driver_at_assignment, "eta_min": o.eta_min,
+                 "error": o.error, "requested_at_s": o.requested_at_s, "picked_up_at_s": o.picked_up_at_s}
                 for o in self.orders.values()
             ],
         }

@@ -98,6 +98,11 @@ class AssignmentRequested(Message):
 COORDINATE_FIELDS = ("restaurantLatitude", "restaurantLongitude", "customerLatitude", "customerLongitude")
 
 
+# The failure seed 003 names for an order no driver could be found for: counted apart by the feed and
+# the simulator's comparison.
+NO_DRIVERS = "No available drivers in area"
+
+
 class AssignmentResponse(Message):
     """assigned: orderId, driverId, eta, assignedAt, status; failed: orderId, error, failedAt, status."""
 
@@ -158,6 +163,52 @@ class DriverCommand(Message):
     ts: Timestamp
 
 
+# The two kinds of share of dispatch.supply_demand: a driver partition's available drivers, a request
+# partition's demand.
+SUPPLY = "drivers"
+DEMAND = "requests"
+FeedKind = Literal["drivers", "requests"]
+Count = Annotated[int, Field(strict=True, ge=0)]
+
+
+class SupplyDemand(Message):
+    """One share of one H3 cell (dispatch.supply_demand, keyed by `feed_key`): kind `drivers`, the
+    available drivers of one driver partition in the cell now; kind `requests`, the requests of one
+    request partition answered in the cell's last `window_s` seconds, with the assigned and the refused
+    ("No available drivers in area") among them. The other kind's counts are 0."""
+
+    avro_name: ClassVar[str] = "SupplyDemand"
+
+    h3: NonEmpty
+    resolution: Annotated[int, Field(strict=True, ge=0, le=15)]
+    kind: FeedKind
+    partition: Count
+    available_drivers: Count = 0
+    requests: Count = 0
+    assigned: Count = 0
+    refused: Count = 0
+    window_s: Count
+    ts: Timestamp
+
+    @property
+    def key(self) -> str:
+        return feed_key(self.h3, self.kind, self.partition)
+
+
+def feed_key(cell: str, kind: str, partition: int) -> str:
+    """`<h3 cell>/<drivers|requests>/<source partition>`: the shares of one cell from different kinds or
+    partitions never overwrite one another in the compacted topic."""
+    return f"{cell}/{kind}/{partition}"
+
+
+def parse_feed_key(key: str) -> tuple[str, str, int]:
+    """(cell, kind, partition) of a `feed_key`; ValueError for anything else."""
+    cell, kind, partition = key.split("/")
+    if not cell or kind not in (SUPPLY, DEMAND) or not partition.isdigit():
+        raise ValueError(f"not a supply/demand key: {key!r}")
+    return cell, kind, int(partition)
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     LocationPing,
     DriverStatus,
@@ -167,4 +218,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     PresenceChanged,
     TrackingUpdate,
     DriverCommand,
+    SupplyDemand,
 )

@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Mapping
+from dataclasses import asdict
 from typing import Any
 
+import h3
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from consumers.supply_demand import FeedFollower, add_up, grand_total
 from streams.index import RegionIndex, now_ms
-from streams.logic.queries import BadQuery, parse_nearby
+from streams.logic.queries import BadQuery, parse_nearby, parse_supply_demand
 from streams.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 PREFIX = "/driver-sessions/sessions"
+SUPPLY_DEMAND_PATH = "/dispatch/supply-demand"
 # aiohttp refuses a charset inside content_type; the Prometheus text format is UTF-8 anyway.
 METRICS_CONTENT_TYPE = "; ".join(p for p in CONTENT_TYPE_LATEST.split("; ") if not p.startswith("charset="))
 
@@ -45,6 +49,27 @@ async def nearby_answer(index: RegionIndex, location_max_age_s: float, query: Ma
     fresh_since = now_ms() - int(location_max_age_s * 1000)
     drivers, cells = await index.nearby(nearby.h3, nearby.k, nearby.limit, fresh_since)
     return {"drivers": drivers, "queried_cells": cells}, 200
+
+
+async def supply_demand_answer(feed: FeedFollower, resolution: int, window_s: int,
+                               query: Mapping[str, str]) -> Answer:
+    """The feed's shares added up per cell of the k-ring around `h3` (at the feed's resolution), and
+    over all of them: `{"h3", "k", "resolution", "window_s", "cells": {cell: counts}, "totals"}`."""
+    try:
+        asked = parse_supply_demand(query, resolution)
+    except BadQuery as exc:
+        return {"error": exc.reason, "parameter": exc.parameter}, 400
+    try:
+        shares = await feed.current()
+    except Exception as exc:  # the topic unreadable: logged by the follower, answered as such
+        return {"error": "the supply/demand feed cannot be read", "detail": feed.failure or type(exc).__name__}, 503
+    cells = h3.grid_disk(asked.h3, asked.k)
+    per_cell = add_up(shares.latest.values(), cells)
+    return {
+        "h3": asked.h3, "k": asked.k, "resolution": resolution, "window_s": window_s,
+        "cells": {cell: asdict(totals) for cell, totals in sorted(per_cell.items())},
+        "totals": asdict(grand_total(per_cell)),
+    }, 200
 
 
 async def session_answer(index: RegionIndex, driver_id: str) -> Answer:

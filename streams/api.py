@@ -11,10 +11,11 @@ import orjson
 import structlog
 from aiohttp import web
 
+from consumers.supply_demand import FeedFollower
 from infra.settings import Settings
 from streams import answers
 from streams.access import token_gate
-from streams.answers import PREFIX, Answer, timed
+from streams.answers import PREFIX, SUPPLY_DEMAND_PATH, Answer, timed
 from streams.auth import Verifier
 from streams.index import RegionIndex
 from streams.metrics import Metrics
@@ -51,6 +52,13 @@ def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier
     async def session(request: web.Request) -> web.Response:
         return _json(await timed(metrics, "session", answers.session_answer(index, request.match_info["driver_id"])))
 
+    follower = FeedFollower(settings)
+
+    async def supply_demand(request: web.Request) -> web.Response:
+        answering = answers.supply_demand_answer(follower, settings.supply_demand_resolution,
+                                                 settings.supply_demand_window_s, request.query)
+        return _json(await timed(metrics, "supply_demand", answering))
+
     async def health(request: web.Request) -> web.Response:
         return _json(await timed(metrics, "health", answers.health_answer({"redis": answers.redis_reachable(index)})))
 
@@ -58,6 +66,7 @@ def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier
         return web.Response(body=answers.metrics_text(metrics), content_type=answers.METRICS_CONTENT_TYPE)
 
     async def close_redis(app: web.Application) -> None:
+        await follower.close()
         await index.aclose()
 
     gate = token_gate(verifier, lambda status: metrics.http_refused.labels(status=str(status)).inc())
@@ -65,6 +74,7 @@ def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier
     # /nearby before the {driver_id} route, which would otherwise match "nearby" too.
     app.router.add_get(f"{PREFIX}/nearby", nearby)
     app.router.add_get(PREFIX + "/{driver_id}", session)
+    app.router.add_get(SUPPLY_DEMAND_PATH, supply_demand)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_page)
     app.on_cleanup.append(close_redis)

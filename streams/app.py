@@ -4,6 +4,7 @@ starts and stops the services that follow its partitions. Nothing happens at imp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +12,7 @@ import faust
 import structlog
 from faust.types import TP
 
+from consumers.supply_demand import FeedFollower
 from infra.settings import Settings
 from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE, TopicNames
 from schemas.codec import default_codec
@@ -24,10 +26,13 @@ from streams.index import RegionIndex, now_ms
 from streams.index_writer import IndexWriter
 from streams.logic.fencing import Fence
 from streams.logic.sessions import DriverSession
+from streams.logic.supply_demand import DemandWindow, SupplyCounts
 from streams.metrics import Metrics
 from streams.restore import BulkRestore
 from streams.retry import with_retries
+from streams.routing import key_partition
 from streams.runtime import Runtime, score_weights, session_rules
+from streams.supply_demand import SupplyDemandFeed
 from streams.tables import DecisionStore, SessionStore, direct_table, fenced_table
 from streams.topics import Topics
 from streams.views import routes
@@ -55,14 +60,18 @@ class DispatchApp(faust.App):
         topics = Topics(self, names)
         fence = Fence()
         self.read_elsewhere = set()
+        self._feed_follower: FeedFollower | None = None
         readers = topology.wire(self, settings, names)
         decisions = sessions = None
+        supply = SupplyCounts(settings.supply_demand_resolution, functools.partial(
+            _driver_partition, partitions=settings.partitions)) if settings.runs_sessions else None
+        demand = DemandWindow(settings.supply_demand_window_s * 1000) if settings.runs_assignments else None
         if settings.runs_sessions:
             sessions = SessionStore(fenced_table(
                 self, SESSIONS_TABLE, names.changelog(settings.app_id, SESSIONS_TABLE), settings.partitions,
                 metrics.changelog_write_failures.labels(table=SESSIONS_TABLE).inc,
                 _bulk_restore(settings, metrics, SESSIONS_TABLE),
-                metrics.fenced_writes.labels(store="changelog").inc), fence)
+                metrics.fenced_writes.labels(store="changelog").inc), fence, supply)
         if settings.runs_assignments:
             decisions = DecisionStore(direct_table(
                 self, DECISIONS_TABLE, names.changelog(settings.app_id, DECISIONS_TABLE), settings.partitions,
@@ -85,6 +94,7 @@ class DispatchApp(faust.App):
             request_batches=readers.requests,
             verifier=verifier,
             fence=fence,
+            supply_demand=SupplyDemandFeed(self, settings, supply, demand) if settings.runs_streams else None,
         )
         for path, view in routes(serves_sessions="api" in settings.roles):
             self.page(path)(view)
@@ -130,6 +140,8 @@ class DispatchApp(faust.App):
         for reader in (self.runtime.request_batches, self.runtime.pings):
             if reader is not None:
                 await reader.close()
+        if self._feed_follower is not None:
+            await self._feed_follower.close()
         await super().on_stop()
 
     def ready(self) -> bool:
@@ -170,8 +182,24 @@ class DispatchApp(faust.App):
         committed = self.consumer._committed_offset.get(TP(self.runtime.names.driver_commands, partition))
         return max(self.runtime.progress.commands_applied.get(partition, 0), committed or 0)
 
+    def supply_demand_follower(self) -> FeedFollower:
+        """The feed as the HTTP view reads it: followed from the first question on."""
+        if self._feed_follower is None:
+            self._feed_follower = FeedFollower(self.runtime.settings, self.runtime.codec)
+        return self._feed_follower
+
+    def request_partitions(self) -> set[int]:
+        """The request partitions this worker answers (any region's: they share their partitions)."""
+        names, regions = self.runtime.names, self.runtime.settings.regions
+        topics = {names.requests(region) for region in regions}
+        return {tp.partition for tp in self.consumer.assignment() if tp.topic in topics}
+
     def load_sessions(self) -> list[DriverSession]:
         return self.runtime.sessions.load_all() if self.runtime.sessions is not None else []
+
+
+def _driver_partition(driver_id: str, partitions: int) -> int:
+    return key_partition(driver_id.encode(), partitions)
 
 
 def faust_options(settings: Settings, web_middlewares: list | None = None) -> dict[str, object]:

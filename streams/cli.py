@@ -32,7 +32,8 @@ def worker(web_port: int | None, roles: str | None) -> None:
     """Run one pipeline worker process. With every role (the default) it runs all agents, the tables
     and the HTTP API. `--roles sessions,assignments` runs the stream processors without the sessions
     API (/health, /stats and /metrics stay); `--roles api` runs only the sessions API, answering from
-    the shared Redis index (no Kafka, no data directory), in as many processes as HTTP load needs."""
+    the shared Redis index (no data directory; Kafka only for /dispatch/supply-demand), in as many
+    processes as HTTP load needs."""
     try:
         import faust  # noqa: F401
     except ImportError:
@@ -268,10 +269,10 @@ def index_forget_old_layout() -> None:
 
 def _register_operator_commands() -> None:
     """The producers' and consumers' commands live in their own packages (issue 5)."""
-    from consumers.cli import consume, dlq, orders
+    from consumers.cli import consume, dlq, orders, supply_demand
     from producers.cli import produce, simulate
 
-    for command in (produce, simulate, consume, dlq, orders):
+    for command in (produce, simulate, consume, dlq, orders, supply_demand):
         main.add_command(command)
 
 

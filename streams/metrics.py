@@ -138,6 +138,12 @@ class Metrics:
             buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500),
             registry=r,
         )
+        self.matched_windows = Histogram(
+            "geodispatch_matched_window_orders",
+            "Orders matched together per round of a window (GEODISPATCH_MATCHING=batch).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
         self.decisions_expired = Counter(
             "geodispatch_decisions_expired_total",
             "Decisions removed from the decisions table once no longer given again (their retention, or a "
@@ -165,6 +171,21 @@ class Metrics:
             registry=r,
         )
         self.assignment_latency_window = LatencyWindow()
+        # -- the supply/demand feed (streams.supply_demand)
+        self.supply_demand_records = Counter(
+            "geodispatch_supply_demand_records_total",
+            "Records written to dispatch.supply_demand: kind drivers or requests, outcome share (counts) or "
+            "tombstone (a share at zero, or one this worker took over and does not count).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.supply_demand_failures = Counter(
+            "geodispatch_supply_demand_failures_total",
+            "Failures of the supply/demand feed: a write the broker refused (every share is written again), "
+            "or the feed or the topics unreadable when partitions were taken over (tried again).",
+            ["stage"],
+            registry=r,
+        )
         # -- HTTP
         self.http_requests = Counter(
             "geodispatch_http_requests_total", "HTTP requests answered.", ["route", "status"], registry=r

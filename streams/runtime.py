@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the services import their handlers, which take a Runtime
     from streams.auth import Verifier
     from streams.dlq import DeadLetters
     from streams.index_writer import IndexWriter
+    from streams.supply_demand import SupplyDemandFeed
     from streams.tables import DecisionStore, SessionStore
     from streams.topics import Topics
 
@@ -102,6 +103,8 @@ class Runtime:
     requests: RequestActivity = field(default_factory=RequestActivity)
     # Drivers online and available, counted by the heartbeat timer for /stats.
     stats: dict[str, Any] = field(default_factory=dict)
+    # This worker's shares of the supply/demand feed (None in a process without a stream role).
+    supply_demand: SupplyDemandFeed | None = None
 
     @property
     def partition_services(self) -> tuple[PartitionService, ...]:
@@ -112,6 +115,9 @@ class Runtime:
         services: tuple[PartitionService, ...] = ()
         if self.sessions is not None and self.pings is not None:
             services = (self.sessions, self.index_writer, self.progress, self.pings)
+        if self.supply_demand is not None:
+            # Before requests are read: answers given from its takeover on are counted as they come.
+            services += (self.supply_demand,)
         if self.request_batches is not None:
             services += (self.request_batches,)
         return services

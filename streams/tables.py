@@ -18,6 +18,7 @@ from faust.types import TP
 from streams.logic.assignment import Decision
 from streams.logic.fencing import Fence, Stamp, advances_persisted_offset, entries_to_keep
 from streams.logic.sessions import DriverSession
+from streams.logic.supply_demand import SupplyCounts
 from streams.restore import BulkRestore
 from streams.runtime import PartitionService
 
@@ -184,10 +185,12 @@ class SessionStore(PartitionService):
     dropped whenever partitions move, and filled again from the table and that log before any record of
     theirs is read."""
 
-    def __init__(self, table: Any, fence: Fence) -> None:
+    def __init__(self, table: Any, fence: Fence, supply: SupplyCounts | None = None) -> None:
         self.table = table
         self.fence = fence
         self.cache: dict[str, DriverSession] = {}
+        # Told of every session as it changes: the available drivers per cell (streams.supply_demand).
+        self.supply = supply
 
     def get(self, driver_id: str) -> DriverSession | None:
         session = self.cache.get(driver_id)
@@ -200,12 +203,16 @@ class SessionStore(PartitionService):
 
     async def put(self, session: DriverSession, partition: int) -> None:
         self.cache[session.driver_id] = session
+        if self.supply is not None:
+            self.supply.saw(session)
         await self._write(session, partition)
 
     def remember(self, session: DriverSession) -> None:
         """The session from now on, for this worker's reads; the table gets it with `write_all` if its
         change is one the ping log cannot give back."""
         self.cache[session.driver_id] = session
+        if self.supply is not None:
+            self.supply.saw(session)
 
     async def write_all(self, sessions: Iterable[tuple[DriverSession, int]]) -> None:
         """Writes each (session, partition) to the table: a batch's last version of each driver."""
@@ -220,10 +227,14 @@ class SessionStore(PartitionService):
         """Sessions read while the tables were restored (an HTTP request, a rebuild that began before
         the rebalance) came from a store that did not yet hold the restored changelog."""
         self.cache.clear()
+        if self.supply is not None:
+            self.supply.clear()
 
     async def revoked(self) -> None:
         """A partition given up may change elsewhere before it comes back."""
         self.cache.clear()
+        if self.supply is not None:
+            self.supply.clear()
 
     def load_all(self) -> list[DriverSession]:
         """Every session of this worker's partitions: those of the cache, which are at least as new as
@@ -233,6 +244,10 @@ class SessionStore(PartitionService):
             if key.decode() not in cache:
                 session = DriverSession.from_dict(orjson.loads(raw))
                 cache[session.driver_id] = session
+        if self.supply is not None:
+            # Every session of the partitions seen: the available drivers' counts are whole.
+            self.supply.saw_all(cache.values())
+            self.supply.complete = True
         return list(cache.values())
 
 

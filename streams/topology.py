@@ -20,11 +20,13 @@ from infra.topics import (
     RESPONSES,
     SESSIONS_TABLE,
     STATUS,
+    SUPPLY_DEMAND,
     TRACKING,
     TRIP_EVENTS,
     TopicNames,
 )
-from streams.agents import assignment, pings, requests, retention, sessions, upkeep
+from streams import supply_demand
+from streams.agents import assignment, feed, pings, requests, retention, sessions, upkeep
 from streams.topics import raw_topic
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ REQUEST_BATCHES = "request batches"
 SESSIONS = f"table {SESSIONS_TABLE}"
 DECISIONS = f"table {DECISIONS_TABLE}"
 INDEX = "Redis index: sessions, available drivers by cell (written by streams.index_writer)"
+SUPPLY_COUNTS = "available drivers per cell (streams.logic.supply_demand, told by the sessions store)"
+DEMAND_WINDOW = "answers per cell over the window (streams.logic.supply_demand)"
 RESERVATIONS = "Redis index: reservations, decisions (streams/lua/reserve.lua, record_decisions.lua, settle.lua)"
 
 
@@ -116,6 +120,11 @@ TIMERS: tuple[Timer, ...] = (
           upkeep.check_heartbeats, state=(SESSIONS,), writes=(DRIVER_COMMANDS,)),
     Timer("decisions_expiry", "assignments", lambda settings: 1.0, retention.sweep_decisions,
           state=(DECISIONS, RESERVATIONS), writes=()),
+    # The feed's shares of each kind, from the process with their role: at most once a second each.
+    Timer("supply_feed", "sessions", lambda settings: supply_demand.EMIT_EVERY_S, feed.write_supply,
+          state=(SUPPLY_COUNTS,), writes=(SUPPLY_DEMAND,)),
+    Timer("demand_feed", "assignments", lambda settings: supply_demand.EMIT_EVERY_S, feed.write_demand,
+          state=(DEMAND_WINDOW,), writes=(SUPPLY_DEMAND,)),
 )
 
 

@@ -11,12 +11,14 @@ from faust.web import Request, Response, View
 from streams.answers import (
     METRICS_CONTENT_TYPE,
     PREFIX,
+    SUPPLY_DEMAND_PATH,
     Answer,
     health_answer,
     metrics_text,
     nearby_answer,
     redis_reachable,
     session_answer,
+    supply_demand_answer,
     timed,
 )
 from streams.runtime import Runtime
@@ -45,6 +47,16 @@ class DriverSessionView(View):
     async def get(self, request: Request, driver_id: str) -> Response:
         runtime: Runtime = self.app.runtime
         body, status = await timed(runtime.metrics, "session", session_answer(runtime.index, driver_id))
+        return self.json(body, status=status)
+
+
+class SupplyDemandView(View):
+    async def get(self, request: Request) -> Response:
+        runtime: Runtime = self.app.runtime
+        settings = runtime.settings
+        answering = supply_demand_answer(self.app.supply_demand_follower(), settings.supply_demand_resolution,
+                                         settings.supply_demand_window_s, request.query)
+        body, status = await timed(runtime.metrics, "supply_demand", answering)
         return self.json(body, status=status)
 
 
@@ -100,6 +112,7 @@ def stats_document(runtime: Runtime, ready: bool, partitions: dict[str, Any]) ->
         "assignments": {
             "requests": _counter_totals(m.assignment_requests),
             "failures": _counter_totals(m.assignment_failures),
+            "matching": runtime.settings.matching,
             "reservation_conflicts": _counter_totals(m.reservation_conflicts).get("all", 0),
             "latency_seconds": latency,
         },
@@ -120,6 +133,7 @@ class MetricsView(View):
 SESSION_ROUTES: tuple[tuple[str, type[View]], ...] = (
     (f"{PREFIX}/nearby", NearbyDrivers),
     (PREFIX + "/{driver_id}", DriverSessionView),
+    (SUPPLY_DEMAND_PATH, SupplyDemandView),
 )
 OPERATION_ROUTES: tuple[tuple[str, type[View]], ...] = (
     ("/health", Health),

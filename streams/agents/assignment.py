@@ -20,8 +20,9 @@ from streams.dlq import give_up, timestamp_ms
 from streams.index import now_ms
 from streams.logging import handling_record
 from streams.logic import assignment as decide
+from streams.logic import matching
 from streams.logic.assignment import Decision
-from streams.logic.scoring import eta_minutes
+from streams.logic.scoring import Candidate, eta_minutes
 from streams.retry import with_retries
 from streams.routing import misrouted, reroute
 from streams.runtime import Runtime
@@ -185,6 +186,9 @@ async def _decide_into(runtime: Runtime, requests: list[AssignmentRequested], de
                         runtime.weights)
             for i, (drivers, _) in zip(open_, found, strict=True)
         ]
+        if settings.matching == "batch":
+            metrics.matched_windows.observe(len(open_))
+            ranked = _matched([requests[i].orderId for i in open_], ranked)
         offers = [
             (decide.to_assign(requests[i].orderId, now), [(c.driver_id, eta_minutes(c)) for c in cands])
             for i, cands in zip(open_, ranked, strict=True)
@@ -221,6 +225,16 @@ async def _decide_into(runtime: Runtime, requests: list[AssignmentRequested], de
     recorded = await _retrying(runtime, lambda: runtime.index.record_failures(failures, ttl))
     for i, decision in zip(unserved, recorded, strict=True):
         decisions[i] = decision
+
+
+def _matched(order_ids: list[str], ranked: list[list[Candidate]]) -> list[list[Candidate]]:
+    """Batch matching: each order's candidates in the order the reservation tries them, its match
+    first (streams.logic.matching). An order a block holds twice is matched once: its other copies
+    offer no driver and get the decision of the first."""
+    first_of: dict[str, int] = {}
+    unique = [cands if first_of.setdefault(order_id, i) == i else []
+              for i, (order_id, cands) in enumerate(zip(order_ids, ranked, strict=True))]
+    return matching.offered(unique, matching.optimal(unique))
 
 
 def _explained(ranked: list, position: int) -> dict[str, Any]:
@@ -279,6 +293,8 @@ def _count_and_log(runtime: Runtime, answer: Answer) -> None:
     m.assignment_requests.labels(region=message.topic.rsplit(".", 1)[-1], outcome=answer.outcome).inc()
     if not decision.assigned:
         m.assignment_failures.labels(reason=str(decision.error).split(":")[0]).inc()
+    if runtime.supply_demand is not None:  # the demand of the restaurant's cell (streams.supply_demand)
+        runtime.supply_demand.answered(message, decision.status, decision.error)
     log.info("assignment_decided", orderId=decision.order_id, outcome=answer.outcome, status=decision.status,
              driverId=decision.driver_id, eta=decision.eta, error=decision.error,
              latency_ms=round(latency * 1000, 2), **answer.context)

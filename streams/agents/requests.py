@@ -16,6 +16,7 @@ the broker, up to `Settings.answers_in_flight` requests."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,10 @@ DECIDE_EVERY_S = 0.002
 # Blocks whose answers may wait for the broker at once: the next blocks are decided meanwhile, so each
 # block is at most this share of `Settings.answers_in_flight`.
 BLOCKS_IN_FLIGHT = 4
+# With batch matching, the rest of a window is read this many requests per fetch until none is left,
+# up to WINDOW_LIMIT requests: a window is decided whole, and a backlog in windows of a bounded cost.
+WINDOW_FETCH = 500
+WINDOW_LIMIT = 2000
 
 
 class RequestBatches(PartitionReader):
@@ -91,7 +96,22 @@ class RequestBatches(PartitionReader):
         batch = await super()._fetch(consumer, max_records)
         if batch:
             self._fetched_at = loop.time()
+            settings = self._app.runtime.settings
+            if settings.matching == "batch":
+                await self._rest_of_window(consumer, batch, settings.match_window_ms / 1000)
         return batch
+
+    async def _rest_of_window(self, consumer: AIOKafkaConsumer, batch: Batch, window_s: float) -> None:
+        """Adds to `batch` the requests of its window: those sent (by their record timestamps) until
+        `window_s` after its first. A backlog's window has passed already and is read at once; a
+        sender's clock ahead of ours delays a window by `window_s` at most."""
+        first_ms = min(records[0].timestamp for records in batch.values())
+        await asyncio.sleep(min(window_s, max(0.0, first_ms / 1000 + window_s - time.time())))
+        count = sum(len(records) for records in batch.values())
+        while count < WINDOW_LIMIT and (more := await consumer.getmany(timeout_ms=0, max_records=WINDOW_FETCH)):
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                count += len(records)
 
     async def _take(self, batch: Batch) -> None:
         runtime = self._app.runtime

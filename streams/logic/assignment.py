@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from schemas.models import COORDINATE_FIELDS, AssignmentRequested, AssignmentResponse, iso_utc
+from schemas.models import NO_DRIVERS as NO_DRIVERS  # the failure this module's callers name
 from streams.logic.geo import haversine_km
 from streams.logic.scoring import Candidate, ScoreWeights, evaluate, rank_key
 
-NO_DRIVERS = "No available drivers in area"
 INVALID_COORDINATES = "Invalid coordinates"
 LIMITS = {
     "restaurantLatitude": 90.0,

@@ -144,11 +144,12 @@ class Recorded(PartitionService):
 
 def test_partition_services_start_in_order_and_stop_in_reverse(monkeypatch) -> None:
     """Sessions read while the tables were restored are dropped before pings are read again; pings
-    stop before anything of theirs is forgotten; requests are read last and stopped first."""
+    stop before anything of theirs is forgotten; the supply/demand feed takes its partitions over before
+    requests are read, which are read last and stopped first."""
     app = DispatchApp(Settings())
     calls: list = []
     runtime = app.runtime
-    order = ["sessions", "index_writer", "progress", "pings", "request_batches"]
+    order = ["sessions", "index_writer", "progress", "pings", "supply_demand", "request_batches"]
     for field in order:
         monkeypatch.setattr(runtime, field, Recorded(field, calls))
     monkeypatch.setattr(DispatchApp, "driver_partitions", lambda self: {0})

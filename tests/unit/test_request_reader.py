@@ -3,6 +3,7 @@ nothing more: the partitions are another worker's, and its consumer, of no group
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 from aiokafka import TopicPartition
@@ -58,3 +59,42 @@ async def test_an_expelled_worker_leaves_what_it_read_and_stops_reading():
     batches, decided, consumer = reader(coordinator_generation=8)  # the group moved on without it
     await batches._take({TP0: [REQUEST]})
     assert decided == [] and consumer.paused == (TP0,) and batches._answered == {}
+
+
+class ScriptedConsumer:
+    """getmany answers from a script: the first fetch's batch, then what each later fetch finds."""
+
+    def __init__(self, *answers: dict) -> None:
+        self.answers = list(answers)
+        self.fetches: list[float] = []
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        self.fetches.append(time.monotonic())
+        return self.answers.pop(0) if self.answers else {}
+
+
+def record(offset: int, sent_ms: float) -> SimpleNamespace:
+    return SimpleNamespace(offset=offset, timestamp=int(sent_ms))
+
+
+async def window_of(first_sent_ms: float, window_ms: int) -> tuple[dict, float]:
+    batches, _, _ = reader(coordinator_generation=7)
+    batches._app.runtime.settings = SimpleNamespace(answers_in_flight=256, matching="batch", match_window_ms=window_ms)
+    tp1 = TopicPartition(TP0.topic, 1)
+    consumer = ScriptedConsumer({TP0: [record(1, first_sent_ms)]}, {TP0: [record(2, 0)], tp1: [record(7, 0)]},
+                                {TP0: [record(3, 0)]})
+    started = time.monotonic()
+    batch = await batches._fetch(consumer, max_records=64)
+    return {tp.partition: [r.offset for r in records] for tp, records in batch.items()}, time.monotonic() - started
+
+
+async def test_batch_matching_reads_the_rest_of_the_window_before_deciding():
+    batch, waited = await window_of(time.time() * 1000, window_ms=80)
+    assert batch == {0: [1, 2, 3], 1: [7]}
+    assert 0.06 < waited < 0.5
+
+
+async def test_a_backlogs_window_has_passed_and_is_read_at_once():
+    batch, waited = await window_of(time.time() * 1000 - 5000, window_ms=80)
+    assert batch == {0: [1, 2, 3], 1: [7]}
+    assert waited < 0.05

@@ -10,6 +10,7 @@ import pytest
 
 from producers.cities import CITIES
 from producers.simulator import (
+    SCENARIOS,
     CitySimulation,
     SimulationConfig,
     displacement_m,
@@ -125,6 +126,7 @@ def test_an_assigned_driver_goes_to_the_restaurant_waits_and_delivers():
     assert [e.status for e in events] == ["picked_up", "delivered"]
     picked_up_at = (events[0].ts - START).total_seconds()
     assert picked_up_at >= 10 + 5 * 60 / 20  # not before the food is ready
+    assert sim.orders[request.orderId].picked_up_at_s == pytest.approx(picked_up_at, abs=1e-3)
     assert driver.state == "available"
 
 
@@ -139,3 +141,52 @@ def test_an_answer_naming_a_busy_driver_is_cancelled():
                                            eta=10, assignedAt=START))
     assert sim.orders[second.orderId].outcome == "cancelled"
     assert sim.orders[first.orderId].outcome == "assigned"
+
+
+def requests_of(records: list) -> list[AssignmentRequested]:
+    return [r.message for r in records if isinstance(r.message, AssignmentRequested)]
+
+
+def test_a_rush_adds_its_orders_at_one_restaurant_and_leaves_the_citys_own_as_they_were():
+    city = CITIES["new-york"]
+    plain = requests_of(run(SimulationConfig(city, drivers=5, orders_per_s=2, seed=3), seconds=40))
+    rushed = requests_of(run(SimulationConfig(city, drivers=5, orders_per_s=2, seed=3, scenario=SCENARIOS["rush"]),
+                             seconds=40))
+    rush = SCENARIOS["rush"].rush
+    spot = offset(city.lat, city.lng, rush.north_km * 1000, rush.east_km * 1000)
+    at_spot = [r for r in rushed if distance_m(r.restaurantLatitude, r.restaurantLongitude, *spot) < 1]
+    assert len(at_spot) == rush.orders
+    assert {round(r.restaurantLatitude, 6) for r in at_spot} == {round(spot[0], 6)}
+    times = sorted((datetime.fromisoformat(r.occurredAt) - START).total_seconds() for r in at_spot)
+    assert rush.at_s <= times[0] and times[-1] < rush.at_s + rush.over_s + 0.5
+    own = [(r.restaurantLatitude, r.restaurantLongitude, r.preparationTime) for r in rushed if r not in at_spot]
+    assert own == [(r.restaurantLatitude, r.restaurantLongitude, r.preparationTime) for r in plain]
+
+
+def test_a_shortage_sends_its_share_of_orders_to_the_district():
+    city, scenario = CITIES["new-york"], SCENARIOS["shortage"]
+    hotspot = scenario.hotspot
+    requests = requests_of(run(SimulationConfig(city, drivers=1, orders_per_s=20, seed=5, scenario=scenario),
+                               seconds=30))
+    centre = offset(city.lat, city.lng, hotspot.north_km * 1000, hotspot.east_km * 1000)
+    inside = sum(distance_m(r.restaurantLatitude, r.restaurantLongitude, *centre) <= hotspot.radius_km * 1000 + 1
+                 for r in requests)
+    assert len(requests) > 400
+    # The share, and the few orders of the rest of the city that fall in the district by chance.
+    assert 0.45 < inside / len(requests) < 0.58
+
+
+def test_a_trip_of_one_driver_leaves_every_other_drivers_moves_as_they_were():
+    config = SimulationConfig(CITIES["london"], drivers=6, orders_per_s=0, seed=11, speedup=5)
+    idle, busy = CitySimulation(config, START), CitySimulation(config, START)
+    for sim in (idle, busy):
+        sim.advance(10)
+    request = busy._new_order(busy.now_s).message
+    taken = busy.drivers[0]
+    busy.on_response(AssignmentResponse(orderId=request.orderId, status="assigned", driverId=taken.driver_id, eta=9,
+                                        assignedAt=START))
+    for _ in range(120):
+        idle.advance(0.5)
+        busy.advance(0.5)
+    assert [(d.lat, d.lng) for d in idle.drivers[1:]] == [(d.lat, d.lng) for d in busy.drivers[1:]]
+    assert (idle.drivers[0].lat, idle.drivers[0].lng) != (taken.lat, taken.lng)
