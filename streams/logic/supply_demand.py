@@ -20,7 +20,6 @@ Share = tuple[str, int]
 ASSIGNED = "assigned"
 REFUSED = "refused"
 OTHER = "other"  # failed for another reason than no driver (expired, invalid request)
-# The failure that counts as a refusal: the area had no driver to give.
 
 
 def outcome_of(status: str, error: str | None) -> str:
