@@ -217,3 +217,26 @@ def test_a_worker_of_every_role_writes_both_kinds_and_serves_the_view(deployment
     assert body["totals"] == {"available_drivers": 1, "requests": 1, "assigned": 0, "refused": 1}
     status, refused = worker.get(f"/dispatch/supply-demand?h3={midtown}&k=x")
     assert status == 400 and refused["parameter"] == "k"
+
+
+def test_an_assignments_process_started_again_counts_its_windows_answers_from_the_topics(split):
+    """The answers given before the restart are still in the window: the new process counts them from
+    the requests and responses topics, once each, beside those it gives itself."""
+    city, processes = split
+    settings = _settings(city.dep)
+    for n in range(2):
+        _place(city, f"r_{n}", DOWNTOWN, km_north=0.1 * n)
+    wait_for(lambda: all(city.session(f"r_{n}").get("last_loc") for n in range(2)), message="drivers")
+    for order in ("before_1", "before_2", "before_3"):  # two drivers: the third is refused
+        city.ask(order, request(order, *DOWNTOWN))
+    assert sorted(answer[0]["status"] for answer in city.answers(3).values()) == ["assigned", "assigned", "failed"]
+    _feed_agrees(settings)
+
+    processes["assignments"].stop()
+    restarted = city.dep.start_worker("assignments", roles="assignments", **PATIENT)
+    restarted.wait_ready()
+    city.ask("after", request("after", *BROOKLYN))  # 6 km from the drivers, beyond the radius: refused
+    assert city.answers(4)["after"][0]["error"] == "No available drivers in area"
+    _feed_agrees(settings)
+    rows = [json.loads(line) for line in city.dep.cli("supply-demand", "show", "--json").stdout.splitlines()]
+    assert [sum(row[name] for row in rows) for name in ("requests", "assigned", "refused")] == [4, 2, 2]
