@@ -22,8 +22,8 @@ from infra.settings import Settings
 from infra.topics import TopicNames, key_partition
 from schemas.codec import Codec, InvalidMessage, default_codec
 from schemas.models import (
+    ASSIGNED,
     DEMAND,
-    NO_DRIVERS,
     SUPPLY,
     AssignmentRequested,
     AssignmentResponse,
@@ -32,6 +32,7 @@ from schemas.models import (
     PresenceChanged,
     SupplyDemand,
     TripEvent,
+    demand_outcome,
     parse_feed_key,
 )
 
@@ -273,11 +274,9 @@ class Replay:
                 self.restaurants[raw["orderId"]] = restaurant_cell(raw, self.resolution)
         elif kind == "response":
             answer = codec.decode(AssignmentResponse, value)
-            if answer.status == "assigned" and answer.driverId:
+            outcome = demand_outcome(answer.status, answer.error)
+            if outcome == ASSIGNED and answer.driverId:
                 self._driver(answer.driverId).trips.add(answer.orderId)
-                outcome = "assigned"
-            else:
-                outcome = "refused" if answer.error == NO_DRIVERS else "other"
             self.answers.append((answer.orderId, outcome, timestamp_ms))
         elif kind == "trip":
             trip = codec.decode(TripEvent, value)

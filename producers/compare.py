@@ -15,6 +15,7 @@ from typing import Any
 from infra.local import LocalDeployment
 from infra.percentiles import percentiles
 from infra.settings import Settings
+from producers import commandline
 from producers.live import Report, run_simulation
 from producers.simulator import SimulationConfig, distance_m
 from schemas.models import NO_DRIVERS
@@ -117,8 +118,6 @@ def run_policy(settings: Settings, config: SimulationConfig, policy: str, workdi
                **run: Any) -> Report:
     """One run of the city against a pipeline of its own, matching by `policy`, of `workers` workers
     (which share the request partitions, each matching its own share); removed afterwards."""
-    from producers import commandline
-
     deployment = LocalDeployment(
         workdir=workdir, partitions=settings.partitions, regions=(config.city.region,),
         bootstrap=settings.kafka_bootstrap_servers, redis_url=settings.redis_url.get_secret_value(),
@@ -166,6 +165,7 @@ def draw(results_dir: Path, outcomes: list[Outcome]) -> list[Path]:
     plt = _matplotlib()
     comparison = json.loads((results_dir / "comparison.json").read_text())
     snapshots = {o.policy: json.loads((results_dir / o.policy / "city.json").read_text()) for o in outcomes}
+    latencies = {o.policy: json.loads((results_dir / o.policy / "latencies_ms.json").read_text()) for o in outcomes}
     fig, axes = plt.subplots(1, len(outcomes), figsize=(8 * len(outcomes), 7.4), dpi=90, squeeze=False)
     for ax, o in zip(axes[0], outcomes, strict=True):
         draw_city(fig, ax, snapshots[o.policy])
@@ -186,8 +186,7 @@ def draw(results_dir: Path, outcomes: list[Outcome]) -> list[Path]:
     fig, axes = plt.subplots(1, len(series), figsize=(15, 4.5), dpi=100)
     for ax, (label, values_of) in zip(axes, series.items(), strict=True):
         for o in outcomes:
-            latencies = json.loads((results_dir / o.policy / "latencies_ms.json").read_text())
-            values = sorted(values_of(snapshots[o.policy], latencies))
+            values = sorted(values_of(snapshots[o.policy], latencies[o.policy]))
             if values:
                 ax.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post",
                         label=f"{o.policy} ({len(values)})")

@@ -201,6 +201,20 @@ def feed_key(cell: str, kind: str, partition: int) -> str:
     return f"{cell}/{kind}/{partition}"
 
 
+# What an answer adds to its restaurant cell's demand: assigned, refused (no driver in the area), or
+# other (failed for another reason: expired, invalid request), counted in `requests` only.
+ASSIGNED = "assigned"
+REFUSED = "refused"
+OTHER = "other"
+
+
+def demand_outcome(status: str, error: str | None) -> str:
+    """An answer's demand outcome, as the worker counts it and a replay of the topics does."""
+    if status == "assigned":
+        return ASSIGNED
+    return REFUSED if error == NO_DRIVERS else OTHER
+
+
 def parse_feed_key(key: str) -> tuple[str, str, int]:
     """(cell, kind, partition) of a `feed_key`; ValueError for anything else."""
     cell, kind, partition = key.split("/")

@@ -26,7 +26,15 @@ from consumers.supply_demand import read_feed, restaurant_cell
 from infra.clients import new_consumer
 from infra.settings import Settings
 from schemas.codec import InvalidMessage
-from schemas.models import DEMAND, SUPPLY, AssignmentRequested, AssignmentResponse, SupplyDemand, parse_feed_key
+from schemas.models import (
+    DEMAND,
+    SUPPLY,
+    AssignmentRequested,
+    AssignmentResponse,
+    SupplyDemand,
+    demand_outcome,
+    parse_feed_key,
+)
 from streams.index import now_ms
 from streams.logic.supply_demand import (
     DemandWindow,
@@ -34,7 +42,6 @@ from streams.logic.supply_demand import (
     SupplyCounts,
     demand_records,
     orphaned,
-    outcome_of,
     supply_records,
 )
 from streams.runtime import PartitionService
@@ -82,7 +89,7 @@ class SupplyDemandFeed(PartitionService):
         except InvalidMessage:  # answered "Invalid coordinates" or the like: it has no cell
             return
         if cell is not None:
-            self.demand.add(now_ms(), (cell, message.partition), outcome_of(status, error))
+            self.demand.add(now_ms(), (cell, message.partition), demand_outcome(status, error))
 
     # -- the partitions' lifecycle --------------------------------------------------------------
 
@@ -218,7 +225,7 @@ async def read_back_answers(app: DispatchApp, partitions: set[int], since_ms: in
             continue
         cell = cells.get(answer.orderId)
         if cell is not None:
-            answers.append((record.timestamp, (cell, record.partition), outcome_of(answer.status, answer.error)))
+            answers.append((record.timestamp, (cell, record.partition), demand_outcome(answer.status, answer.error)))
     answers.sort(key=lambda answer: answer[0])
     return answers
 

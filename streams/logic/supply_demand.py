@@ -11,24 +11,11 @@ from dataclasses import dataclass
 
 import h3
 
-from schemas.models import DEMAND, NO_DRIVERS, SUPPLY, feed_key
+from schemas.models import ASSIGNED, DEMAND, REFUSED, SUPPLY, feed_key
 from streams.logic.sessions import DriverSession
 
 # A share: (cell, source partition).
 Share = tuple[str, int]
-# What an answer adds to the demand of its restaurant's cell.
-ASSIGNED = "assigned"
-REFUSED = "refused"
-OTHER = "other"  # failed for another reason than no driver (expired, invalid request)
-
-
-def outcome_of(status: str, error: str | None) -> str:
-    """An answer's demand outcome: assigned, refused (no driver in the area), or other."""
-    if status == "assigned":
-        return ASSIGNED
-    return REFUSED if error == NO_DRIVERS else OTHER
-
-
 def available_cell9(session: DriverSession) -> str | None:
     """The resolution-9 cell a driver is available in (online, ACTIVE, on no trip, located), or None.
     The same test as DriverSession.assignable, inlined: it runs at every ping."""

@@ -14,24 +14,24 @@ from consumers.supply_demand import Replay, Shares, Totals, add_up, differences,
 from infra.topics import TopicNames, plan
 from schemas import default_codec
 from schemas.models import (
+    NO_DRIVERS,
     AssignmentResponse,
     DriverStatus,
     LocationPing,
     PresenceChanged,
     SupplyDemand,
     TripEvent,
+    demand_outcome,
     feed_key,
     parse_feed_key,
 )
 from streams.logic.queries import BadQuery, parse_supply_demand
 from streams.logic.sessions import DriverSession
 from streams.logic.supply_demand import (
-    NO_DRIVERS,
     DemandWindow,
     SupplyCounts,
     demand_records,
     orphaned,
-    outcome_of,
     supply_records,
 )
 
@@ -116,10 +116,10 @@ def test_answers_read_back_merge_before_those_counted_since():
 
 
 def test_outcomes_a_refusal_is_no_driver_in_the_area_only():
-    assert outcome_of("assigned", None) == "assigned"
-    assert outcome_of("failed", NO_DRIVERS) == "refused"
-    assert outcome_of("failed", "Request expired") == "other"
-    assert outcome_of("failed", "Invalid request: radius: too large") == "other"
+    assert demand_outcome("assigned", None) == "assigned"
+    assert demand_outcome("failed", NO_DRIVERS) == "refused"
+    assert demand_outcome("failed", "Request expired") == "other"
+    assert demand_outcome("failed", "Invalid request: radius: too large") == "other"
 
 
 def test_records_keys_and_tombstones():
