@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GD := $(VENV)/bin/geodispatch
 STAMP := $(VENV)/.installed
+# The Node clients the gateway's tests drive (tests/clients: socket.io-client, eventsource, puppeteer-core).
+NODE_STAMP := tests/clients/node_modules/.installed
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
@@ -32,10 +34,14 @@ help: ## list every target with one line each
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[worker,dev,plots,bench]'
+	$(PY) -m pip install -q -e '.[worker,gateway,dev,plots,bench]'
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install the project with its dev tools
+
+$(NODE_STAMP): tests/clients/package-lock.json
+	npm ci --no-audit --no-fund --prefix tests/clients
+	@touch $@
 
 infra-up: setup ## start Kafka (KRaft) and Redis on 127.0.0.1, unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point elsewhere
 	@if [ -n "$(START_KAFKA)" ]; then infra/kafka/kafka.sh up; else echo "kafka: using $$KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVERS is set)"; fi
@@ -71,7 +77,8 @@ run: topics ## start the deployment recommended for one machine: a process per r
 test-unit: setup ## unit tests only: no broker, no Redis
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test: topics lint ## set up, start Kafka and Redis, lint, run every test
+test: topics lint $(NODE_STAMP) ## set up, start Kafka and Redis, lint, run every test (the browser's too)
+	@infra/chromium.sh ensure
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 upgrade-test: topics ## the last release's worker (CHANGELOG.md) on real data, replaced by this one: nothing lost (also in make test)
@@ -107,6 +114,11 @@ DEMO_SEED ?= 1
 DEMO_PORT ?= 6066
 DEMO_DIR ?= results/demo
 DEMO_PID := $(DEMO_DIR)/worker.pid
+DEMO_GATEWAY_PORT ?= 6070
+DEMO_GATEWAY_PID := $(DEMO_DIR)/gateway.pid
+# The demo gateway's token secret: made once, kept in the demo's folder (never in the workers' environment,
+# so that the sessions API stays open as `make run` leaves it).
+DEMO_SECRET := $(DEMO_DIR)/jwt.secret
 # The stream processes of `make run`'s shape serve /stats on the ports after the sessions API's.
 DEMO_STATS := --stats-url http://127.0.0.1:$(shell expr $(DEMO_PORT) + 1)/stats \
   --stats-url http://127.0.0.1:$(shell expr $(DEMO_PORT) + 2)/stats
@@ -122,13 +134,26 @@ demo: topics ## the deployment of `make run` + a simulated city for DEMO_SECONDS
 	  echo $$! > $(DEMO_PID); \
 	  echo "demo: a worker per role started in the background (pid $$(cat $(DEMO_PID)), log $(DEMO_DIR)/worker.log)"; \
 	fi
+	@if [ -f $(DEMO_GATEWAY_PID) ] && kill -0 "$$(cat $(DEMO_GATEWAY_PID))" 2>/dev/null; then \
+	  echo "demo: reusing the gateway started earlier (pid $$(cat $(DEMO_GATEWAY_PID)))"; \
+	else \
+	  test -s $(DEMO_SECRET) || $(PY) -c "import secrets; print(secrets.token_urlsafe(32))" > $(DEMO_SECRET); \
+	  GEODISPATCH_JWT_SECRET="$$(cat $(DEMO_SECRET))" GEODISPATCH_LOG_FORMAT=json nohup $(GD) gateway --port $(DEMO_GATEWAY_PORT) \
+	    > $(DEMO_DIR)/gateway.log 2>&1 & echo $$! > $(DEMO_GATEWAY_PID); \
+	  echo "demo: the real-time gateway started in the background (pid $$(cat $(DEMO_GATEWAY_PID)), log $(DEMO_DIR)/gateway.log)"; \
+	fi
+	@token=$$(GEODISPATCH_JWT_SECRET="$$(cat $(DEMO_SECRET))" $(GD) gateway token --sub demo-operator --role support --ttl-s 86400); \
+	  url="http://127.0.0.1:$(DEMO_GATEWAY_PORT)/map/#token=$$token"; echo "$$url" > $(DEMO_DIR)/live_map.url; \
+	  echo "demo: the live map: $$url"; \
+	  if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] && command -v xdg-open >/dev/null; then xdg-open "$$url" >/dev/null 2>&1 || true; fi
 	@$(GD) simulate --city $(DEMO_CITY) --drivers $(DEMO_DRIVERS) --orders-per-s $(DEMO_ORDERS_PER_S) \
 	  --duration $(DEMO_SECONDS) --speedup $(DEMO_SPEEDUP) --malformed-fraction $(DEMO_MALFORMED) --seed $(DEMO_SEED) \
 	  $(DEMO_STATS) --api-url http://127.0.0.1:$(DEMO_PORT) --wait-ready 120 --live --results $(DEMO_DIR) --pictures \
 	  || { echo "demo: failed; the worker's last lines:"; tail -n 20 $(DEMO_DIR)/worker.log; exit 1; }
 	@echo ""
 	@echo "demo: pictures and the run's records are in $(DEMO_DIR)/ (map.png, latency.png, summary.txt)"
-	@echo "demo: the workers keep running (pid $$(cat $(DEMO_PID))): inspect dead letters with"
+	@echo "demo: the live map stays up with the gateway (its address is in $(DEMO_DIR)/live_map.url); another 'make demo' plays on it"
+	@echo "demo: the workers and the gateway keep running (pids $$(cat $(DEMO_PID)), $$(cat $(DEMO_GATEWAY_PID))): inspect dead letters with"
 	@echo "        $(GD) dlq list"
 	@echo "      stop it with 'make demo-stop'; 'make demo' starts it again"
 
@@ -143,9 +168,13 @@ compare: topics ## greedy vs batch matching on the simulator's three scenarios (
 	    --results $(COMPARE_DIR)/$$scenario --pictures || exit 1; \
 	done
 
-demo-stop: ## stop the workers `make demo` left running
+demo-stop: ## stop the workers and the gateway `make demo` left running
 	@if [ -f $(DEMO_PID) ] && kill -0 "$$(cat $(DEMO_PID))" 2>/dev/null; then \
 	  pid=$$(cat $(DEMO_PID)); kill $$pid; while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; \
 	  echo "demo: workers of $$pid stopped"; \
 	else echo "demo: no worker running"; fi
+	@if [ -f $(DEMO_GATEWAY_PID) ] && kill -0 "$$(cat $(DEMO_GATEWAY_PID))" 2>/dev/null; then \
+	  pid=$$(cat $(DEMO_GATEWAY_PID)); kill $$pid; while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; \
+	  echo "demo: gateway $$pid stopped"; \
+	else echo "demo: no gateway running"; fi
 	@rm -f $(DEMO_PID)

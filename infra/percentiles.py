@@ -5,6 +5,7 @@ suite alike: nearest rank, the smallest observation with at least that share of 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 
 
@@ -19,3 +20,22 @@ def percentiles(values: Iterable[float], *quantiles: float) -> list[float | None
     """Each quantile's nearest-rank percentile of `values` (sorted here, once), None for no values."""
     ordered = sorted(values)
     return [ordered[nearest_rank(q, len(ordered))] if ordered else None for q in quantiles]
+
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LatencyWindow:
+    """The last N observations, for exact p50/p95/p99 in /stats (histograms only approximate)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def observe(self, seconds: float) -> None:
+        self._values.append(seconds)
+
+    def percentiles(self, *quantiles: float) -> dict[str, float | int | None]:
+        found = zip(quantiles, percentiles(self._values, *quantiles), strict=True)
+        result: dict[str, float | int | None] = {f"p{round(q * 100):d}": value for q, value in found}
+        result["count"] = len(self._values)
+        return result

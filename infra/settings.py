@@ -151,6 +151,24 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     # A scope the token must carry (in `scope` or `scp`); none required when unset.
     jwt_scope: str | None = None
+    # Clock skew tolerated on a token's exp/nbf/iat between its issuer and us: an expired token is still
+    # accepted, and a gateway stream still served, this long after its exp.
+    jwt_leeway_s: float = Field(30.0, ge=0, le=600)
+
+    # -- the real-time gateway (consumers.gateway, `geodispatch gateway`) ------------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(6070, ge=1, le=65535)
+    # How far back the gateway reads assignments, trips and tracking when it starts, so that a client
+    # reconnecting to a gateway started meanwhile finds its booking's driver and last known location.
+    gateway_lookback_s: int = Field(300, ge=0, le=86_400)
+    # A subscriber whose oldest waiting message has waited this long is disconnected as too slow (a
+    # tracking screen that far behind shows the past; reconnected, it starts from the last location).
+    gateway_send_timeout_s: float = Field(5.0, gt=0, le=300)
+    # Messages waiting for one subscriber beyond which it is disconnected all the same: the bound on the
+    # memory one connection holds, whatever a burst brings within the send timeout.
+    gateway_queue_limit: int = Field(4096, ge=1, le=1_000_000)
+    # How often the live map's channel sends a snapshot of the city.
+    gateway_map_interval_s: float = Field(1.0, ge=0.1, le=60)
 
     @field_validator("regions", "jwt_algorithms", "roles", mode="before")
     @classmethod

@@ -28,6 +28,9 @@ DRIVER_COMMANDS = "dispatch.driver_commands"
 # Compacted: available drivers and demand per H3 cell, one record per cell, kind and source partition
 # (streams.supply_demand writes it, consumers.supply_demand reads it).
 SUPPLY_DEMAND = "dispatch.supply_demand"
+# Compacted, keyed by booking id: who owns each booking (the order service writes it), read whole by the
+# real-time gateway for its access checks (consumers.gateway).
+BOOKING_OWNERS = "booking_owners"
 # The worker's tables, each with its changelog topic (faust's naming: "{app id}-{table}-changelog").
 SESSIONS_TABLE = "driver_sessions"
 DECISIONS_TABLE = "assignment_decisions"
@@ -110,6 +113,10 @@ class TopicNames:
     def supply_demand(self) -> str:
         return self.prefix + SUPPLY_DEMAND
 
+    @property
+    def booking_owners(self) -> str:
+        return self.prefix + BOOKING_OWNERS
+
     def changelog(self, app_id: str, table: str) -> str:
         return f"{self.prefix}{app_id}-{table}-changelog"
 
@@ -148,5 +155,6 @@ def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replicati
     # topic widened later would keep each key's older records on the partition it left. Segments roll
     # hourly so that compaction (which never touches the active segment) keeps it small.
     specs.append(TopicSpec(names.supply_demand, 1, replication, compacted, {"segment.ms": str(3600 * 1000)}))
+    specs.append(TopicSpec(names.booking_owners, partitions, replication, compacted))
     specs += [TopicSpec(names.changelog(app_id, table), partitions, replication, compacted) for table in TABLES]
     return specs

@@ -18,6 +18,7 @@ from schemas.codec import Codec, Format, default_codec
 from schemas.models import (
     AssignmentRequested,
     AssignmentResponse,
+    BookingOwner,
     DriverStatus,
     LocationPing,
     Message,
@@ -70,6 +71,8 @@ def destination(names: TopicNames, message: Message) -> tuple[str, str]:
         return names.trip_events, message.driverId
     if isinstance(message, AssignmentResponse):
         return names.responses, message.orderId
+    if isinstance(message, BookingOwner):
+        return names.booking_owners, message.booking_id
     raise TypeError(f"{type(message).__name__} is not published by upstream services")
 
 

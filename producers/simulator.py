@@ -16,6 +16,7 @@ from producers.cities import City
 from schemas.models import (
     AssignmentRequested,
     AssignmentResponse,
+    BookingOwner,
     DriverStatus,
     LocationPing,
     Message,
@@ -31,6 +32,8 @@ PING_FAULTS = ("not_json", "missing_field", "wrong_type", "future_ts")
 REQUEST_FAULTS = ("no_order_id",)
 FUTURE_SKEW = timedelta(minutes=15)
 ARRIVAL_TOLERANCE_M = 1.0
+# The riders the orders are booked by, in turn: a rider follows several of a run's bookings.
+RIDERS = 1000
 
 DriverState = Literal["offline", "available", "on_trip", "silent"]
 
@@ -300,9 +303,9 @@ class CitySimulation:
                 return out
             if rush_at < self._next_order_at_s:
                 self._rush_times.pop(0)
-                out.append(self._new_order(rush_at, rush=True))
+                out.extend(self._booking(rush_at, rush=True))
             else:
-                out.append(self._new_order(self._next_order_at_s))
+                out.extend(self._booking(self._next_order_at_s))
                 self._next_order_at_s += self._order_gap()
 
     def stop_orders(self) -> None:
@@ -469,6 +472,14 @@ class CitySimulation:
         rush, city = self.config.scenario.rush, self.city
         assert rush is not None
         return offset(city.lat, city.lng, rush.north_km * 1000, rush.east_km * 1000)
+
+    def _booking(self, at_s: float, rush: bool = False) -> list[Outgoing]:
+        """A new order as the order service publishes it: who booked it (booking_owners, what the
+        real-time gateway lets its rider follow it by), then the request for a driver."""
+        request = self._new_order(at_s, rush)
+        order_id = next(reversed(self.orders))
+        rider = f"{self.city.slug}-rider-{self._order_number % RIDERS:04d}"
+        return [Outgoing(BookingOwner(booking_id=order_id, user_id=rider, ts=self.timestamp(at_s))), request]
 
     def _new_order(self, at_s: float, rush: bool = False) -> Outgoing:
         """An order of the city's own, or of its rush (a stream of its own, so the city's orders are

@@ -195,6 +195,16 @@ class SupplyDemand(Message):
         return feed_key(self.h3, self.kind, self.partition)
 
 
+class BookingOwner(Message):
+    """Who owns a booking (booking_owners, keyed by booking_id): the user whose app may follow it."""
+
+    avro_name: ClassVar[str] = "BookingOwner"
+
+    booking_id: NonEmpty
+    user_id: NonEmpty
+    ts: Timestamp
+
+
 def feed_key(cell: str, kind: str, partition: int) -> str:
     """`<h3 cell>/<drivers|requests>/<source partition>`: the shares of one cell from different kinds or
     partitions never overwrite one another in the compacted topic."""
@@ -233,4 +243,5 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     TrackingUpdate,
     DriverCommand,
     SupplyDemand,
+    BookingOwner,
 )

@@ -12,7 +12,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from streams.auth import AuthError, Verifier
+from infra.auth import AuthError, Verifier
 
 log = structlog.get_logger(__name__)
 

@@ -12,11 +12,11 @@ import structlog
 from aiohttp import web
 
 from consumers.supply_demand import FeedFollower
+from infra.auth import Verifier
 from infra.settings import Settings
 from streams import answers
 from streams.access import token_gate
 from streams.answers import PREFIX, SUPPLY_DEMAND_PATH, Answer, timed
-from streams.auth import Verifier
 from streams.index import RegionIndex
 from streams.metrics import Metrics
 

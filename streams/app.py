@@ -13,13 +13,13 @@ import structlog
 from faust.types import TP
 
 from consumers.supply_demand import FeedFollower
+from infra.auth import Verifier
 from infra.settings import Settings
 from infra.topics import DECISIONS_TABLE, DLQ_MAX_MESSAGE_BYTES, SESSIONS_TABLE, TopicNames
 from schemas.codec import default_codec
 from streams import topology
 from streams.access import token_gate
 from streams.api import json_errors
-from streams.auth import Verifier
 from streams.dlq import DeadLetters
 from streams.handover import carry_request_offsets
 from streams.index import RegionIndex, now_ms

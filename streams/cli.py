@@ -95,6 +95,56 @@ def run_deployment(shape: str, web_port: int | None) -> None:
     sys.exit(run(processes_of(shape, web_port or settings.web_port)))
 
 
+@main.group(invoke_without_command=True)
+@click.option("--host", default=None, help="Address to listen on (default: GEODISPATCH_GATEWAY_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: GEODISPATCH_GATEWAY_PORT, 6070).")
+@click.pass_context
+def gateway(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the real-time gateway: tracking, assignments and presence pushed to apps over Socket.IO and
+    SSE (/realtime/{channel}), and the live operator map at /map/ (docs/GATEWAY.md). Needs
+    GEODISPATCH_JWT_SECRET or GEODISPATCH_JWT_PUBLIC_KEY. `geodispatch gateway token --help` makes a
+    token for trying it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        import socketio  # noqa: F401
+    except ImportError:
+        click.echo("error: the gateway's dependencies are not installed: pip install 'geodispatch[gateway]'", err=True)
+        sys.exit(1)
+    from consumers.gateway.server import serve
+    from streams.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    serve(settings, host or settings.gateway_host, port or settings.gateway_port)
+
+
+@gateway.command("token")
+@click.option("--sub", required=True, help="The user id (a rider's, a driver's, a support agent's).")
+@click.option("--role", required=True, type=click.Choice(["client", "driver", "support", "admin"]))
+@click.option("--scopes", default="booking.*.tracking user.*.events presence map", show_default=True,
+              help="Space-separated channel patterns the token may subscribe to.")
+@click.option("--ttl-s", type=click.IntRange(1, 7 * 86_400), default=3600, show_default=True,
+              help="Lifetime in seconds.")
+def gateway_token(sub: str, role: str, scopes: str, ttl_s: int) -> None:
+    """Print an HS256 token signed with GEODISPATCH_JWT_SECRET: for trying the gateway and for tests.
+    In production the tokens come from your identity service (seed 002: short-lived, refreshed by REST)."""
+    import time
+
+    import jwt
+
+    settings = _settings()
+    if settings.jwt_secret is None:
+        click.echo("error: GEODISPATCH_JWT_SECRET is not set", err=True)
+        sys.exit(1)
+    claims = {"sub": sub, "role": role, "scopes": scopes.split(), "exp": int(time.time()) + ttl_s}
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    click.echo(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))
+
+
 @main.group()
 def topics() -> None:
     """Create, update and list the contract's topics."""

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from infra.percentiles import percentiles
-
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class LatencyWindow:
-    """The last N observations, for exact p50/p95/p99 in /stats (histograms only approximate)."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._values: deque[float] = deque(maxlen=size)
-
-    def observe(self, seconds: float) -> None:
-        self._values.append(seconds)
-
-    def percentiles(self, *quantiles: float) -> dict[str, float | int | None]:
-        found = zip(quantiles, percentiles(self._values, *quantiles), strict=True)
-        result: dict[str, float | int | None] = {f"p{round(q * 100):d}": value for q, value in found}
-        result["count"] = len(self._values)
-        return result
+from infra.percentiles import LATENCY_BUCKETS, LatencyWindow
 
 
 class Metrics:

@@ -18,9 +18,9 @@ from streams.logic.sessions import SessionRules
 from streams.metrics import Metrics
 
 if TYPE_CHECKING:  # the services import their handlers, which take a Runtime
+    from infra.auth import Verifier
     from streams.agents.pings import PingBatches
     from streams.agents.requests import RequestBatches
-    from streams.auth import Verifier
     from streams.dlq import DeadLetters
     from streams.index_writer import IndexWriter
     from streams.supply_demand import SupplyDemandFeed

@@ -4,6 +4,7 @@ the real broker and Redis, runs real workers as subprocesses, and reads what the
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +54,18 @@ class Deployment(LocalDeployment):
         "GEODISPATCH_MIN_PING_INTERVAL_S": "0",
         "GEODISPATCH_TRACKING_MAX_PER_S": "1",
     }
+
+    def start_gateway(self, secret: str, name: str = "gateway", **env: str) -> WorkerProcess:
+        """`geodispatch gateway` on the deployment's topics and a port of its own, stopped with its workers."""
+        port = free_port()
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen([PYTHON, "-m", "streams", "gateway", "--port", str(port)],
+                                       env=self.env(GEODISPATCH_JWT_SECRET=secret, **env), cwd=ROOT,
+                                       stdout=log_file, stderr=subprocess.STDOUT)
+        gateway = WorkerProcess(name, process, port, log_path, self.workdir)
+        self.workers.append(gateway)
+        return gateway
 
     # -- Kafka ------------------------------------------------------------------------------------
 

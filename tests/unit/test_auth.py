@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from infra.auth import AuthConfigError, AuthError, Verifier
 from infra.settings import Settings
-from streams.auth import AuthConfigError, AuthError, Verifier
 
 SECRET = "s3cret-for-tests-only-" + "0123456789abcdef" * 4
 AUD = "geodispatch-api"

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from infra.percentiles import nearest_rank
-from streams.metrics import LatencyWindow, Metrics
+from infra.percentiles import LatencyWindow, nearest_rank
+from streams.metrics import Metrics
 
 
 def test_an_empty_window_has_no_percentiles():

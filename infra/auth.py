@@ -123,6 +123,7 @@ class Verifier:
             audience=settings.jwt_audience or None,
             issuer=settings.jwt_issuer or None,
             scope=getattr(settings, "jwt_scope", None) or None,
+            leeway_s=settings.jwt_leeway_s,
         )
 
     def _key_for(self, algorithm: str) -> str | None:
