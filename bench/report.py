@@ -15,6 +15,8 @@ ISOLATION_P99_MS = 100
 # Requests a second one assignments process answers, and what a second one adds (issue 22).
 REQUESTS_PER_S = 2_500
 TWO_PROCESSES_RATIO = 1.4
+# A tracking update reaches its subscriber within this of its record on Kafka (issue 25's tests).
+GATEWAY_P99_MS = 200
 
 
 def write_json(folder: Path, name: str, data: dict[str, Any]) -> None:
@@ -224,6 +226,42 @@ def chart_isolation(folder: Path, r: dict[str, Any], name: str = "isolation") ->
     plt.close(fig)
 
 
+def chart_gateway(folder: Path, r: dict[str, Any]) -> None:
+    plt = _plt()
+    steps = r["steps"]
+    held = [st["subscribers"] for st in steps]
+    fig, (delivered, latency, cpu) = plt.subplots(1, 3, figsize=(17, 4.5))
+    at = range(len(steps))
+    delivered.bar([i - 0.2 for i in at], [st["offered_per_s"] for st in steps], width=0.4, label="offered")
+    delivered.bar([i + 0.2 for i in at], [st["delivered_per_s"] for st in steps], width=0.4, label="delivered")
+    for i, st in enumerate(steps):
+        delivered.text(i, st["offered_per_s"], f"held {st['held_at_end']:,}", ha="center", va="bottom", fontsize=8)
+    delivered.set_xticks(list(at), [f"{n:,}" for n in held])
+    delivered.set(title="one gateway: tracking updates a second", xlabel="subscribers (one booking each, 1 update/s)",
+                  ylabel="updates/s")
+    delivered.legend()
+    for q, style in (("p50", ":"), ("p95", "-."), ("p99", "-"), ("max", "--")):
+        latency.plot(held, [st["latency_ms"][q] for st in steps], style, marker="o", label=f"subscribers {q}")
+    latency.plot(held, [st["kafka_alone_ms"]["p99"] for st in steps], color="grey", marker="s",
+                 label="bare Kafka consumer p99")
+    latency.axhline(GATEWAY_P99_MS, color="red", linestyle=":", label=f"target p99 {GATEWAY_P99_MS} ms")
+    latency.set(title="update sent to received (ms)", xlabel="subscribers", xscale="log", yscale="log")
+    latency.set_xticks(held, [f"{n:,}" for n in held])
+    latency.minorticks_off()
+    latency.legend(fontsize=7)
+    bottom = [0.0] * len(steps)
+    for process in ("gateway", "clients", "generator", "kafka_reader", "broker"):
+        values = [st["cpu"].get(process) or 0 for st in steps]
+        cpu.bar(list(at), values, bottom=bottom, label=process.replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    cpu.set_xticks(list(at), [f"{n:,}" for n in held])
+    cpu.set(title="CPU while measured (cores; the machine has 2)", xlabel="subscribers", ylabel="cores")
+    cpu.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "gateway.png", dpi=90)
+    plt.close(fig)
+
+
 CHARTS = {
     "profile": chart_profile,
     "pings": chart_pings,
@@ -237,6 +275,7 @@ CHARTS = {
     "fleet": lambda folder, r: chart_mixed(folder, r, "fleet", FLEET_P99_MS),
     "isolation": chart_isolation,
     "isolation_one_process": lambda folder, r: chart_isolation(folder, r, "isolation_one_process"),
+    "gateway": chart_gateway,
 }
 
 
@@ -426,7 +465,39 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, bool |
             if ratio is not None:
                 out.append((f"  {n} workers: measured / scale model (docs/SCALING.md)", ratio, "0.8-1.2",
                             0.8 <= ratio <= 1.2))
+    g = results.get("gateway")
+    if g:
+        out += _gateway_rows(g)
     return out
+
+
+def _gateway_rows(g: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
+    """Per step: who was held and what was delivered, how late, against a bare Kafka consumer, and at
+    what CPU."""
+    rows: list[tuple[str, Any, str, bool | None]] = []
+    for st in g["steps"]:
+        n, q, cpu = st["subscribers"], st["latency_ms"], st["cpu"]
+        rows += [
+            (f"gateway, {n:,} subscribers: held at the end / updates delivered per s",
+             f"{st['held_at_end']:,} / {st['delivered_per_s']:,.0f}", "all", st["kept_up"]),
+            ("  update sent -> received p50 / p95 / p99 / max (ms)",
+             " / ".join(_fmt(q[k]) for k in ("p50", "p95", "p99", "max")), f"p99 <= {GATEWAY_P99_MS}",
+             q["p99"] is not None and q["p99"] <= GATEWAY_P99_MS),
+            ("  bare Kafka consumer p99 (ms); the gateway's addition to p99",
+             f"{_fmt(st['kafka_alone_ms']['p99'])}; {_fmt(st['gateway_added_p99_ms'])}", "", None),
+            ("  CPU (% of a core): gateway / clients / generator; gateway RSS (MiB)",
+             " / ".join(_percent(cpu[p]) for p in ("gateway", "clients", "generator"))
+             + f"; {_fmt(st['gateway_rss_mib'])}", "", None),
+        ]
+    rows.append(("gateway: most subscribers held, every one receiving", g["held_most"], "", None))
+    if g.get("failed_step"):
+        rows.append((f"gateway: the step of {g['failed_step']['subscribers']:,} failed", g["failed_step"]["error"][:40],
+                     "", False))
+    return rows
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f}"
 
 
 def _isolation_rows(label: str, i: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:

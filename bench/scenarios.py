@@ -75,6 +75,12 @@ class Sizes:
     # Enough to outlast the profile: the worker drains tens of thousands a second.
     profile_pings: int = 800_000
     profile_seconds: float = 12.0
+    # The real-time gateway (issue 25): subscribers held by one process, a step at a time, each
+    # following a booking that moves once a second; a share of them on Socket.IO, the rest on SSE.
+    gateway_subscribers: tuple[int, ...] = (500, 1_000, 2_000, 4_000, 8_000)
+    gateway_warmup_s: float = 3.0
+    gateway_seconds: float = 15.0
+    gateway_socketio_share: float = 0.1
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -99,6 +105,8 @@ class Sizes:
             baseline_producer_records=100_000,
             profile_pings=20_000,
             profile_seconds=6,
+            gateway_subscribers=(200, 500),
+            gateway_seconds=6,
         )
 
 
@@ -987,6 +995,12 @@ def _profile(run: Run) -> None:
     profile(run)
 
 
+def _gateway(run: Run) -> None:
+    from bench.gateway import gateway
+
+    gateway(run)
+
+
 ALL = {
     "pings": pings_and_restart,
     "scale": scale,
@@ -995,4 +1009,5 @@ ALL = {
     "fleet": fleet_scenario,
     "isolation": isolation_scenario,
     "profile": _profile,
+    "gateway": _gateway,
 }

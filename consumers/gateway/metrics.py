@@ -3,6 +3,9 @@ No label carries a user, booking or driver id."""
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.percentiles import LATENCY_BUCKETS, LatencyWindow
@@ -42,4 +45,18 @@ class GatewayMetrics:
         self.audited = Counter(
             "geodispatch_gateway_audited_subscriptions_total",
             "Support and admin subscriptions written to the audit log.", ["role"], registry=r)
+        self.gc_pauses = Histogram(
+            "geodispatch_gateway_gc_pause_seconds",
+            "Python garbage collections, by generation: every connection's messages wait while one runs.",
+            ["generation"], buckets=LATENCY_BUCKETS, registry=r)
         self.recent_delivery = LatencyWindow()
+        self._gc_started_at = 0.0
+
+    def watch_garbage_collections(self) -> None:
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started_at = time.perf_counter()
+        else:
+            self.gc_pauses.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started_at)

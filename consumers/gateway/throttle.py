@@ -36,5 +36,7 @@ class Throttle:
         if not self.has_pending or now < self.due_at():
             return None
         item, self._pending, self.has_pending = self._pending, None, False
-        self._last_sent_at = now
+        # The turn it went in, not when the timer woke: counted from a late wake-up, each turn would
+        # start a little later, and updates that come at the limit's own rate would wait longer and longer.
+        self._last_sent_at = self.due_at()
         return item
