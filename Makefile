@@ -26,7 +26,7 @@ REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
 endif
 export KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT KAFKA_BOOTSTRAP_SERVERS REDIS_URL
 
-.PHONY: help setup infra-up infra-down cluster-up cluster-down test-cluster topics run test test-unit upgrade-test lint demo demo-stop compare bench faults clean
+.PHONY: help setup infra-up infra-down cluster-up cluster-down test-cluster topics run test test-unit upgrade-test lint demo demo-stop dashboard compare bench faults clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -178,3 +178,18 @@ demo-stop: ## stop the workers and the gateway `make demo` left running
 	  echo "demo: gateway $$pid stopped"; \
 	else echo "demo: no gateway running"; fi
 	@rm -f $(DEMO_PID)
+
+# `make dashboard`: `make demo` with its four processes' /metrics sampled every two seconds, then the
+# Grafana dashboard (deploy/observability/dashboard.json) plotted from the samples (docs/OBSERVABILITY.md).
+DEMO_METRICS := $(DEMO_DIR)/metrics.jsonl
+DEMO_TARGETS := --target api:$(DEMO_PORT)=geodispatch-worker,http://127.0.0.1:$(DEMO_PORT)/metrics \
+  --target sessions:$(shell expr $(DEMO_PORT) + 1)=geodispatch-worker,http://127.0.0.1:$(shell expr $(DEMO_PORT) + 1)/metrics \
+  --target assignments:$(shell expr $(DEMO_PORT) + 2)=geodispatch-worker,http://127.0.0.1:$(shell expr $(DEMO_PORT) + 2)/metrics \
+  --target gateway:$(DEMO_GATEWAY_PORT)=geodispatch-gateway,http://127.0.0.1:$(DEMO_GATEWAY_PORT)/metrics
+
+dashboard: ## `make demo` with its /metrics sampled: the dashboard's panels in docs/observability/dashboard.png
+	@mkdir -p $(DEMO_DIR); rm -f $(DEMO_METRICS)
+	@$(PY) deploy/observability/render_dashboard.py sample --out $(DEMO_METRICS) --seconds 1800 $(DEMO_TARGETS) & \
+	  sampler=$$!; $(MAKE) --no-print-directory demo; status=$$?; kill $$sampler; wait $$sampler; \
+	  [ $$status -eq 0 ] && $(PY) deploy/observability/render_dashboard.py plot $(DEMO_METRICS) \
+	    --out docs/observability/dashboard.png; exit $$status

@@ -1,5 +1,6 @@
 """The operators' DLQ tools: read dead letters, select them by origin, error and time, and replay them to
-where they came from (or elsewhere) once, remembering each replay in Redis so a second run does nothing."""
+where they came from (or elsewhere) once, remembering each replay in a compacted topic so a second run
+does nothing."""
 
 from __future__ import annotations
 
@@ -153,50 +154,133 @@ class ReplayPlan:
     over_limit: int = 0
 
 
+SEND, ALREADY_REPLAYED, NO_ORIGIN, OVER_LIMIT = "send", "already_replayed", "no_origin", "over_limit"
+
+
+class ReplayRules:
+    """Pure, one dead letter at a time (a replay streams them): each is to send, or was replayed before
+    (its id is in the ledger, or it is a copy of one that is: same fingerprint), unless `again`; or has
+    nowhere to go; or is over the limit. `ledger` is id -> {fingerprint, ...} (ReplayLedger.load())."""
+
+    def __init__(self, ledger: dict[str, dict], again: bool, limit: int | None, target: str | None) -> None:
+        self.ledger, self.again, self.limit, self.target = ledger, again, limit, target
+        self.fingerprints = {entry.get("fingerprint") for entry in ledger.values()}
+        self.counts = dict.fromkeys((SEND, ALREADY_REPLAYED, NO_ORIGIN, OVER_LIMIT), 0)
+
+    def verdict(self, letter: DeadLetter) -> str:
+        if not self.again and (letter.id in self.ledger or letter.fingerprint in self.fingerprints):
+            verdict = ALREADY_REPLAYED
+        elif self.target is None and letter.original_topic is None:
+            verdict = NO_ORIGIN
+        elif self.limit is not None and self.counts[SEND] >= self.limit:
+            verdict = OVER_LIMIT
+        else:
+            verdict = SEND
+        self.counts[verdict] += 1
+        return verdict
+
+    @property
+    def selected(self) -> int:
+        return sum(self.counts.values())
+
+
 def plan_replay(
     letters: Iterable[DeadLetter], ledger: dict[str, dict], again: bool, limit: int | None, target: str | None
 ) -> ReplayPlan:
-    """Pure: drops what was replayed before, or is a copy of something replayed before (unless again), what has
-    nowhere to go, and what is over the limit. `ledger` is ReplayLedger.replayed(): id -> {fingerprint, ...}."""
-    result = ReplayPlan()
-    fingerprints = {entry.get("fingerprint") for entry in ledger.values()}
+    """ReplayRules applied to a list at once: drops what was replayed before, or is a copy of something
+    replayed before (unless again), what has nowhere to go, and what is over the limit."""
+    rules, result = ReplayRules(ledger, again, limit, target), ReplayPlan()
     for letter in letters:
-        if not again and (letter.id in ledger or letter.fingerprint in fingerprints):
-            result.already_replayed.append(letter)
-        elif target is None and letter.original_topic is None:
-            result.no_origin.append(letter)
-        elif limit is not None and len(result.to_send) >= limit:
+        verdict = rules.verdict(letter)
+        if verdict == OVER_LIMIT:
             result.over_limit += 1
         else:
-            result.to_send.append(letter)
+            getattr(result, {SEND: "to_send", ALREADY_REPLAYED: "already_replayed", NO_ORIGIN: "no_origin"}[verdict]
+                    ).append(letter)
     return result
 
 
 # -- the replay ledger --------------------------------------------------------------------------------------
 
 
+def ledger_record(letter_id: str, entry: dict) -> tuple[bytes, bytes]:
+    """A ledger entry as the compacted topic keeps it: keyed by the dead letter's coordinates."""
+    return letter_id.encode(), orjson.dumps(entry)
+
+
+def ledger_entries(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict[str, dict]:
+    """The ledger from its topic's records, oldest first: the last value of a key wins, a tombstone
+    (no value) forgets it, and an unreadable value counts as replayed all the same (never twice by
+    accident)."""
+    entries: dict[str, dict] = {}
+    for key, value in records:
+        if key is None:
+            continue
+        name = key.decode("utf-8", "replace")
+        if value is None:
+            entries.pop(name, None)
+            continue
+        try:
+            entry = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            entry = {}
+        entries[name] = entry if isinstance(entry, dict) else {}
+    return entries
+
+
 class ReplayLedger:
-    """A Redis hash per dead-letter topic: dead-letter id -> where and when it was replayed. Written only after
-    the broker acknowledged the replayed record, so a crash in between can replay one record twice (the
-    pipeline is idempotent per the contract) but never loses one."""
+    """What was replayed, in the compacted topic dispatch.dlq_replays: dead-letter id -> where, when and its
+    fingerprint. A topic outlives a Redis restart (the shipped setups run Redis without persistence);
+    compaction keeps one record per dead letter. Written only after the broker acknowledged the replayed
+    record, so a crash in between can replay one record twice (the pipeline is idempotent per the
+    contract) but never loses one. Read whole: it grows with what was replayed, not with the DLQ."""
+
+    def __init__(self, settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+
+    async def load(self, missing_ok: bool = False) -> dict[str, dict]:
+        """The entries; with `missing_ok`, none when the topic is missing (before `geodispatch topics apply`
+        created it: nothing was replayed into it yet). A replay does not take it as empty: it would write to
+        a topic the broker may create uncompacted, so it stops (Unreachable, exit 3, naming the topic)."""
+        from consumers.reading import read_to_end
+
+        records = []
+        async for record in read_to_end(self.settings, self.topic, missing_ok=missing_ok):
+            records.append((record.key, record.value))
+        return ledger_entries(records)
+
+    async def mark(self, publisher, entries: dict[str, dict]) -> int:
+        """Writes the entries and waits for the broker; returns how many it took."""
+        futures = [await publisher.send_raw(self.topic, *ledger_record(name, entry)) for name, entry in entries.items()]
+        await publisher.flush()
+        return sum(1 for future in futures if not future.cancelled() and future.exception() is None)
+
+
+class RedisLedger:
+    """The ledger before 0.2: a Redis hash per dead-letter topic. Read beside the topic's until a replay moves
+    its entries there (and deletes the hash)."""
 
     def __init__(self, redis, prefix: str, dlq_topic: str) -> None:
         self.redis = redis
         self.key = RedisKeys(prefix).dlq_replayed(dlq_topic)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, dlq_topic: str) -> ReplayLedger:
-        from redis.asyncio import Redis
+    def from_settings(cls, settings, dlq_topic: str) -> RedisLedger:
+        from infra.clients import redis_client
 
-        return cls(Redis.from_url(url), prefix, dlq_topic)
+        return cls(redis_client(settings, decode_responses=False), settings.redis_prefix, dlq_topic)
 
     async def replayed(self) -> dict[str, dict]:
         raw = await self.redis.hgetall(self.key)
-        return {name.decode(): orjson.loads(value) for name, value in raw.items()}
+        return {_text(name): orjson.loads(value) for name, value in raw.items()}
 
-    async def mark(self, entries: dict[str, dict]) -> None:
-        if entries:
-            await self.redis.hset(self.key, mapping={name: orjson.dumps(value) for name, value in entries.items()})
+    async def forget(self) -> None:
+        await self.redis.delete(self.key)
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name

@@ -202,7 +202,7 @@ async def follow(
     """Consumes responses until stopped (or idle for idle_exit_s); state first, Kafka commit second."""
     topic = TopicNames(settings.topic_prefix).responses
     book = OrderBook(db_path)
-    codec = default_codec()
+    codec = default_codec(settings.schema_registry_url)
     limiter = RateLimiter(max_per_s, burst=batch_size)
     consumer = new_consumer(settings, group_id=group_id, max_poll_records=batch_size)
     consumer.subscribe([topic], listener=_ResumeFromBook(consumer, book, topic))

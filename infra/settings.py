@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, le=256)
     replication_factor: int = Field(1, ge=1)
     regions: Annotated[tuple[str, ...], NoDecode] = ("4_-7", "0_0", "5_0", "3_-12")
+    # A Confluent-compatible schema registry (Apicurio: http://host:8080/apis/ccompat/v7): when set, the
+    # Avro schema ids in records are the registry's, resolved once per id (docs/SCHEMAS.md); unset, the
+    # fixed ids of schemas/avro/ids.json.
+    schema_registry_url: str | None = None
+    # What the worker writes to its output topics: JSON (the default), or Confluent-framed Avro with the
+    # fixed ids, or, with a registry, the registry's ids (docs/SCHEMAS.md).
+    output_format: Literal["json", "avro"] = "json"
 
     # -- Redis ----------------------------------------------------------------------------------
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), validation_alias=_env("REDIS_URL"))

@@ -22,6 +22,9 @@ TRIP_EVENTS = "trip_events"
 PRESENCE = "driver_presence"
 TRACKING = "booking_tracking"
 DLQ = "dispatch.dlq"
+# Compacted, keyed by a dead letter's coordinates (<dlq topic>:<partition>:<offset>): what `geodispatch
+# dlq replay` replayed, so that the same dead letter is not replayed twice by accident (consumers.dlq).
+DLQ_REPLAYS = "dispatch.dlq_replays"
 # Internal, keyed by driver: the assignment agent and the liveness timer ask the sessions agent (which
 # owns the driver's state) to record a trip or to check a heartbeat.
 DRIVER_COMMANDS = "dispatch.driver_commands"
@@ -106,6 +109,10 @@ class TopicNames:
         return self.prefix + DLQ
 
     @property
+    def dlq_replays(self) -> str:
+        return self.prefix + DLQ_REPLAYS
+
+    @property
     def driver_commands(self) -> str:
         return self.prefix + DRIVER_COMMANDS
 
@@ -156,5 +163,7 @@ def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replicati
     # hourly so that compaction (which never touches the active segment) keeps it small.
     specs.append(TopicSpec(names.supply_demand, 1, replication, compacted, {"segment.ms": str(3600 * 1000)}))
     specs.append(TopicSpec(names.booking_owners, partitions, replication, compacted))
+    # One partition: the DLQ tools read it whole (it grows with what was replayed, not with the DLQ).
+    specs.append(TopicSpec(names.dlq_replays, 1, replication, compacted))
     specs += [TopicSpec(names.changelog(app_id, table), partitions, replication, compacted) for table in TABLES]
     return specs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,11 +17,18 @@ ORIGINAL_TIMESTAMP = "dlq.original.timestamp"
 STAGE = "dlq.stage"
 ERROR_CLASS = "dlq.error.class"
 ERROR_MESSAGE = "dlq.error.message"
+# The formatted traceback (Python's), innermost call last; its start is cut when it is longer.
+ERROR_STACKTRACE = "dlq.error.stacktrace"
 ATTEMPTS = "dlq.attempts"
 FAILED_AT = "dlq.failed_at"
 # Added by `geodispatch dlq replay` to the record it writes back: which dead letter it came from.
 REPLAYED_FROM = "dlq.replayed_from"
 MAX_ERROR_MESSAGE = 2000
+# In UTF-8 bytes: deep enough for any of our call chains, small beside the DLQ's 2 MiB record limit.
+MAX_STACKTRACE_BYTES = 8192
+TRUNCATED = "…(truncated)\n"
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): a request's trace goes on with its answer.
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 Headers = list[tuple[str, bytes]]
 
@@ -55,7 +63,30 @@ def dead_letter_headers(
         ATTEMPTS: str(attempts),
         FAILED_AT: iso_utc(failed_at),
     }
-    return kept + [(name, value.encode()) for name, value in ours.items()]
+    return kept + [(name, value.encode()) for name, value in ours.items()] + [
+        (ERROR_STACKTRACE, stacktrace(error))]
+
+
+def stacktrace(error: BaseException, limit: int = MAX_STACKTRACE_BYTES) -> bytes:
+    """`error`'s formatted traceback as UTF-8, at most `limit` bytes: when longer, its start gives way
+    (the innermost frames and the error line are at the end). An error never raised has no frames: its
+    one line then."""
+    text = "".join(traceback.format_exception(error)).rstrip("\n")
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return encoded
+    marker = TRUNCATED.encode()
+    # cut on a character boundary: continuation bytes (0b10xxxxxx) never start one
+    tail = encoded[len(encoded) - (limit - len(marker)):]
+    while tail and tail[0] & 0xC0 == 0x80:
+        tail = tail[1:]
+    return marker + tail
+
+
+def trace_headers(headers: Iterable[tuple[str, bytes | None]] | None) -> Headers:
+    """The W3C trace context (traceparent, tracestate) of a record's headers, to carry to what it causes.
+    Names are case-insensitive in HTTP; on Kafka we keep them as they came."""
+    return [(name, value or b"") for name, value in headers or () if name.lower() in TRACE_HEADERS]
 
 
 def replay_headers(dead_letter_headers: Iterable[tuple[str, bytes]], dead_letter_id: str) -> Headers:

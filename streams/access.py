@@ -16,10 +16,10 @@ from infra.auth import AuthError, Verifier
 
 log = structlog.get_logger(__name__)
 
-# Open without a token: the readiness probe (says only whether Kafka and Redis answer) and the two
+# Open without a token: the health probes (say only whether the process, Kafka and Redis answer) and the two
 # scrapers' endpoints (counters and latency percentiles, no driver, order or location data). An
 # orchestrator's probe or a Prometheus server seldom carries a bearer token.
-OPEN_PATHS = frozenset({"/health", "/stats", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/stats", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -79,11 +79,20 @@ async def session_answer(index: RegionIndex, driver_id: str) -> Answer:
     return response, 200
 
 
-async def health_answer(checks: dict[str, Awaitable[str]]) -> Answer:
-    """Healthy when every check says "connected"; each check's word in the body."""
+async def health_answer(checks: dict[str, Awaitable[str]], passed: str = "healthy",
+                        failed: str = "unhealthy") -> Answer:
+    """Healthy when every check says "connected" (or "ready", the word of a check of the process's own
+    state); each check's word in the body. `passed` and `failed` name the status (the readiness probe
+    says "ready" or "not_ready")."""
     states = {name: await check for name, check in checks.items()}
-    healthy = all(state == "connected" for state in states.values())
-    return {"status": "healthy" if healthy else "unhealthy", **states}, 200 if healthy else 503
+    healthy = all(state in ("connected", "ready") for state in states.values())
+    return {"status": passed if healthy else failed, **states}, 200 if healthy else 503
+
+
+async def live_answer() -> Answer:
+    """The liveness probe's answer: given at all, the process's event loop runs. It asks nothing of
+    Kafka or Redis: an orchestrator restarts a process that fails it, and a restart mends no outage."""
+    return {"status": "alive"}, 200
 
 
 async def redis_reachable(index: RegionIndex) -> str:

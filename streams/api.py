@@ -43,7 +43,8 @@ def _json(answer: Answer) -> web.Response:
 
 def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier: Verifier | None) -> web.Application:
     """The API's aiohttp application: the sessions routes, /health (Redis only: this process uses no
-    Kafka) and /metrics, behind the same token gate as the worker's."""
+    Kafka, but to follow the supply/demand feed) with its probes /health/live and /health/ready, and
+    /metrics, behind the same token gate as the worker's."""
 
     async def nearby(request: web.Request) -> web.Response:
         answering = answers.nearby_answer(index, settings.location_max_age_s, request.query)
@@ -62,6 +63,14 @@ def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier
     async def health(request: web.Request) -> web.Response:
         return _json(await timed(metrics, "health", answers.health_answer({"redis": answers.redis_reachable(index)})))
 
+    async def live(request: web.Request) -> web.Response:
+        return _json(await timed(metrics, "health_live", answers.live_answer()))
+
+    async def ready(request: web.Request) -> web.Response:
+        # What the sessions routes need: the index. The feed's topic is read on the first question.
+        checks = {"redis": answers.redis_reachable(index)}
+        return _json(await timed(metrics, "health_ready", answers.health_answer(checks, "ready", "not_ready")))
+
     async def metrics_page(request: web.Request) -> web.Response:
         return web.Response(body=answers.metrics_text(metrics), content_type=answers.METRICS_CONTENT_TYPE)
 
@@ -76,6 +85,8 @@ def build_api(settings: Settings, index: RegionIndex, metrics: Metrics, verifier
     app.router.add_get(PREFIX + "/{driver_id}", session)
     app.router.add_get(SUPPLY_DEMAND_PATH, supply_demand)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics_page)
     app.on_cleanup.append(close_redis)
     return app

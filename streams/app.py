@@ -81,7 +81,7 @@ class DispatchApp(faust.App):
             settings=settings,
             names=names,
             metrics=metrics,
-            codec=default_codec(),
+            codec=default_codec(settings.schema_registry_url, settings.output_format, settings.topic_prefix),
             index=index,
             rules=session_rules(settings),
             weights=score_weights(settings),

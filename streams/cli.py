@@ -321,8 +321,9 @@ def _register_operator_commands() -> None:
     """The producers' and consumers' commands live in their own packages (issue 5)."""
     from consumers.cli import consume, dlq, orders, supply_demand
     from producers.cli import produce, simulate
+    from schemas.cli import schemas
 
-    for command in (produce, simulate, consume, dlq, orders, supply_demand):
+    for command in (produce, simulate, consume, dlq, orders, supply_demand, schemas):
         main.add_command(command)
 
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.percentiles import LATENCY_BUCKETS, LatencyWindow
+from infra.process_metrics import register_process_metrics
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition a consumer of this process reads: the group its offsets are committed in, and how
+    far its position is behind the partition's high watermark (both as the consumer last knew them)."""
+
+    group: str
+    topic: str
+    partition: int
+    records: int
 
 
 class Metrics:
@@ -17,6 +31,30 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
+        # -- the process: CPU, memory, file descriptors, collections, build (infra.process_metrics)
+        self.build_info = register_process_metrics(r)
+        # -- consumer lag, set on every scrape of /metrics from what the consumers already know
+        # (streams.views.consumer_lag): per group and topic, summed over this process's partitions.
+        # No partition label: partitions x topics x groups x workers adds up; the max says which is behind.
+        self.consumer_lag = Gauge(
+            "geodispatch_consumer_lag_records",
+            "Records between this process's consumer positions and the partitions' high watermarks, summed "
+            "over its partitions of the topic.",
+            ["group", "topic"],
+            registry=r,
+        )
+        self.consumer_lag_max = Gauge(
+            "geodispatch_consumer_lag_max_records",
+            "The largest lag of one partition of the topic that this process reads.",
+            ["group", "topic"],
+            registry=r,
+        )
+        self.consumer_partitions = Gauge(
+            "geodispatch_consumer_partitions",
+            "Partitions of the topic this process reads, with a known position and high watermark.",
+            ["group", "topic"],
+            registry=r,
+        )
         # -- every agent
         self.dead_letters = Counter(
             "geodispatch_dead_letters_total",
@@ -182,6 +220,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def set_consumer_lag(self, lags: Iterable[PartitionLag]) -> None:
+        """Replaces the consumer-lag gauges with `lags`: a topic no longer read leaves them."""
+        totals: dict[tuple[str, str], list[int]] = {}
+        for lag in lags:
+            totals.setdefault((lag.group, lag.topic), []).append(max(0, lag.records))
+        for gauge in (self.consumer_lag, self.consumer_lag_max, self.consumer_partitions):
+            gauge.clear()
+        for (group, topic), records in totals.items():
+            self.consumer_lag.labels(group, topic).set(sum(records))
+            self.consumer_lag_max.labels(group, topic).set(max(records))
+            self.consumer_partitions.labels(group, topic).set(len(records))
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: prometheus_client takes a lock and checks the labels on

@@ -1,9 +1,11 @@
-"""The worker's HTTP API: driver sessions (seed 000), health, stats and Prometheus metrics, as faust
-views. Every answer is JSON, errors included (but /metrics, which is Prometheus text)."""
+"""The worker's HTTP API: driver sessions (seed 000), health (with its liveness and readiness probes),
+stats and Prometheus metrics, as faust views. Every answer is JSON, errors included (but /metrics,
+which is Prometheus text)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 from faust.web import Request, Response, View
@@ -14,6 +16,7 @@ from streams.answers import (
     SUPPLY_DEMAND_PATH,
     Answer,
     health_answer,
+    live_answer,
     metrics_text,
     nearby_answer,
     redis_reachable,
@@ -21,6 +24,7 @@ from streams.answers import (
     supply_demand_answer,
     timed,
 )
+from streams.metrics import PartitionLag
 from streams.runtime import Runtime
 
 
@@ -66,6 +70,33 @@ class Health(View):
         checks = {"kafka": kafka_reachable(self.app), "redis": redis_reachable(runtime.index)}
         body, status = await timed(runtime.metrics, "health", health_answer(checks))
         return self.json(body, status=status)
+
+
+class Live(View):
+    """The liveness probe: this process's event loop answers. Nothing outside the process is asked, so
+    a broker or Redis outage never makes an orchestrator restart a worker (docs/OBSERVABILITY.md)."""
+
+    async def get(self, request: Request) -> Response:
+        body, status = await timed(self.app.runtime.metrics, "health_live", live_answer())
+        return self.json(body, status=status)
+
+
+class Ready(View):
+    """The readiness probe: Kafka and Redis answer, and this worker acts on its partitions (tables
+    restored, readers started, its part of the index rebuilt: DispatchApp.ready)."""
+
+    async def get(self, request: Request) -> Response:
+        runtime: Runtime = self.app.runtime
+        checks = {"kafka": kafka_reachable(self.app), "redis": redis_reachable(runtime.index),
+                  "partitions": partitions_ready(self.app)}
+        body, status = await timed(runtime.metrics, "health_ready", health_answer(checks, "ready", "not_ready"))
+        return self.json(body, status=status)
+
+
+async def partitions_ready(app: Any) -> str:
+    if app.ready():
+        return "ready"
+    return "rebalancing" if app.rebalancing else "restoring"
 
 
 class Stats(View):
@@ -125,7 +156,66 @@ def stats_document(runtime: Runtime, ready: bool, partitions: dict[str, Any]) ->
 
 class MetricsView(View):
     async def get(self, request: Request) -> Response:
-        return self.bytes(metrics_text(self.app.runtime.metrics), content_type=METRICS_CONTENT_TYPE)
+        metrics = self.app.runtime.metrics
+        metrics.set_consumer_lag(consumer_lag(self.app))
+        return self.bytes(metrics_text(metrics), content_type=METRICS_CONTENT_TYPE)
+
+
+# -- consumer lag, from what the consumers already know ------------------------------------------------
+# Every consumer of the worker that reads for a consumer group: faust's (the app's group: driver
+# commands, status, trip events; not the topics read elsewhere nor the tables' changelogs), the ping
+# reader (`<app id>.pings`) and the request reader (no group of its own: it commits in the app's
+# group). The readers of the supply/demand feed read from the start, in no group, and are not
+# counted. Each figure is the aiokafka consumer's position (the next record it hands over) against
+# the high watermark its last fetch response carried: no broker request on a scrape. faust's position
+# runs ahead of its agents by the records in its buffers (at most a fetch's worth).
+
+
+LEADER_TOPIC_SUFFIX = "-__assignor-__leader"
+
+
+def consumer_lag(app: Any) -> list[PartitionLag]:
+    runtime: Runtime = app.runtime
+    lags: list[PartitionLag] = []
+    group = app.conf.id
+    thread = getattr(app.consumer, "_thread", None)  # faust's consumer thread, once the consumer started
+    faust_consumer = getattr(thread, "_consumer", None) if thread is not None else None
+    if faust_consumer is not None:
+        # Not the tables' changelogs either: faust reads them only to restore a table (and keeps its
+        # position there while the worker writes on), and commits nothing of them in the group.
+        # Nor faust's own leader topic (`<app id>-__assignor-__leader`), which carries no records.
+        tables = getattr(app, "tables", None)
+        left_out = set(app.read_elsewhere) | set(getattr(tables, "changelog_topics", ()))
+        lags += [lag for lag in _partition_lags(faust_consumer, group)
+                 if lag.topic not in left_out and not lag.topic.endswith(LEADER_TOPIC_SUFFIX)]
+    if runtime.pings is not None:
+        # The reader's consumer and group are its own (streams.agents.pings); read, never changed here.
+        lags += _partition_lags(runtime.pings._consumer, runtime.pings._group)
+    if runtime.request_batches is not None:
+        lags += _partition_lags(runtime.request_batches._consumer, group)
+    return lags
+
+
+def _partition_lags(consumer: Any, group: str) -> Iterator[PartitionLag]:
+    """The lag of each partition assigned to an aiokafka consumer, not paused (a reader pauses what it
+    gave up), with a position and a high watermark. aiokafka's public `position()` is a coroutine that
+    waits for a position being reset, and a scrape must not wait: its subscription state is read
+    instead, and anything missing or changing under the read (faust's consumer runs in a thread of
+    its own) leaves the partition out of this scrape."""
+    if consumer is None:
+        return
+    try:
+        subscription = consumer._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return
+        for tp in list(assignment.tps):
+            state = assignment.state_value(tp)
+            if state is None or state.paused or not state.has_valid_position or state.highwater is None:
+                continue
+            yield PartitionLag(group, tp.topic, tp.partition, state.highwater - state.position)
+    except (AttributeError, AssertionError, RuntimeError):
+        return
 
 
 # Path and view, in the order they are registered: /nearby before the {driver_id} route, which would
@@ -137,6 +227,8 @@ SESSION_ROUTES: tuple[tuple[str, type[View]], ...] = (
 )
 OPERATION_ROUTES: tuple[tuple[str, type[View]], ...] = (
     ("/health", Health),
+    ("/health/live", Live),
+    ("/health/ready", Ready),
     ("/stats", Stats),
     ("/metrics", MetricsView),
 )

@@ -9,11 +9,14 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.percentiles import LATENCY_BUCKETS, LatencyWindow
+from infra.process_metrics import register_process_metrics
 
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
+        # The process: CPU, memory, file descriptors, collections, build (infra.process_metrics).
+        self.build_info = register_process_metrics(r)
         self.connections = Gauge("geodispatch_gateway_connections", "Open connections.", ["transport"], registry=r)
         self.connects_refused = Counter(
             "geodispatch_gateway_connects_refused_total", "Connections refused at the door, by reason.",

@@ -1,5 +1,6 @@
 """The gateway's HTTP side: Socket.IO (python-socketio, what seed 004's clients speak) and SSE at
-/realtime/{channel} on one aiohttp server, the live map's static page, /health, /stats and /metrics.
+/realtime/{channel} on one aiohttp server, the live map's static page, /health (and its probes
+/health/live and /health/ready), /stats and /metrics.
 
 A token is checked when a connection opens and again for every subscription (its claims name the
 caller); the connection ends when the token expires. Connections and subscriptions are refused with a
@@ -65,7 +66,7 @@ class Gateway:
         self.hub = Hub(self.metrics, settings.gateway_queue_limit, settings.gateway_send_timeout_s,
                        settings.tracking_max_per_s, settings.jwt_leeway_s)
         self.city = City(keep_ended_s=settings.gateway_lookback_s, driver_max_age_s=settings.location_max_age_s)
-        self.feed = Feed(settings, default_codec(), self.city, self.hub)
+        self.feed = Feed(settings, default_codec(settings.schema_registry_url), self.city, self.hub)
         self.sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*", logger=False,
                                         engineio_logger=False)
         self._sessions: dict[str, Connection] = {}
@@ -273,6 +274,17 @@ class Gateway:
         ready = self.feed.caught_up.is_set()
         return _json({"status": "ok" if ready else "starting"}, 200 if ready else 503)
 
+    async def live(self, request: web.Request) -> web.Response:
+        """The liveness probe: the event loop answers (a broker outage must not restart the gateway:
+        its feed reconnects by itself, docs/OBSERVABILITY.md)."""
+        return _json({"status": "alive"}, 200)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """The readiness probe: the feed has read what the topics held at the start, so connections
+        are admitted (until then they are refused as `unavailable`)."""
+        ready = self.feed.caught_up.is_set()
+        return _json({"status": "ready" if ready else "not_ready", "caught_up": ready}, 200 if ready else 503)
+
     async def stats(self, request: web.Request) -> web.Response:
         by_transport: dict[str, int] = {}
         for connection in self.hub.connections:
@@ -300,6 +312,8 @@ class Gateway:
         self.sio.attach(app)
         app.router.add_get("/realtime/{channel}", self.sse)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/health/live", self.live)
+        app.router.add_get("/health/ready", self.ready)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/metrics", self.metrics_view)
         app.router.add_get("/map", self.map_redirect)

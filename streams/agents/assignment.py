@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from schemas.codec import InvalidMessage
+from schemas.dead_letter import trace_headers
 from schemas.models import AssignmentRequested, DriverCommand
 from streams.dlq import give_up, timestamp_ms
 from streams.index import now_ms
@@ -82,6 +83,7 @@ async def decide_requests(runtime: Runtime, records: list[Any]) -> Completion:
     wait for the broker to take them, after which each answer is counted and logged. A request that
     cannot be answered (no order id, a key that is not its order's) is dead-lettered with its reason;
     one misrouted is moved to its order's partition (streams.routing) and answered there."""
+    await runtime.codec.prefetch(message.value for message in records)  # registry ids: no I/O in _examine
     block = _examine(runtime, records)
     for message, order_key, target in block.reroutes:
         await reroute(runtime, message, order_key, target, STAGE)
@@ -249,6 +251,13 @@ def _explained(ranked: list, position: int) -> dict[str, Any]:
     }
 
 
+def answer_record(codec: Any, decision: Decision, request: Any) -> dict[str, Any]:
+    """The answer's record to `request`: keyed by its order, and carrying the request's W3C trace context
+    (traceparent, tracestate; docs/CONTRACT.md) so a trace goes on from the request to its answer."""
+    return {"key": decision.order_id.encode(), "value": codec.encode(decision.response()),
+            "headers": trace_headers(request.headers) or None}
+
+
 async def _send_answers(runtime: Runtime, answers: list[Answer]) -> Completion:
     """Writes each new decision to the table, sends every answer (after its driver's trip command),
     and returns the wait for the broker to take them, after which each is counted and logged."""
@@ -265,8 +274,7 @@ async def _send_answers(runtime: Runtime, answers: list[Answer]) -> Completion:
             command = DriverCommand(driver_id=decision.driver_id, kind="assign", order_id=decision.order_id, ts=now)
             outgoing.append((topics.driver_commands, {"key": decision.driver_id.encode(),
                                                       "value": codec.encode(command)}))
-        outgoing.append((topics.responses, {"key": decision.order_id.encode(),
-                                            "value": codec.encode(decision.response())}))
+        outgoing.append((topics.responses, answer_record(codec, decision, answer.message)))
     acknowledgements = await send_all(outgoing)
 
     async def taken() -> None:

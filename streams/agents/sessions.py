@@ -108,6 +108,7 @@ async def process(runtime: Runtime, message) -> None:
 
 
 async def _process(runtime: Runtime, message, kind: str) -> None:
+    await runtime.codec.prefetch((message.value,))
     record = runtime.codec.decode(MODELS[kind], message.value)
     driver_key, target = _placement(message, _driver_id(record), runtime.settings.partitions)
     if target is not None:
@@ -173,6 +174,7 @@ async def process_pings(runtime: Runtime, records: list[Any]) -> None:
     driver per block. A record that fails is dead-lettered alone with its reason,
     and the others are applied as if it were not there. A failure to write (the producer refusing)
     stops the ping reader, which then commits nothing of the batch: it is read and applied again."""
+    await runtime.codec.prefetch(message.value for message in records)  # registry ids: no I/O in the loop
     effects = _apply_pings(runtime, records)
     await _write_block(runtime, effects)
 

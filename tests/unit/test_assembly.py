@@ -35,9 +35,11 @@ def test_every_input_topic_of_the_plan_has_a_handler():
     written_only = {names.responses, names.presence, names.tracking, names.dlq, names.supply_demand}
     # Read by the real-time gateway (consumers.gateway), not the worker.
     gateway_only = {names.booking_owners}
+    # The DLQ tools' replay ledger (consumers.dlq): the worker neither reads nor writes it.
+    tools_only = {names.dlq_replays}
     changelogs = {names.changelog(settings.faust_app_id, table) for table in TABLES}
     planned = {spec.name for spec in plan(names, settings.regions, settings.partitions, 1, settings.faust_app_id)}
-    assert set(read) == planned - written_only - gateway_only - changelogs
+    assert set(read) == planned - written_only - gateway_only - tools_only - changelogs
 
 
 def test_the_app_runs_what_the_table_says():

@@ -85,3 +85,25 @@ def test_table_cuts_long_cells():
     lines = table([{"a": "x" * 50, "b": 1}], [("A", "a", 10), ("B", "b", 5)])
     assert lines[0].startswith("A ")
     assert lines[1].startswith("x" * 9 + "…")
+
+
+def test_a_span_seeks_a_minute_before_since_and_reads_a_minute_past_until():
+    from consumers.cli import SEEK_SLACK_MS, _span
+
+    span = _span((0,), 5, NOW, NOW + timedelta(hours=1))
+    assert span.partitions == (0,) and span.offset == 5
+    assert span.since_ms == int(NOW.timestamp() * 1000) - SEEK_SLACK_MS
+    assert span.until_ms == int((NOW + timedelta(hours=1)).timestamp() * 1000) + SEEK_SLACK_MS
+    whole = _span((), None, None, None)
+    assert (whole.partitions, whole.offset, whole.since_ms, whole.until_ms) == ((), None, None, None)
+
+
+def test_consume_takes_one_start_only():
+    from click.testing import CliRunner
+
+    from consumers.cli import consume
+
+    result = CliRunner().invoke(consume, ["driver_status", "--offset", "3", "--from-time", "10m"])
+    assert result.exit_code == 2 and "give one start" in result.output
+    bad_time = CliRunner().invoke(consume, ["driver_status", "--from-time", "yesterday"])
+    assert bad_time.exit_code == 2

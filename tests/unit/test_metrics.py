@@ -54,7 +54,8 @@ def test_a_percentile_is_an_observation_with_enough_below_it(values, quantile):
 def test_metric_names_follow_prometheus_conventions():
     metrics = Metrics(CollectorRegistry())
     names = {metric.name for metric in metrics.registry.collect()}
-    assert all(n.startswith("geodispatch_") for n in names)
+    # Ours, and prometheus_client's standard process, platform and GC collectors (infra.process_metrics).
+    assert all(n.startswith(("geodispatch_", "process_", "python_")) for n in names)
     for metric in metrics.registry.collect():
         assert not {"driver_id", "order_id", "h3", "cell"} & set(
             label for sample in metric.samples for label in sample.labels)

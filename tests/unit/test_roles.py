@@ -51,7 +51,8 @@ def test_the_assignments_role_alone_is_a_consumer_group_of_its_own(roles, group)
 
 
 def test_a_worker_without_the_api_role_serves_only_the_operations_routes():
-    assert [path for path, _ in routes(serves_sessions=False)] == ["/health", "/stats", "/metrics"]
+    assert [path for path, _ in routes(serves_sessions=False)] == ["/health", "/health/live", "/health/ready",
+                                                                   "/stats", "/metrics"]
     assert [path for path, _ in routes(serves_sessions=True)][:2] == [
         "/driver-sessions/sessions/nearby",
         "/driver-sessions/sessions/{driver_id}",

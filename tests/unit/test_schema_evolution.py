@@ -114,3 +114,87 @@ def test_a_schema_without_an_id_or_with_a_bad_version_is_reported(tmp_path):
     (directory / "ids.json").write_text(json.dumps(ids))
     _, problems = load_versions(directory)
     assert any("versions [1, 3]" in p for p in problems)
+
+
+# -- what a sample-record check would miss -----------------------------------------------------------
+# The check decides on the two schemas (Avro's reader/writer resolution rules), not on one sample record
+# per union branch: a change that breaks only values the sample does not hold is caught too.
+
+
+def _pair(tmp_path: Path, v1_fields: list[dict], v2_fields: list[dict]) -> Path:
+    """A registry of one schema, Thing, with two versions (its own directory: not the shipped history)."""
+    directory = tmp_path / "pair"
+    directory.mkdir()
+    for version, fields in ((1, v1_fields), (2, v2_fields)):
+        schema = {"type": "record", "name": "Thing", "namespace": "io.geodispatch", "fields": fields}
+        (directory / f"Thing.v{version}.avsc").write_text(json.dumps(schema))
+    (directory / "ids.json").write_text(json.dumps({"1": "Thing.v1.avsc", "2": "Thing.v2.avsc"}))
+    return directory
+
+
+def _one_sample_reads(versions) -> bool:
+    """The check this module replaced: one sample record per union choice, written and read back."""
+    import io
+
+    import fastavro
+
+    from schemas.compat import sample
+
+    older, newest = versions
+    for writer, reader in ((older, newest), (newest, older)):
+        for prefer_null in (True, False):
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, writer.parsed, sample(writer.parsed, prefer_null))
+            try:
+                fastavro.schemaless_reader(io.BytesIO(out.getvalue()), writer.parsed, reader.parsed)
+            except Exception:  # any failure means the sample check would have caught it
+                return False
+    return True
+
+
+ENUM = {"type": "enum", "name": "Kind", "symbols": ["assign", "release", "ping"]}
+
+
+@pytest.mark.parametrize(
+    ("v1", "v2", "why"),
+    [
+        ([{"name": "kind", "type": ENUM}], [{"name": "kind", "type": {**ENUM, "symbols": ["assign", "release"]}}],
+         "an enum symbol removed (the old writer may send 'ping'; the sample only holds 'assign')"),
+        ([{"name": "v", "type": ["null", "string", "int"], "default": None}],
+         [{"name": "v", "type": ["null", "string"], "default": None}],
+         "a union branch removed (int) that the sample never takes"),
+        ([{"name": "tags", "type": {"type": "map", "values": ["string", "long"]}}],
+         [{"name": "tags", "type": {"type": "map", "values": ["string", "int"]}}],
+         "a map's long values narrowed to int behind a union branch the sample never takes"),
+    ],
+)
+def test_a_break_that_one_sample_record_misses_is_caught(tmp_path, v1, v2, why):
+    directory = _pair(tmp_path, v1, v2)
+    versions, problems = load_versions(directory)
+    assert problems == []
+    assert _one_sample_reads(versions["Thing"]), f"the old check would have caught it: {why}"
+    found = compatibility_problems(versions)
+    assert found, why
+    assert all("cannot read" in problem for problem in found)
+
+
+@pytest.mark.parametrize(
+    ("v1", "v2", "expect"),
+    [
+        ([{"name": "n", "type": "int"}], [{"name": "n", "type": "string"}], "string"),
+        ([{"name": "a", "type": "int"}], [{"name": "a", "type": "int"}, {"name": "b", "type": "string"}],
+         "default"),
+    ],
+    ids=["int to string", "field added without a default"],
+)
+def test_the_reason_names_the_rule_broken(tmp_path, v1, v2, expect):
+    found = compatibility_problems(load_versions(_pair(tmp_path, v1, v2))[0])
+    assert found and any(expect in problem for problem in found), found
+
+
+def test_type_promotions_avro_allows_pass_one_way(tmp_path):
+    # int -> long: the new reader reads old data (BACKWARD), but an old int reader cannot read a long
+    # (FORWARD), so the pair is refused with the direction named.
+    found = compatibility_problems(load_versions(_pair(tmp_path, [{"name": "n", "type": "int"}],
+                                                       [{"name": "n", "type": "long"}]))[0])
+    assert found == [found[0]] and found[0].startswith("Thing.v1 cannot read Thing.v2 data"), found
