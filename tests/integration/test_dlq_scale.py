@@ -20,14 +20,15 @@ from schemas import dead_letter as dl
 from tests.integration.harness import wait_for
 
 OLD, RECENT = 3000, 30
-NOW = datetime.now(UTC)
 
 
-def moment(n: int) -> datetime:
-    """When dead letter n failed: the old ones from two days to an hour ago, the recent in the last 5 min."""
+def moment(n: int, now: datetime) -> datetime:
+    """When dead letter n failed: the old ones from two days to an hour ago, the recent in the last 5 min
+    (before `now`, the test's own start: a time taken when the module is imported is minutes old by then
+    in a whole suite)."""
     if n < OLD:
-        return NOW - timedelta(days=2) + (timedelta(days=2) - timedelta(hours=1)) * (n / OLD)
-    return NOW - timedelta(minutes=5) + timedelta(minutes=4) * ((n - OLD) / RECENT)
+        return now - timedelta(days=2) + (timedelta(days=2) - timedelta(hours=1)) * (n / OLD)
+    return now - timedelta(minutes=5) + timedelta(minutes=4) * ((n - OLD) / RECENT)
 
 
 def write(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, datetime, list[tuple[str, bytes]]]],
@@ -46,11 +47,11 @@ def write(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, datetime
     asyncio.run(send())
 
 
-def dead_letters(deployment, count: int, first: int = 0) -> None:
+def dead_letters(deployment, count: int, now: datetime, first: int = 0) -> None:
     origin = deployment.names.status
     records = []
     for n in range(first, first + count):
-        at = moment(n)
+        at = moment(n, now)
         source = dl.SourceRecord(origin, 0, n, int(at.timestamp() * 1000), f"drv_{n}".encode(),
                                  json.dumps({"driver_id": f"drv_{n}", "online": "maybe"}).encode())
         records.append((source.key, source.value, at,
@@ -69,14 +70,15 @@ def ledger(deployment) -> dict[str, dict]:
 
 
 def test_list_show_and_replay_seek_and_the_ledger_outlives_redis(deployment):
-    dead_letters(deployment, OLD + RECENT)
+    now = datetime.now(UTC)
+    dead_letters(deployment, OLD + RECENT, now)
     names = deployment.names
 
     recent = rows(deployment, "--since", "10m")
     assert [row["offset"] for row in recent] == list(range(OLD, OLD + RECENT))
-    since, until = NOW - timedelta(hours=3), NOW - timedelta(minutes=90)
+    since, until = now - timedelta(hours=3), now - timedelta(minutes=90)
     window = rows(deployment, "--since", since.isoformat(), "--until", until.isoformat())
-    assert [row["offset"] for row in window] == [n for n in range(OLD) if since <= moment(n) < until]
+    assert [row["offset"] for row in window] == [n for n in range(OLD) if since <= moment(n, now) < until]
     assert [row["offset"] for row in rows(deployment, "--limit", "5")] == list(range(OLD + RECENT - 5, OLD + RECENT))
     assert [row["offset"] for row in rows(deployment, "--limit", "3", "--since", "10m")] == [
         OLD + RECENT - 3, OLD + RECENT - 2, OLD + RECENT - 1]
@@ -114,7 +116,7 @@ def test_list_show_and_replay_seek_and_the_ledger_outlives_redis(deployment):
 
 
 def test_a_redis_ledger_of_before_moves_into_the_topic(deployment):
-    dead_letters(deployment, 3, first=OLD)
+    dead_letters(deployment, 3, datetime.now(UTC), first=OLD)
     names = deployment.names
     key = deployment.redis_keys.dlq_replayed(names.dlq)
     client = deployment.redis(decode_responses=False)
@@ -130,9 +132,9 @@ def test_a_redis_ledger_of_before_moves_into_the_topic(deployment):
 
 
 def test_consume_seeks_by_partition_offset_and_time_and_commits_as_a_group(deployment):
-    names = deployment.names
-    old, new = NOW - timedelta(hours=1), NOW - timedelta(minutes=2)
-    records = [(f"drv_{n}".encode(), json.dumps({"driver_id": f"drv_{n}", "online": True, "ts": NOW.isoformat()})
+    names, now = deployment.names, datetime.now(UTC)
+    old, new = now - timedelta(hours=1), now - timedelta(minutes=2)
+    records = [(f"drv_{n}".encode(), json.dumps({"driver_id": f"drv_{n}", "online": True, "ts": now.isoformat()})
                 .encode(), old if n < 5 else new, []) for n in range(10)]
     write(deployment.bootstrap, names.status, records, partition=1)
 
