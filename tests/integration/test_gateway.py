@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.codec import default_codec
 from schemas.models import AssignmentResponse, BookingOwner, Message, PresenceChanged, TrackingUpdate, TripEvent
-from tests.integration.harness import ROOT, Deployment, WorkerProcess, free_port, wait_for
+from tests.integration.cutting_proxy import CuttingProxy
+from tests.integration.harness import ROOT, Deployment, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def token(sub: str, role: str = "client", scopes: tuple[str, ...] = CLIENT_SCOPE
 
 
 class BackgroundLoop:
-    """An event loop in a thread of its own, for the Kafka producer and the proxy while the test waits
+    """An event loop in a thread of its own, for the Kafka producer while the test waits
     on subprocesses."""
 
     def __init__(self) -> None:
@@ -189,58 +190,6 @@ class Follower:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-class CuttingProxy:
-    """A TCP proxy in front of the gateway that can cut every connection through it and refuse new ones
-    for a while, as a phone going through a tunnel would see it."""
-
-    def __init__(self, background: BackgroundLoop, target_port: int) -> None:
-        self._background = background
-        self._target_port = target_port
-        self.port = free_port()
-        self._open: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-        background.run(self._listen())
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        gateway_reader, gateway_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        self._open |= {client_writer, gateway_writer}
-        await asyncio.gather(self._pump(client_reader, gateway_writer), self._pump(gateway_reader, client_writer),
-                             return_exceptions=True)
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        finally:
-            self._open.discard(writer)
-            writer.close()
-
-    def cut(self, refuse_s: float) -> None:
-        """Resets every connection through the proxy at once and refuses new ones for `refuse_s`."""
-
-        async def cut_and_refuse() -> None:
-            assert self._server is not None
-            self._server.close()
-            for writer in list(self._open):
-                writer.transport.abort()
-            await asyncio.sleep(refuse_s)
-            await self._listen()
-
-        asyncio.run_coroutine_threadsafe(cut_and_refuse(), self._background.loop)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 class Gateway:
@@ -386,15 +335,15 @@ def test_a_cut_client_reconnects_resubscribes_and_gets_the_last_known_location_f
     booking, owner = _unique("b-cut"), _unique("u-cut")
     channel = f"booking.{booking}.tracking"
     gateway.owned(booking, owner)
-    proxy = CuttingProxy(gateway.background, gateway.process.port)
+    proxy = CuttingProxy("127.0.0.1", gateway.process.port)
     try:
-        with gateway.follow(token(owner), channel, url=proxy.url) as follower:
+        with gateway.follow(token(owner), channel, url=f"http://127.0.0.1:{proxy.port}") as follower:
             assert follower.subscribed(channel)["ok"] is True
             for step in range(2):
                 _, update = gateway.feed.track(booking, "d-cut", step)
                 follower.wait_for("message", channel, where=lambda e, u=update: e["data"] == u)
             cut_at = len(follower.events)
-            proxy.cut(refuse_s=1.0)
+            proxy.cut_for(refuse_s=1.0)
             follower.wait_for("disconnect", since=cut_at)
             # Written while the client is away: the position it must be given first when it is back.
             _, missed = gateway.feed.track(booking, "d-cut", 2)

@@ -5,8 +5,6 @@ dead (docs/OBSERVABILITY.md)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -14,8 +12,9 @@ from urllib.parse import urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.process_metrics import package_version
+from tests.integration.cutting_proxy import CuttingProxy
 from tests.integration.drivers import send_ping, send_status, wait_session
-from tests.integration.harness import REDIS_URL, free_port, wait_for
+from tests.integration.harness import REDIS_URL, wait_for
 from tests.observability import SYNTHETIC, exposed_names, named_metrics
 
 SECRET = f"probes-test-{uuid.uuid4().hex}"
@@ -110,76 +109,13 @@ def test_a_worker_reports_the_lag_of_each_of_its_consumer_groups(deployment):
     assert (group, names.locations(deployment.regions[0])) not in reported()
 
 
-class RedisCut:
-    """A TCP proxy in front of the shared Redis, on a loop of its own, that can refuse and reset every
-    connection (a Redis outage, as the worker sees it) and let them through again."""
-
-    def __init__(self) -> None:
-        target = urlsplit(REDIS_URL)
-        self._target = (target.hostname or "127.0.0.1", target.port or 6379)
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-        self.restore()
-
-    def url(self) -> str:
-        target = urlsplit(REDIS_URL)
-        return target._replace(netloc=target.netloc.replace(f"{self._target[0]}:{self._target[1]}",
-                                                            f"127.0.0.1:{self.port}")).geturl()
-
-    def _run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            redis_reader, redis_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        self._open |= {writer, redis_writer}
-        await asyncio.gather(self._pump(reader, redis_writer), self._pump(redis_reader, writer),
-                             return_exceptions=True)
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        finally:
-            self._open.discard(writer)
-            writer.close()
-
-    def cut(self) -> None:
-        async def cut() -> None:
-            if self._server is not None:
-                self._server.close()
-                self._server = None
-            for writer in list(self._open):
-                writer.transport.abort()
-
-        self._run(cut())
-
-    def restore(self) -> None:
-        async def listen() -> None:
-            self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
-
-        self._run(listen())
-
-    def close(self) -> None:
-        self.cut()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-
 def test_a_redis_outage_makes_a_worker_unready_never_dead(deployment):
     """What a Kubernetes liveness probe on /health/ready (or /health) would have restarted: the outage
     takes the worker out of its Service, and it comes back by itself once Redis answers again."""
-    proxy = RedisCut()
+    target = urlsplit(REDIS_URL)
+    proxy = CuttingProxy(target.hostname or "127.0.0.1", target.port or 6379)
     try:
-        worker = deployment.start_worker(REDIS_URL=proxy.url())
+        worker = deployment.start_worker(REDIS_URL=target._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
         worker.wait_ready()
         wait_for(lambda: worker.get("/health/ready")[0] == 200, timeout=30, message="ready behind the proxy")
         proxy.cut()
