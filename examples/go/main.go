@@ -2,7 +2,8 @@
 //
 // It publishes a driver going online (driver_status) and its position (driver_locations.<region>), both
 // keyed by the driver id, then an AssignmentRequested (driver_assignment.requests.<region>) keyed by its
-// orderId, as JSON, and reads driver_assignment.responses until the order's answer comes.
+// orderId, in JSON or in Confluent-framed Avro (github.com/hamba/avro) with the fixed schema ids of
+// schemas/avro/ids.json, and reads driver_assignment.responses until the order's answer comes.
 //
 // The partitioner is the one thing to get right in Go: the pipeline partitions by Kafka's rule, murmur2 of
 // the key bytes, masked to 31 bits, modulo the partition count. franz-go's StickyKeyPartitioner with a nil
@@ -10,24 +11,31 @@
 // nobody swaps it). segmentio/kafka-go needs Balancer: &kafka.Murmur2Balancer{} (its Writer's default is
 // round robin, its Hash balancer FNV-1a); sarama's default hash partitioner is FNV-1a too.
 //
-//	go run .   # with KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092
+//	go run .                    # with KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092
+//	VALUE_FORMAT=avro go run .
 //
 // Settings (environment): KAFKA_BOOTSTRAP_SERVERS, GEODISPATCH_TOPIC_PREFIX, DRIVER_ID, ORDER_ID,
-// CONSUMER_GROUP, SETTLE_S, ANSWER_TIMEOUT_S. Prints one JSON line per record it produced and one with the
-// answer; exits 1 when no answer comes in time.
+// VALUE_FORMAT (json or avro), GEODISPATCH_SCHEMAS (the folder of the .avsc files and ids.json; by default
+// the repository's schemas/avro, found from this file's path), CONSUMER_GROUP, SETTLE_S, ANSWER_TIMEOUT_S.
+// Prints one JSON line per record it produced and one with the answer; exits 1 when no answer comes in
+// time.
 package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -63,13 +71,96 @@ func iso(offset time.Duration) string {
 	return time.Now().Add(offset).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }
 
+// schemasDir is where the schemas are: GEODISPATCH_SCHEMAS, else the repository's schemas/avro, two
+// folders up from this file in examples/go/ (the source path compiled in). Copy them beside your code.
+func schemasDir() string {
+	if dir := os.Getenv("GEODISPATCH_SCHEMAS"); dir != "" {
+		return dir
+	}
+	_, source, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(source), "..", "..", "schemas", "avro")
+}
+
+// encoder writes JSON, or the Confluent wire format: byte 0, the schema id (4 bytes, big-endian), the
+// Avro binary body.
+type encoder struct {
+	avro    bool
+	ids     map[string]int         // record name -> Confluent schema id of schemas/avro/ids.json
+	schemas map[string]avro.Schema // record name -> its schema (the latest version)
+}
+
+func newEncoder(valueFormat string) (*encoder, error) {
+	if valueFormat != "json" && valueFormat != "avro" {
+		return nil, fmt.Errorf("VALUE_FORMAT must be json or avro, got %q", valueFormat)
+	}
+	enc := &encoder{avro: valueFormat == "avro", ids: map[string]int{}, schemas: map[string]avro.Schema{}}
+	if !enc.avro {
+		return enc, nil
+	}
+	dir := schemasDir()
+	raw, err := os.ReadFile(filepath.Join(dir, "ids.json"))
+	if err != nil {
+		return nil, err
+	}
+	var ids map[string]any // "_doc" is a string, the ids' values file names
+	if err := json.Unmarshal(raw, &ids); err != nil {
+		return nil, fmt.Errorf("ids.json: %w", err)
+	}
+	for key, file := range ids {
+		if strings.HasPrefix(key, "_") {
+			continue
+		}
+		id, err := strconv.Atoi(key)
+		if err != nil {
+			return nil, fmt.Errorf("ids.json: schema id %q: %w", key, err)
+		}
+		avsc, err := os.ReadFile(filepath.Join(dir, fmt.Sprint(file)))
+		if err != nil {
+			return nil, err
+		}
+		// A cache of its own per file: two versions of one schema share a name.
+		schema, err := avro.ParseBytesWithCache(avsc, "", &avro.SchemaCache{})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		named, ok := schema.(avro.NamedSchema)
+		if !ok {
+			continue
+		}
+		// A later version of a schema has a higher id: keep the highest per name.
+		if name := named.Name(); enc.ids[name] < id {
+			enc.ids[name], enc.schemas[name] = id, schema
+		}
+	}
+	return enc, nil
+}
+
+// encode writes value, a map of the schema's fields (a missing optional field takes its default).
+func (e *encoder) encode(name string, value map[string]any) ([]byte, error) {
+	if !e.avro {
+		return json.Marshal(value)
+	}
+	schema, ok := e.schemas[name]
+	if !ok {
+		return nil, fmt.Errorf("no schema %s in ids.json", name)
+	}
+	body, err := avro.Marshal(schema, value)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	frame := make([]byte, 5, 5+len(body))
+	// frame[0] is the magic byte 0; then the schema id, big-endian.
+	binary.BigEndian.PutUint32(frame[1:], uint32(e.ids[name]))
+	return append(frame, body...), nil
+}
+
 func printJSON(line map[string]any) {
 	out, _ := json.Marshal(line)
 	fmt.Println(string(out))
 }
 
-func publish(ctx context.Context, client *kgo.Client, topic, key string, value any) error {
-	body, err := json.Marshal(value)
+func publish(ctx context.Context, client *kgo.Client, enc *encoder, name, topic, key string, value map[string]any) error {
+	body, err := enc.encode(name, value)
 	if err != nil {
 		return err
 	}
@@ -88,6 +179,11 @@ func run() int {
 	orderID := env("ORDER_ID", fmt.Sprintf("ord-go-%d", time.Now().UnixMilli()))
 	responses := prefix + "driver_assignment.responses"
 	ctx := context.Background()
+	enc, err := newEncoder(env("VALUE_FORMAT", "json"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 
 	client, err := kgo.NewClient(
 		kgo.SeedBrokers(strings.Split(env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), ",")...),
@@ -107,13 +203,13 @@ func run() int {
 	defer client.Close()
 
 	// What driver gateways send: the driver goes online, then reports where it is.
-	if err := publish(ctx, client, prefix+"driver_status", driverID, map[string]any{
+	if err := publish(ctx, client, enc, "DriverStatus", prefix+"driver_status", driverID, map[string]any{
 		"driver_id": driverID, "online": true, "eligibility": "ACTIVE", "ts": iso(-time.Second),
 	}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := publish(ctx, client, prefix+"driver_locations."+regionKey(driverPos[0], driverPos[1]), driverID, map[string]any{
+	if err := publish(ctx, client, enc, "LocationPing", prefix+"driver_locations."+regionKey(driverPos[0], driverPos[1]), driverID, map[string]any{
 		"driver_id": driverID, "lat": driverPos[0], "lng": driverPos[1], "speed_mps": 0.0, "ts": iso(0),
 	}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -124,14 +220,20 @@ func run() int {
 
 	// What the order service sends, keyed by orderId (any other key is dead-lettered).
 	geo := regionKey(restaurant[0], restaurant[1])
-	if err := publish(ctx, client, prefix+"driver_assignment.requests."+geo, orderID, map[string]any{
+	request := map[string]any{
 		"eventId": "evt-" + orderID, "eventType": "AssignmentRequested", "occurredAt": iso(0),
 		"orderId": orderID, "geoKey": geo,
 		"restaurantLatitude": restaurant[0], "restaurantLongitude": restaurant[1],
 		"customerLatitude": customer[0], "customerLongitude": customer[1],
-		"preparationTime": 10, "radius": 5, "totalAmount": 34.97,
+		// float64, not int: the Avro schema's fields are doubles (JSON writes 10.0 as 10 all the same).
+		"preparationTime": 10.0, "radius": 5.0, "totalAmount": 34.97,
 		"items": []map[string]any{{"name": "pizza", "quantity": 1}},
-	}); err != nil {
+	}
+	if enc.avro {
+		request["items"] = `[{"name": "pizza", "quantity": 1}]` // in Avro, the JSON text of the list
+	}
+	err = publish(ctx, client, enc, "AssignmentRequested", prefix+"driver_assignment.requests."+geo, orderID, request)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -2,19 +2,24 @@
 //
 // It publishes a driver going online (driver_status) and its position (driver_locations.<region>), both
 // keyed by the driver id, then an AssignmentRequested (driver_assignment.requests.<region>) keyed by its
-// orderId, as JSON, and reads driver_assignment.responses until the order's answer comes.
+// orderId, in JSON or in Confluent-framed Avro (avsc) with the fixed schema ids of schemas/avro/ids.json,
+// and reads driver_assignment.responses until the order's answer comes.
 //
 // kafkajs 2's DefaultPartitioner is the Java client's murmur2 (kafkajs 1 called it
 // JavaCompatiblePartitioner; LegacyPartitioner, kafkajs 1's default, hashes differently). It is named
 // below, which also silences kafkajs's warning about the change of default.
 //
 //   npm ci && KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 node dispatch_example.js
+//   VALUE_FORMAT=avro node dispatch_example.js
 //
 // Settings (environment): KAFKA_BOOTSTRAP_SERVERS, GEODISPATCH_TOPIC_PREFIX, DRIVER_ID, ORDER_ID,
-// CONSUMER_GROUP, SETTLE_S, ANSWER_TIMEOUT_S. Prints one JSON line per record it produced and one with the
-// answer; exits 1 when no answer comes in time.
+// VALUE_FORMAT (json or avro), GEODISPATCH_SCHEMAS (the folder of the .avsc files and ids.json; by default
+// the repository's schemas/avro), CONSUMER_GROUP, SETTLE_S, ANSWER_TIMEOUT_S. Prints one JSON line per
+// record it produced and one with the answer; exits 1 when no answer comes in time.
 'use strict'
 
+const fs = require('fs')
+const path = require('path')
 const { Kafka, Partitioners, logLevel } = require('kafkajs')
 
 const env = (name, fallback) => process.env[name] || fallback
@@ -23,6 +28,9 @@ const DRIVER_ID = env('DRIVER_ID', 'drv-node-example')
 const ORDER_ID = env('ORDER_ID', `ord-node-${Date.now()}`)
 const SETTLE_MS = Number(env('SETTLE_S', '2')) * 1000
 const ANSWER_TIMEOUT_MS = Number(env('ANSWER_TIMEOUT_S', '60')) * 1000
+const VALUE_FORMAT = env('VALUE_FORMAT', 'json')
+// The schemas of the repository, where this file lies in examples/node/; copy them beside your code.
+const SCHEMAS = env('GEODISPATCH_SCHEMAS', path.join(__dirname, '..', '..', 'schemas', 'avro'))
 
 const RESTAURANT = [40.7128, -74.006]
 const CUSTOMER = [40.7589, -73.9851]
@@ -34,13 +42,42 @@ const regionKey = (lat, lng) => `${Math.trunc(lat / 10)}_${Math.trunc(lng / 10)}
 const iso = (offsetMs = 0) => new Date(Date.now() + offsetMs).toISOString()
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+// JSON, or the Confluent wire format: byte 0, the schema id (4 bytes, big-endian), the Avro body.
+function makeEncoder (valueFormat) {
+  if (valueFormat !== 'json' && valueFormat !== 'avro') {
+    throw new Error(`VALUE_FORMAT must be json or avro, got ${JSON.stringify(valueFormat)}`)
+  }
+  if (valueFormat === 'json') return { avro: false, encode: (name, value) => JSON.stringify(value) }
+  const avro = require('avsc') // only needed for Avro
+  const schemas = new Map() // record name -> { id, type }
+  const ids = JSON.parse(fs.readFileSync(path.join(SCHEMAS, 'ids.json'), 'utf8'))
+  for (const [key, file] of Object.entries(ids)) {
+    if (key.startsWith('_')) continue
+    const id = Number(key)
+    const schema = JSON.parse(fs.readFileSync(path.join(SCHEMAS, file), 'utf8'))
+    // A later version of a schema has a higher id: keep the highest per name.
+    if ((schemas.get(schema.name)?.id ?? 0) < id) schemas.set(schema.name, { id, type: avro.Type.forSchema(schema) })
+  }
+  return {
+    avro: true,
+    // value: an object of the schema's fields; a missing optional field takes its default.
+    encode: (name, value) => {
+      const { id, type } = schemas.get(name)
+      const header = Buffer.alloc(5) // header[0] is the magic byte 0
+      header.writeUInt32BE(id, 1)
+      return Buffer.concat([header, type.toBuffer(value)])
+    }
+  }
+}
+
 async function publish (producer, topic, key, value) {
   // Keys are UTF-8 strings: kafkajs hashes Buffer.from(key), the key's UTF-8 bytes.
-  const [metadata] = await producer.send({ topic: PREFIX + topic, messages: [{ key, value: JSON.stringify(value) }] })
+  const [metadata] = await producer.send({ topic: PREFIX + topic, messages: [{ key, value }] })
   console.log(JSON.stringify({ produced: metadata.topicName, partition: metadata.partition, offset: Number(metadata.baseOffset), key }))
 }
 
 async function main () {
+  const encoder = makeEncoder(VALUE_FORMAT)
   const kafka = new Kafka({
     clientId: 'geodispatch-node-example',
     brokers: env('KAFKA_BOOTSTRAP_SERVERS', '127.0.0.1:9092').split(','),
@@ -72,16 +109,16 @@ async function main () {
 
   try {
     // What driver gateways send: the driver goes online, then reports where it is.
-    await publish(producer, 'driver_status', DRIVER_ID,
-      { driver_id: DRIVER_ID, online: true, eligibility: 'ACTIVE', ts: iso(-1000) })
-    await publish(producer, `driver_locations.${regionKey(...DRIVER)}`, DRIVER_ID,
-      { driver_id: DRIVER_ID, lat: DRIVER[0], lng: DRIVER[1], speed_mps: 0, ts: iso() })
+    await publish(producer, 'driver_status', DRIVER_ID, encoder.encode('DriverStatus',
+      { driver_id: DRIVER_ID, online: true, eligibility: 'ACTIVE', ts: iso(-1000) }))
+    await publish(producer, `driver_locations.${regionKey(...DRIVER)}`, DRIVER_ID, encoder.encode('LocationPing',
+      { driver_id: DRIVER_ID, lat: DRIVER[0], lng: DRIVER[1], speed_mps: 0, ts: iso() }))
     // Pings and requests are read by different consumers: give the driver a moment to be indexed.
     await sleep(SETTLE_MS)
 
     // What the order service sends, keyed by orderId (any other key is dead-lettered).
     const geo = regionKey(...RESTAURANT)
-    await publish(producer, `driver_assignment.requests.${geo}`, ORDER_ID, {
+    await publish(producer, `driver_assignment.requests.${geo}`, ORDER_ID, encoder.encode('AssignmentRequested', {
       eventId: `evt-${ORDER_ID}`,
       eventType: 'AssignmentRequested',
       occurredAt: iso(),
@@ -94,8 +131,9 @@ async function main () {
       preparationTime: 10,
       radius: 5,
       totalAmount: 34.97,
-      items: [{ name: 'pizza', quantity: 1 }]
-    })
+      // In Avro items is the JSON text of the list (its shape belongs to the order service).
+      items: encoder.avro ? '[{"name": "pizza", "quantity": 1}]' : [{ name: 'pizza', quantity: 1 }]
+    }))
 
     const timeout = sleep(ANSWER_TIMEOUT_MS).then(() => null)
     const result = await Promise.race([answered, timeout])
