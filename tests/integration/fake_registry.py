@@ -16,7 +16,8 @@ the latest one's data, decided by the same Avro resolution check as schemas/comp
 Ids start at 1, as Confluent's do, so they collide with our fixed ids 1-10 on purpose.
 
 Endpoints: POST /subjects/{subject}/versions, GET /subjects/{subject}/versions, GET /subjects,
-GET /schemas/ids/{id}.
+GET /schemas/ids/{id}, and GET/PUT /config/{subject} (a subject's compatibility, which serializers such as
+@kafkajs/confluent-schema-registry read and set; only BACKWARD is accepted, the one rule enforced here).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class FakeRegistry:
         self.ids: dict[str, int] = {}  # canonical schema -> id
         self.schemas: dict[int, str] = {}  # id -> schema text as registered
         self.subjects: dict[str, list[int]] = {}  # subject -> ids of its versions, oldest first
+        self.compatibility: dict[str, str] = {}  # subject -> its own level, where one was set
         self.calls: Counter[str] = Counter()  # "GET /schemas/ids/{id}" and the like, per route and id
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,6 +104,23 @@ class FakeRegistry:
             return self._error(404, 40403, "Schema not found")
         return web.json_response({"schema": self.schemas[schema_id]}, content_type=CONTENT_TYPE)
 
+    async def _config(self, request: web.Request) -> web.Response:
+        subject = request.match_info["subject"]
+        if subject not in self.compatibility:
+            return self._error(404, 40408, f"Subject '{subject}' does not have subject-level compatibility configured")
+        return web.json_response({"compatibilityLevel": self.compatibility[subject]}, content_type=CONTENT_TYPE)
+
+    async def _set_config(self, request: web.Request) -> web.Response:
+        subject = request.match_info["subject"]
+        try:
+            level = (await request.json(loads=json.loads))["compatibility"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._error(422, 42203, f"Invalid compatibility level: {exc}")
+        if level != "BACKWARD":
+            return self._error(422, 42203, f"only BACKWARD here, not {level!r}")
+        self.compatibility[subject] = level
+        return web.json_response({"compatibility": level}, content_type=CONTENT_TYPE)
+
     def add(self, schema: dict[str, Any]) -> int:
         """Registers a schema under no subject, as another team's producer would have (a test's shortcut)."""
         canonical = _canonical(schema)
@@ -118,6 +137,8 @@ class FakeRegistry:
         app.router.add_get("/subjects/{subject}/versions", self._versions)
         app.router.add_get("/subjects", self._subjects)
         app.router.add_get("/schemas/ids/{id:\\d+}", self._by_id)
+        app.router.add_get("/config/{subject}", self._config)
+        app.router.add_put("/config/{subject}", self._set_config)
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 

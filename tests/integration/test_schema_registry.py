@@ -8,9 +8,11 @@ real registry server runs on this machine (docs/SCHEMAS.md says why)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
+import subprocess
 from datetime import UTC, datetime
 
 import fastavro
@@ -20,8 +22,11 @@ from schemas import AssignmentResponse
 from schemas import dead_letter as dl
 from schemas.codec import AVRO_DIR, Codec
 from schemas.registry import RegistryClient, subjects
+from tests.integration.drivers import iso, send_ping, send_status, wait_session
 from tests.integration.fake_registry import FakeRegistry
-from tests.integration.harness import wait_for
+from tests.integration.harness import ROOT, wait_for
+
+CLIENTS = ROOT / "tests" / "clients"
 
 
 @pytest.fixture
@@ -125,3 +130,41 @@ def test_the_worker_decodes_registry_ids_and_dead_letters_what_it_cannot_resolve
     reader = Codec.load(registry=RegistryClient(registry.url))
     answer = reader.decode(AssignmentResponse, answers[0].value)
     assert (answer.orderId, answer.status) == ("order_reg", "failed")
+
+
+def _encoded_by_a_standard_serializer(registry, subject: str, schema_file: str, record: dict) -> tuple[int, bytes]:
+    """The value as another team's Node producer frames it: @kafkajs/confluent-schema-registry registers
+    the schema under the subject and writes the id the registry gave it."""
+    if not (CLIENTS / "node_modules" / "@kafkajs" / "confluent-schema-registry").is_dir():
+        pytest.fail("the Node clients are not installed: `make test` does it (npm ci --prefix tests/clients)",
+                    pytrace=False)
+    result = subprocess.run(
+        ["node", str(CLIENTS / "registry_encode.js"), "--url", registry.url, "--subject", subject,
+         "--schema", str(AVRO_DIR / schema_file), "--record", json.dumps(record)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    encoded = json.loads(result.stdout)
+    return encoded["id"], base64.b64decode(encoded["value"])
+
+
+def test_a_request_from_a_standard_registry_serializer_is_decided(deployment, registry):
+    """What used to be dead-lettered (only the fixed ids 1-8 were known): a request framed with the id a
+    registry gave another language's serializer is decoded and assigned like any other."""
+    worker = deployment.start_worker(GEODISPATCH_SCHEMA_REGISTRY_URL=registry.url)
+    worker.wait_ready()
+    send_status(deployment, "drv_std")
+    send_ping(deployment, "drv_std")
+    wait_session(worker, "drv_std", lambda s: s["online"] and s["last_loc"], message="online and located")
+
+    topic = deployment.names.requests("4_-7")
+    record = {**json.loads((AVRO_DIR / "history" / "AssignmentRequested.v1.json").read_text()),
+              "orderId": "order_std", "occurredAt": iso()}
+    schema_id, value = _encoded_by_a_standard_serializer(registry, f"{topic}-value", "AssignmentRequested.v1.avsc",
+                                                         record)
+    assert value[0] == 0 and struct.unpack(">I", value[1:5])[0] == schema_id
+    deployment.produce(topic, [(b"order_std", value)])
+
+    (answer,) = deployment.read(deployment.names.responses, 1)
+    body = json.loads(answer.value)
+    assert (body["orderId"], body["status"], body["driverId"]) == ("order_std", "assigned", "drv_std"), body
+    assert registry.calls[f"GET /schemas/ids/{schema_id}"] == 1
