@@ -71,12 +71,14 @@ class DispatchApp(faust.App):
                 self, SESSIONS_TABLE, names.changelog(settings.app_id, SESSIONS_TABLE), settings.partitions,
                 metrics.changelog_write_failures.labels(table=SESSIONS_TABLE).inc,
                 _bulk_restore(settings, metrics, SESSIONS_TABLE),
-                metrics.fenced_writes.labels(store="changelog").inc), fence, supply)
+                metrics.fenced_writes.labels(store="changelog").inc,
+                metrics.store_write_failures.labels(table=SESSIONS_TABLE).inc), fence, supply)
         if settings.runs_assignments:
             decisions = DecisionStore(direct_table(
                 self, DECISIONS_TABLE, names.changelog(settings.app_id, DECISIONS_TABLE), settings.partitions,
                 metrics.changelog_write_failures.labels(table=DECISIONS_TABLE).inc,
-                _bulk_restore(settings, metrics, DECISIONS_TABLE)))
+                _bulk_restore(settings, metrics, DECISIONS_TABLE),
+                metrics.store_write_failures.labels(table=DECISIONS_TABLE).inc))
         self.runtime = Runtime(
             settings=settings,
             names=names,

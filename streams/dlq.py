@@ -38,6 +38,12 @@ def source_of(message: Any) -> SourceRecord:
     )
 
 
+class WorkerFailure(Exception):
+    """The worker failed, not the record: its table store refused a write (a full disk). Never
+    dead-lettered: the worker stops without acking the record, and the partition's next owner
+    processes it."""
+
+
 class DeadLetters:
     """Sends failed records to the dead-letter topic with the contract's headers."""
 
@@ -68,6 +74,8 @@ async def guarded(dead_letters: DeadLetters, message: Any, stage: str, action: A
     silently), and the result is then None."""
     try:
         return await action()
+    except WorkerFailure:
+        raise
     except Exception as exc:
         await give_up(dead_letters, message, stage, exc)
     return None

@@ -235,6 +235,8 @@ class GuardedConsumer(aiokafka_driver.Consumer):
 
     def ack(self, message: Any) -> bool:
         app = self.app
+        if app.crash_reason is not None:  # stopping: what was cut short goes to the next owner
+            return False
         if message.generation_id != app.consumer_generation_id:
             return False
         if not app.flow_control.is_active():

@@ -116,6 +116,12 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.store_write_failures = Counter(
+            "geodispatch_store_write_failures_total",
+            "Writes a table's local store (RocksDB) refused, a full disk among the causes: the worker stops.",
+            ["table"],
+            registry=r,
+        )
         self.changelog_restored_in_bulk = Counter(
             "geodispatch_changelog_restored_in_bulk_total",
             "Changelog records applied to a table by the bulk catch-up before faust's recovery.",

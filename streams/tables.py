@@ -15,6 +15,7 @@ import orjson
 import structlog
 from faust.types import TP
 
+from streams.dlq import WorkerFailure
 from streams.logic.assignment import Decision
 from streams.logic.fencing import Fence, Stamp, advances_persisted_offset, entries_to_keep
 from streams.logic.sessions import DriverSession
@@ -38,11 +39,12 @@ class DirectTable(faust.Table):
 
     def __init__(
         self, *args: Any, changelog: str, on_write_failed: Callable[[], None], bulk_restore: BulkRestore,
-        **kwargs: Any
+        on_store_failed: Callable[[], None], **kwargs: Any
     ) -> None:
         self._changelog_topic_named = changelog  # read by faust's constructor
         super().__init__(*args, **kwargs)
         self._on_write_failed = on_write_failed
+        self._on_store_failed = on_store_failed
         self._bulk_restore = bulk_restore
 
     def _changelog_topic_name(self) -> str:
@@ -68,7 +70,7 @@ class DirectTable(faust.Table):
         store is faust's RocksDB store, written as its own `_set` does."""
         store = self.data
         store._key_index[key] = partition
-        store._db_for_partition(partition).put(key, value)
+        await self._into_store(partition, lambda db: db.put(key, value))
         acknowledgement = await self.app.producer.send(self._changelog_name, key, value, partition, None, None)
         acknowledgement.add_done_callback(self._on_written)
 
@@ -77,9 +79,25 @@ class DirectTable(faust.Table):
         compaction drops it there too and no restore brings it back."""
         store = self.data
         store._key_index.pop(key, None)
-        store._db_for_partition(partition).delete(key)
+        await self._into_store(partition, lambda db: db.delete(key))
         acknowledgement = await self.app.producer.send(self._changelog_name, key, None, partition, None, None)
         acknowledgement.add_done_callback(self._on_written)
+
+    async def _into_store(self, partition: int, change: Callable[[Any], None]) -> None:
+        """Applies `change` to the RocksDB store of `partition`. A store that refuses it (RocksDB's IO
+        errors, a full disk among them, come as bare Exceptions) refuses every later write until it is
+        opened again, so the worker stops: crashed (a non-zero exit, its group left), with nothing acked
+        from then on, so the record in hand goes to the partition's next owner instead of the
+        dead-letter topic, and a restart opens the store again."""
+        try:
+            change(self.data._db_for_partition(partition))
+        except Exception as exc:
+            self._on_store_failed()
+            log.critical("store_write_failed", table=self.name, partition=partition, error=str(exc),
+                         action="the worker stops")
+            failure = WorkerFailure(f"the store of {self.name}[{partition}] refused a write: {exc}")
+            await self.app.crash(failure)
+            raise failure from exc
 
     def active_partitions(self) -> list[int]:
         """The changelog partitions this worker owns (standbys, only replicas, excluded)."""
@@ -116,9 +134,9 @@ def _table(cls: type[DirectTable], app: faust.App, name: str, changelog: str, pa
 
 
 def direct_table(app: faust.App, name: str, changelog: str, partitions: int, on_write_failed: Callable[[], None],
-                 bulk_restore: BulkRestore) -> Any:
+                 bulk_restore: BulkRestore, on_store_failed: Callable[[], None]) -> Any:
     return _table(DirectTable, app, name, changelog, partitions, on_write_failed=on_write_failed,
-                  bulk_restore=bulk_restore)
+                  bulk_restore=bulk_restore, on_store_failed=on_store_failed)
 
 
 def session_stamp(raw: bytes | None) -> Stamp | None:
@@ -171,10 +189,10 @@ class FencedTable(DirectTable):
 
 def fenced_table(
     app: faust.App, name: str, changelog: str, partitions: int, on_write_failed: Callable[[], None],
-    bulk_restore: BulkRestore, on_stale: Callable[[int], None],
+    bulk_restore: BulkRestore, on_stale: Callable[[int], None], on_store_failed: Callable[[], None],
 ) -> Any:
     return _table(FencedTable, app, name, changelog, partitions, on_write_failed=on_write_failed,
-                  bulk_restore=bulk_restore, on_stale=on_stale)
+                  bulk_restore=bulk_restore, on_stale=on_stale, on_store_failed=on_store_failed)
 
 
 class SessionStore(PartitionService):

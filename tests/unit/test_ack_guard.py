@@ -11,9 +11,9 @@ from streams.faust_fixes import GuardedConsumer
 from tests.unit.guarded import guarded
 
 
-def _consumer(active: bool) -> GuardedConsumer:
+def _consumer(active: bool, crash_reason: BaseException | None = None) -> GuardedConsumer:
     flow_control = SimpleNamespace(is_active=lambda: active)
-    return guarded(app=SimpleNamespace(consumer_generation_id=3, flow_control=flow_control))
+    return guarded(app=SimpleNamespace(consumer_generation_id=3, flow_control=flow_control, crash_reason=crash_reason))
 
 
 def _guarded_ack(monkeypatch) -> list[int]:
@@ -42,3 +42,12 @@ def test_when_flowing_acks_of_this_generation_pass_and_older_ones_do_not(monkeyp
     assert flowing.ack(SimpleNamespace(generation_id=3, offset=7)) is True
     assert flowing.ack(SimpleNamespace(generation_id=1, offset=8)) is False
     assert passed == [7]
+
+
+def test_a_crashed_worker_acks_nothing_more(monkeypatch):
+    """A worker stopping on a failure (its store refused a write) must not ack the record it was cut
+    short on: the partition's next owner processes it."""
+    passed = _guarded_ack(monkeypatch)
+    crashed = _consumer(active=True, crash_reason=RuntimeError("the store refused a write"))
+    assert crashed.ack(SimpleNamespace(generation_id=3, offset=7)) is False
+    assert passed == []
