@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(4, ge=1)
     retry_base_s: float = Field(0.1, gt=0)
     retry_max_s: float = Field(2.0, gt=0)
+    # How long the assignment stage keeps trying Redis before it dead-letters a request: longer than a
+    # Redis restart or failover, or a worker's lost link to Redis, lasts, so that their requests wait
+    # and are answered instead (docs/RELIABILITY.md, the Redis cut of one worker).
+    assignment_retry_s: float = Field(30.0, ge=0)
 
     # -- access ---------------------------------------------------------------------------------
     jwt_secret: SecretStr | None = None

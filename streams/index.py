@@ -565,7 +565,17 @@ class RegionIndex:
         return removed
 
     async def reservation_holder(self, driver_id: str) -> str | None:
-        return await self.redis.get(self.keys.reservation(driver_id))
+        (holder,) = await self.reservation_holders([driver_id])
+        return holder
+
+    async def reservation_holders(self, driver_ids: Sequence[str]) -> list[str | None]:
+        """The order each driver is reserved for, if any; one round trip for all."""
+        if not driver_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for driver_id in driver_ids:
+            pipe.get(self.keys.reservation(driver_id))
+        return list(await pipe.execute())
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
