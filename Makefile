@@ -43,6 +43,9 @@ $(NODE_STAMP): tests/clients/package-lock.json
 	npm ci --no-audit --no-fund --prefix tests/clients
 	@touch $@
 
+# The clock-step fault scenario preloads it (tests/faults/clock.py names the same path).
+LIBFAKETIME := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+
 # The fault suite's link proxy (tests/faults/links.py), built from source by infra/toxiproxy.sh; a new
 # pinned version in the script builds it again.
 TOXIPROXY := $(or $(GEODISPATCH_CACHE),.cache)/bin/toxiproxy-server
@@ -85,15 +88,15 @@ test-unit: setup ## unit tests only: no broker, no Redis
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test: topics lint $(NODE_STAMP) $(TOXIPROXY) ## set up, start Kafka and Redis, lint, run every test (the browser's too)
-	@infra/chromium.sh ensure
-	@infra/faketime.sh ensure
+	@infra/debian-package.sh ensure chromium /usr/bin/chromium
+	@infra/debian-package.sh ensure faketime $(LIBFAKETIME)
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 upgrade-test: topics ## the last release's worker (CHANGELOG.md) on real data, replaced by this one: nothing lost (also in make test)
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest tests/upgrade $(PYTEST_ARGS)
 
 faults: topics $(TOXIPROXY) ## the long fault-injection runs (worker kill, zombie, ...) with their figures
-	@infra/faketime.sh ensure
+	@infra/debian-package.sh ensure faketime $(LIBFAKETIME)
 	GEODISPATCH_REQUIRE_INFRA=1 GEODISPATCH_FAULTS_FULL=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
 
 # `make bench`: 11-14 minutes on 2 cores; BENCH_ARGS=--quick tries the suite in about 3.

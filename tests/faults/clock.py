@@ -1,5 +1,5 @@
 """The clock-step fault: one worker of two runs under libfaketime (Debian's faketime, installed by
-infra/faketime.sh), whose wall clock the test steps forward and back while the worker holds
+infra/debian-package.sh), whose wall clock the test steps forward and back while the worker holds
 partitions. A time namespace cannot do it: it offsets the monotonic and boot clocks, not the wall clock."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class SteppedClock:
     path: Path
 
     def __post_init__(self) -> None:
-        assert LIBFAKETIME.exists(), f"{LIBFAKETIME} is missing: run infra/faketime.sh ensure"
+        assert LIBFAKETIME.exists(), f"{LIBFAKETIME} is missing: run make faults, which installs Debian's faketime"
         self.step(0)
 
     def env(self) -> dict[str, str]:

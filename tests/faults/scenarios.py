@@ -284,14 +284,24 @@ def timing(dep: Deployment, seen: dict[str, int] | None = None) -> Timing:
         first[order] = min(first.get(order, r.timestamp), r.timestamp)
     first.update({order: at for order, at in (seen or {}).items() if order in first})
     latencies = {o: (first[o], max(0.0, (first[o] - asked[o]) / 1000)) for o in first if o in asked}
-    # A gap counts only while some request was outstanding: between two answers with a request
-    # asked before the second and not yet answered at the first.
-    events = sorted((first[o], asked[o]) for o in latencies)
+    return Timing(latencies, longest_stall([(first[o], asked[o]) for o in latencies]))
+
+
+def longest_stall(answered: list[tuple[int, int]]) -> float:
+    """Seconds of the longest time between two answers while some request was waiting: one asked
+    before the first of them and answered at the second or later, whichever request that was.
+    `answered`: (first answered at, asked at) per order, epoch ms."""
+    events = sorted(answered)
+    oldest_waiting = [0] * len(events)  # the earliest asked time among events[k:]
+    earliest = None
+    for k in range(len(events) - 1, -1, -1):
+        earliest = events[k][1] if earliest is None else min(earliest, events[k][1])
+        oldest_waiting[k] = earliest
     gap = 0.0
-    for (prev_at, _), (at, asked_at) in zip(events, events[1:], strict=False):
-        if asked_at < prev_at:
-            gap = max(gap, (at - prev_at) / 1000)
-    return Timing(latencies, gap)
+    for k in range(1, len(events)):
+        if oldest_waiting[k] < events[k - 1][0]:
+            gap = max(gap, (events[k][0] - events[k - 1][0]) / 1000)
+    return gap
 
 
 def timing_figures(t: Timing) -> dict[str, object]:

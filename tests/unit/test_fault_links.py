@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.faults.link_scenarios import waited
 from tests.faults.links import bandwidth, latency, listener_name, proxy_name, reset_peer, timeout
-from tests.faults.scenarios import Timing
+from tests.faults.scenarios import Timing, longest_stall
 from tests.faults.servers import worker_listener_config
 
 
@@ -47,3 +47,15 @@ def test_the_wait_counts_only_requests_asked_in_the_window():
     assert waited(t, 10.0, 20.0) == 8.0
     assert waited(t, 0.0, 10.0) == 1.0
     assert waited(t, 40.0, 50.0) == 0.0
+
+
+def test_a_stall_counts_while_any_request_waits_not_only_the_next_one_answered():
+    # (answered at, asked at) in ms: "old" asked at 1 s waits through the 10 s without answers
+    # between 2 s and 12 s, though the answer at 12 s is a request asked at 11 s.
+    answered = [(2_000, 1_500), (12_000, 11_000), (13_000, 1_000)]
+    assert longest_stall(answered) == 10.0
+
+
+def test_no_stall_when_nothing_waits_between_answers():
+    assert longest_stall([(2_000, 1_500), (12_000, 11_000)]) == 0.0
+    assert longest_stall([]) == 0.0
