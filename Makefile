@@ -95,7 +95,7 @@ test: topics lint $(NODE_STAMP) $(TOXIPROXY) ## set up, start Kafka and Redis, l
 upgrade-test: topics ## the last release's worker (CHANGELOG.md) on real data, replaced by this one: nothing lost (also in make test)
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest tests/upgrade $(PYTEST_ARGS)
 
-faults: topics $(TOXIPROXY) ## the long fault-injection runs (worker kill, zombie, ...) with their figures
+faults: topics $(TOXIPROXY) ## the long fault-injection runs (worker kill, zombie, partial faults, ...) with their figures: within 45 minutes on 2 cores
 	@infra/debian-package.sh ensure faketime $(LIBFAKETIME)
 	GEODISPATCH_REQUIRE_INFRA=1 GEODISPATCH_FAULTS_FULL=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
 
