@@ -43,6 +43,16 @@ $(NODE_STAMP): tests/clients/package-lock.json
 	npm ci --no-audit --no-fund --prefix tests/clients
 	@touch $@
 
+# The clock-step fault scenario preloads it (tests/faults/clock.py names the same path).
+LIBFAKETIME := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+
+# The fault suite's link proxy (tests/faults/links.py), built from source by infra/toxiproxy.sh; a new
+# pinned version in the script builds it again.
+TOXIPROXY := $(or $(GEODISPATCH_CACHE),.cache)/bin/toxiproxy-server
+$(TOXIPROXY): infra/toxiproxy.sh
+	@infra/toxiproxy.sh ensure
+	@touch $@
+
 infra-up: setup ## start Kafka (KRaft) and Redis on 127.0.0.1, unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point elsewhere
 	@if [ -n "$(START_KAFKA)" ]; then infra/kafka/kafka.sh up; else echo "kafka: using $$KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVERS is set)"; fi
 	@if [ -n "$(START_REDIS)" ]; then infra/redis.sh up; else echo "redis: using REDIS_URL from the environment"; fi
@@ -77,14 +87,16 @@ run: topics ## start the deployment recommended for one machine: a process per r
 test-unit: setup ## unit tests only: no broker, no Redis
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test: topics lint $(NODE_STAMP) ## set up, start Kafka and Redis, lint, run every test (the browser's too)
-	@infra/chromium.sh ensure
+test: topics lint $(NODE_STAMP) $(TOXIPROXY) ## set up, start Kafka and Redis, lint, run every test (the browser's too)
+	@infra/debian-package.sh ensure chromium /usr/bin/chromium
+	@infra/debian-package.sh ensure faketime $(LIBFAKETIME)
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 upgrade-test: topics ## the last release's worker (CHANGELOG.md) on real data, replaced by this one: nothing lost (also in make test)
 	GEODISPATCH_REQUIRE_INFRA=1 $(PY) -m pytest tests/upgrade $(PYTEST_ARGS)
 
-faults: topics ## the long fault-injection runs (worker kill, zombie, ...) with their figures
+faults: topics $(TOXIPROXY) ## the long fault-injection runs (worker kill, zombie, partial faults, ...) with their figures: within 45 minutes on 2 cores
+	@infra/debian-package.sh ensure faketime $(LIBFAKETIME)
 	GEODISPATCH_REQUIRE_INFRA=1 GEODISPATCH_FAULTS_FULL=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
 
 # `make bench`: 11-14 minutes on 2 cores; BENCH_ARGS=--quick tries the suite in about 3.

@@ -259,11 +259,12 @@ class LocalDeployment:
         return self.workdir / f"{self.prefix}{self.app_id}-{name}"
 
     def start_worker(self, name: str = "w1", checkout: Path | None = None, roles: str | None = None,
-                     **env: str) -> WorkerProcess:
-        """A worker of the deployment's checkout, or of another one (a release's worktree), on its own port;
-        with `roles`, a worker of those roles only (`geodispatch worker --roles`)."""
+                     port: int | None = None, **env: str) -> WorkerProcess:
+        """A worker of the deployment's checkout, or of another one (a release's worktree), on its own port
+        (`port`: the one a worker it replaces had); with `roles`, a worker of those roles only
+        (`geodispatch worker --roles`)."""
         checkout = checkout or self.checkout
-        port = free_port()
+        port = port or free_port()
         data_dir = self.data_dir(name)
         log_path = data_dir.with_name(data_dir.name + ".log")
         log_file = open(log_path, "ab")  # noqa: SIM115 (closed with the process)

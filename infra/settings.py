@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     # the bound on how long a crashed worker's drivers and orders wait. Faust refuses one longer than
     # its broker request timeout (90 s).
     kafka_session_timeout_s: float = Field(30.0, ge=6, le=90)
+    # Static membership (Kafka's group.instance.id): a worker restarted under the same id within the
+    # session timeout gets its partitions back without a rebalance. Unique per worker of a group and
+    # stable across its restarts (a StatefulSet pod's name); unset, every start joins as a new member.
+    # A static member leaves no group on stopping: its partitions wait out the session timeout unless
+    # it comes back (docs/RELIABILITY.md, "Failover time").
+    kafka_group_instance_id: str | None = None
     # How long the producer waits to fill a batch; see streams/app.py (faust_options) for the trade-off.
     producer_linger_ms: int = Field(2, ge=0, le=1000)
     # Prefixes every topic name; tests use it to get topics of their own on a shared broker.
@@ -149,6 +155,10 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(4, ge=1)
     retry_base_s: float = Field(0.1, gt=0)
     retry_max_s: float = Field(2.0, gt=0)
+    # How long the assignment stage keeps trying Redis before it dead-letters a request: longer than a
+    # Redis restart or failover, or a worker's lost link to Redis, lasts, so that their requests wait
+    # and are answered instead (docs/RELIABILITY.md, the Redis cut of one worker).
+    assignment_retry_s: float = Field(30.0, ge=0)
 
     # -- access ---------------------------------------------------------------------------------
     jwt_secret: SecretStr | None = None

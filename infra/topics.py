@@ -34,6 +34,10 @@ SUPPLY_DEMAND = "dispatch.supply_demand"
 # Compacted, keyed by booking id: who owns each booking (the order service writes it), read whole by the
 # real-time gateway for its access checks (consumers.gateway).
 BOOKING_OWNERS = "booking_owners"
+# Internal, one partition: a record per partition assignment of a worker, whose offset is the worker's
+# fence token from then on (streams.logic.fencing). Only the offsets matter, so a day's retention does;
+# deleting the topic would restart them (docs/RELIABILITY.md).
+FENCES = "dispatch.fences"
 # The worker's tables, each with its changelog topic (faust's naming: "{app id}-{table}-changelog").
 SESSIONS_TABLE = "driver_sessions"
 DECISIONS_TABLE = "assignment_decisions"
@@ -124,6 +128,10 @@ class TopicNames:
     def booking_owners(self) -> str:
         return self.prefix + BOOKING_OWNERS
 
+    @property
+    def fences(self) -> str:
+        return self.prefix + FENCES
+
     def changelog(self, app_id: str, table: str) -> str:
         return f"{self.prefix}{app_id}-{table}-changelog"
 
@@ -156,6 +164,8 @@ def plan(names: TopicNames, regions: tuple[str, ...], partitions: int, replicati
         TopicSpec(names.presence, partitions, replication, events, events_kept),
         TopicSpec(names.tracking, partitions, replication, pings, pings_kept),
         TopicSpec(names.dlq, 1, replication, dead_letters, dead_letters_kept),
+        # One partition: one sequence of offsets orders every worker's assignments.
+        TopicSpec(names.fences, 1, replication, events, pings_kept),
     ]
     compacted = {"cleanup.policy": "compact", **durable}
     # One partition whatever GEODISPATCH_PARTITIONS: its keys name the source partition already, and a

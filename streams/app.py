@@ -4,12 +4,19 @@ starts and stops the services that follow its partitions. Nothing happens at imp
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
+import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import faust
+import orjson
 import structlog
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 from faust.types import TP
 
 from consumers.supply_demand import FeedFollower
@@ -21,10 +28,11 @@ from streams import topology
 from streams.access import token_gate
 from streams.api import json_errors
 from streams.dlq import DeadLetters
+from streams.faust_fixes import _request_rejoin
 from streams.handover import carry_request_offsets
-from streams.index import RegionIndex, now_ms
+from streams.index import RegionIndex
 from streams.index_writer import IndexWriter
-from streams.logic.fencing import Fence
+from streams.logic.fencing import Fence, fence_in_time
 from streams.logic.sessions import DriverSession
 from streams.logic.supply_demand import DemandWindow, SupplyCounts
 from streams.metrics import Metrics
@@ -100,6 +108,9 @@ class DispatchApp(faust.App):
         )
         for path, view in routes(serves_sessions="api" in settings.roles):
             self.page(path)(view)
+        # Set once this assignment's token is taken: faust restores the tables of an assignment while
+        # the token is still being asked of the broker, and nothing may resume before it is in place.
+        self._fence_taken = asyncio.Event()
         self.on_partitions_assigned.connect(self._advance_fence)
         self.on_rebalance_complete.connect(self._partitions_restored)
         self.on_partitions_revoked.connect(self._partitions_revoked)
@@ -123,16 +134,58 @@ class DispatchApp(faust.App):
 
     async def _advance_fence(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """A new assignment makes this worker the newest owner of its partitions: before any of their
-        records is processed, its writes get a token newer than any earlier owner's."""
-        token = self.runtime.fence.advance(now_ms())
-        log.info("fence_advanced", token=token, partitions=len(assigned))
+        records is processed (`_partitions_restored` waits for it), its writes get a token newer than any
+        earlier owner's, taken from the broker's order of the fences topic, not from a clock."""
+        try:
+            started = time.monotonic()
+            offset = await self._append_fence_record(len(assigned))
+            if offset is None:
+                return
+            took = time.monotonic() - started
+            if not fence_in_time(took, self.runtime.settings.kafka_session_timeout_s):
+                # Keeping the previous (lower) token loses every write of this assignment to the other
+                # owner's, if there is one; the rejoin gives a token that surely follows the group's choice.
+                self.runtime.metrics.retries.labels(stage="fence").inc()
+                log.warning("fence_token_late", offset=offset, took_s=round(took, 1),
+                            kept=self.runtime.fence.token, action="rejoin the group for a new assignment")
+                _request_rejoin(self.consumer)
+                return
+            token = self.runtime.fence.advance(offset)
+            log.info("fence_advanced", token=token, offset=offset, partitions=len(assigned))
+        finally:
+            self._fence_taken.set()
+
+    async def _append_fence_record(self, partitions: int) -> int | None:
+        """The offset of a record appended to the fences topic (acks=all), retried until the broker
+        takes it: a token from a clock instead could lose to an earlier owner's. None when the worker
+        stops meanwhile."""
+        settings, metrics = self.runtime.settings, self.runtime.metrics
+        value = orjson.dumps({"host": socket.gethostname(), "pid": os.getpid(), "partitions": partitions})
+        # The producer would wait out its request timeout (twenty minutes) for a missing topic before
+        # failing; an attempt is given what the token may take (fence_in_time), so the error shows.
+        attempt_s = settings.kafka_session_timeout_s / 2
+        delay = settings.retry_base_s
+        while not self.should_stop:
+            try:
+                producer = await self.maybe_start_producer()
+                written = await asyncio.wait_for(
+                    producer.send_and_wait(self.runtime.names.fences, None, value, 0, None, None), attempt_s)
+                return written.offset
+            except (TimeoutError, KafkaError, ProducerSendError, OSError) as exc:
+                metrics.retries.labels(stage="fence").inc()
+                log.error("fence_record_failed", topic=self.runtime.names.fences, error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(settings.retry_max_s, delay * 2)
+        return None
 
     async def _partitions_restored(self, sender: Any, **kwargs: Any) -> None:
+        await self._fence_taken.wait()
         partitions = self.driver_partitions()
         for service in self.runtime.partition_services:
             await service.restored(partitions)
 
     async def _partitions_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        self._fence_taken.clear()
         for service in reversed(self.runtime.partition_services):
             await service.revoked()
 
@@ -234,6 +287,7 @@ def faust_options(settings: Settings, web_middlewares: list | None = None) -> di
         "broker_session_timeout": settings.kafka_session_timeout_s,
         "broker_heartbeat_interval": settings.kafka_session_timeout_s / 10,
         "broker_rebalance_timeout": settings.kafka_session_timeout_s,
+        "consumer_group_instance_id": settings.kafka_group_instance_id,
         # A trade-off (GEODISPATCH_PRODUCER_LINGER_MS): a longer linger packs a backlog's changelog
         # records into fuller requests and saves CPU per ping, but every assignment answer waits for
         # its acknowledgement, so the linger adds to each request's latency (bench/README.md).

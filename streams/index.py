@@ -520,12 +520,17 @@ class RegionIndex:
         return decision
 
     async def decisions(self, order_ids: Sequence[str]) -> list[Decision | None]:
-        if not order_ids:
+        raws = await self._values([self.keys.decision(order_id) for order_id in order_ids])
+        return [Decision.from_record(orjson.loads(raw)) if raw else None for raw in raws]
+
+    async def _values(self, keys: Sequence[str]) -> list[str | None]:
+        """Each key's value, in one round trip (a cluster's pipeline splits it by node)."""
+        if not keys:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for order_id in order_ids:
-            pipe.get(self.keys.decision(order_id))
-        return [Decision.from_record(orjson.loads(raw)) if raw else None for raw in await pipe.execute()]
+        for key in keys:
+            pipe.get(key)
+        return list(await pipe.execute())
 
     async def record_failures(self, failures: Sequence[Decision], ttl_s: int) -> list[Decision]:
         """Records each failed decision for `ttl_s` unless its order already has one; returns each
@@ -565,7 +570,12 @@ class RegionIndex:
         return removed
 
     async def reservation_holder(self, driver_id: str) -> str | None:
-        return await self.redis.get(self.keys.reservation(driver_id))
+        (holder,) = await self.reservation_holders([driver_id])
+        return holder
+
+    async def reservation_holders(self, driver_ids: Sequence[str]) -> list[str | None]:
+        """The order each driver is reserved for, if any; one round trip for all."""
+        return await self._values([self.keys.reservation(driver_id) for driver_id in driver_ids])
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

@@ -23,6 +23,7 @@ from streams.logging import handling_record
 from streams.logic import assignment as decide
 from streams.logic import matching
 from streams.logic.assignment import Decision
+from streams.logic.backoff import attempts_within
 from streams.logic.scoring import Candidate, eta_minutes
 from streams.retry import with_retries
 from streams.routing import misrouted, reroute
@@ -49,7 +50,8 @@ def _order_id(raw: dict[str, Any]) -> str:
 
 async def _retrying(runtime: Runtime, action):
     s = runtime.settings
-    return await with_retries(action, STAGE, runtime.metrics, s.retry_attempts, s.retry_base_s, s.retry_max_s)
+    attempts = max(s.retry_attempts, attempts_within(s.assignment_retry_s, s.retry_base_s, s.retry_max_s))
+    return await with_retries(action, STAGE, runtime.metrics, attempts, s.retry_base_s, s.retry_max_s)
 
 
 @dataclass
@@ -62,6 +64,12 @@ class Answer:
     outcome: str
     context: dict[str, Any] = field(default_factory=dict)
     kept: bool = False  # the decision is the one the decisions table holds for the order
+    assign: bool = False  # the driver is sent the trip with it (decide.assign_due)
+
+    @property
+    def decided_before(self) -> bool:
+        """Decided before this request was read: kept in the table, or found in Redis (`reused`)."""
+        return self.kept or bool(self.context.get("reused"))
 
 
 @dataclass
@@ -99,7 +107,31 @@ async def decide_requests(runtime: Runtime, records: list[Any]) -> Completion:
             else:
                 decision, context = choice
                 block.answers.append(Answer(message, decision, decision.status, context))
-    return await _send_answers(runtime, block.answers)
+    answers = await _with_assigns(runtime, block.answers)
+    return await _send_answers(runtime, answers)
+
+
+async def _with_assigns(runtime: Runtime, answers: list[Answer]) -> list[Answer]:
+    """The answers with whether each sends its driver the trip (decide.assign_due). A decision made
+    before needs its driver's reservation read; when Redis stays unreachable for that, its request is
+    dead-lettered (replayed, it is answered then) rather than answered with a command that may be stale."""
+    earlier = [answer for answer in answers if answer.decision.assigned and answer.decided_before]
+    holders: dict[str, str | None] = {}
+    if earlier:
+        drivers = [answer.decision.driver_id for answer in earlier]
+        try:
+            holders = dict(zip(drivers, await _retrying(runtime, lambda: runtime.index.reservation_holders(drivers)),
+                               strict=True))
+        except Exception as exc:
+            for answer in earlier:
+                await give_up(runtime.dead_letters, answer.message, STAGE, exc)
+            answers = [answer for answer in answers if not (answer.decision.assigned and answer.decided_before)]
+    for answer in answers:
+        answer.assign = decide.assign_due(answer.decision, answer.decided_before,
+                                          holders.get(answer.decision.driver_id or ""))
+        if answer.decided_before and answer.decision.assigned and not answer.assign:
+            answer.context["trip_not_resent"] = "the driver's reservation no longer holds the order"
+    return answers
 
 
 def _examine(runtime: Runtime, records: list[Any]) -> Block:
@@ -267,10 +299,9 @@ async def _send_answers(runtime: Runtime, answers: list[Answer]) -> Completion:
         decision = answer.decision
         if not answer.kept:
             await runtime.decisions.put(decision, answer.message.partition)
-        if decision.assigned:
-            # Sent again with a repeated answer too: the worker that decided may have died after the
-            # decision reached the changelog but before the command did, and the driver's session would
-            # never hear of the trip. Applying it twice is a no-op (apply_assignment).
+        if answer.assign:
+            # Sent again with a repeated answer while the reservation holds (decide.assign_due); applying
+            # it twice is a no-op (apply_assignment).
             command = DriverCommand(driver_id=decision.driver_id, kind="assign", order_id=decision.order_id, ts=now)
             outgoing.append((topics.driver_commands, {"key": decision.driver_id.encode(),
                                                       "value": codec.encode(command)}))
@@ -282,7 +313,7 @@ async def _send_answers(runtime: Runtime, answers: list[Answer]) -> Completion:
         for answer in answers:
             with handling_record(answer.message):
                 try:
-                    for _ in range(2 if answer.decision.assigned else 1):
+                    for _ in range(2 if answer.assign else 1):
                         await next(sent)
                 except Exception as exc:
                     await give_up(runtime.dead_letters, answer.message, STAGE, exc)

@@ -112,6 +112,16 @@ def reusable(decision: Decision, now_ms: int, failed_ttl_ms: int, retention_ms: 
     return age_ms < (retention_ms if decision.assigned else failed_ttl_ms)
 
 
+def assign_due(decision: Decision, decided_before: bool, holder: str | None) -> bool:
+    """Whether the driver is sent the trip with this answer: always for a decision just made; for one
+    made before (a redelivered or replayed request, or another worker's) only while the driver's
+    reservation still holds the order. The worker that decided may have died before sending the
+    command, and then the reservation still holds; once the trip closed, its reservation is released
+    (upsert.lua), and an assign sent then would put the driver back on a delivered order that his
+    session no longer remembers. Redis decides, not clocks, so a skewed clock cannot make it wrong."""
+    return decision.assigned and (not decided_before or holder == decision.order_id)
+
+
 def expired_request(sent_at_ms: int, now_ms: int, retention_ms: int, max_clock_skew_ms: int) -> bool:
     """A request too old to be decided: its decision, if it had one, may have outlived its retention and
     be gone, and deciding again could give the order a second driver. A decision is made after its

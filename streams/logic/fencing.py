@@ -9,21 +9,38 @@ from dataclasses import dataclass
 # (fence token of the writer, the session's version): the larger pair is the newer state.
 Stamp = tuple[int, int]
 
+# Where tokens taken from the fences topic start: 2**42 ms is in the year 2109, above every wall-clock
+# token an earlier release wrote into the changelogs and Redis, so that the first owner after an
+# upgrade wins over them; and below 2**53, so that Redis's Lua (doubles) still compares tokens exactly.
+FENCE_BASE = 2**42
+
 
 @dataclass
 class Fence:
-    """This worker's token: the wall-clock millisecond of its latest partition assignment, kept
-    strictly increasing. A worker that lost its partitions without noticing (paused past its session
-    timeout) still holds the token of its previous assignment, which is older than the new owner's
-    by at least the session timeout. Unlike the consumer group's generation, it does not restart at
-    1 when the group is deleted and created again (its offsets expired after a long stop). It asks
-    the workers' clocks to agree to better than the session timeout."""
+    """This worker's token: on every partition assignment the worker appends a record to the
+    single-partition fences topic and takes FENCE_BASE + the record's offset (streams.app), kept
+    strictly increasing. The broker orders those offsets and never gives one out twice, so the newest
+    owner of a partition always holds the higher token, whatever the workers' clocks say: a worker
+    paused past its session timeout still holds the token of its previous assignment. Unlike the
+    consumer group's generation, the offsets do not restart when the group is deleted and created
+    again (its offsets expired after a long stop), nor when retention empties the topic; only
+    deleting the fences topic itself restarts them."""
 
     token: int = 0
 
-    def advance(self, now_ms: int) -> int:
-        self.token = max(now_ms, self.token + 1)
+    def advance(self, offset: int) -> int:
+        """The token for an assignment whose fences record the broker wrote at `offset`."""
+        self.token = max(FENCE_BASE + offset, self.token + 1)
         return self.token
+
+
+def fence_in_time(took_s: float, session_timeout_s: float) -> bool:
+    """Whether a fences record acknowledged `took_s` after its assignment arrived (monotonic clock)
+    surely reached the broker before the group could have given the partitions to another worker,
+    whose token would then be lower. The group expels a worker only a session timeout after it last
+    heard from it, and it heard from it when it handed out the assignment; half of the timeout leaves
+    room for the assignment's own way to the worker. A record stuck in a cut link lands late."""
+    return took_s < session_timeout_s / 2
 
 
 def advances_persisted_offset(persisted: int | None, written: int) -> bool:

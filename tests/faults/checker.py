@@ -246,7 +246,10 @@ def _double_assignments(by_order: Mapping[str, list[Answer]], trip_ends: Iterabl
     for order, answer in _first_assignments(by_order).items():
         end = ends.get(order)
         freed = end.at_ms if end is not None and end.driver_id == answer.driver_id else float("inf")
-        per_driver[answer.driver_id].append((answer.at_ms, freed, order))
+        # The answer's time is the deciding worker's clock, the trip end's the trip service's. A trip
+        # ends only after its answer was read, so a decision stamped later than its own trip's end
+        # came from a clock running ahead: its hold began by the end at the latest.
+        per_driver[answer.driver_id].append((min(answer.at_ms, freed), freed, order))
     overlaps: list[Overlap] = []
     for driver, holds in per_driver.items():
         holds.sort()

@@ -47,6 +47,9 @@ class Load:
     pings_sent: int = 0
     trips_ended: int = 0
     send_failures: int = 0
+    # When the load first read each order's answer (epoch ms): a worker stamps its answers with its own
+    # clock, which the clock-step fault moves.
+    answered_at: dict[str, int] = field(default_factory=dict)
     _orders_made: int = 0
     _ping_seq: dict[str, int] = field(default_factory=dict)
     _acked_seq: dict[str, int] = field(default_factory=dict)
@@ -154,8 +157,10 @@ class Load:
         while True:
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
+                read_at = int(time.time() * 1000)
                 for record in records:
                     answer = json.loads(record.value)
+                    self.answered_at.setdefault(answer["orderId"], read_at)
                     if answer["status"] != "assigned" or answer["orderId"] in ended:
                         continue
                     ended.add(answer["orderId"])

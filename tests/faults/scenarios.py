@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import redis
@@ -268,7 +270,9 @@ class Timing:
         return max(0.0, max(slow) / 1000 - since) if slow else 0.0
 
 
-def timing(dep: Deployment) -> Timing:
+def timing(dep: Deployment, seen: dict[str, int] | None = None) -> Timing:
+    """`seen`: when the load first read each order's answer (its clock, as the requests' times are),
+    preferred to the answers' own times, which are their worker's clock (a fault may step it)."""
     asked: dict[str, int] = {}
     for region in dep.regions:
         for r in dep.read_all(dep.names.requests(region)):
@@ -278,15 +282,26 @@ def timing(dep: Deployment) -> Timing:
     for r in dep.read_all(dep.names.responses):
         order = json.loads(r.value)["orderId"]
         first[order] = min(first.get(order, r.timestamp), r.timestamp)
+    first.update({order: at for order, at in (seen or {}).items() if order in first})
     latencies = {o: (first[o], max(0.0, (first[o] - asked[o]) / 1000)) for o in first if o in asked}
-    # A gap counts only while some request was outstanding: between two answers with a request
-    # asked before the second and not yet answered at the first.
-    events = sorted((first[o], asked[o]) for o in latencies)
+    return Timing(latencies, longest_stall([(first[o], asked[o]) for o in latencies]))
+
+
+def longest_stall(answered: list[tuple[int, int]]) -> float:
+    """Seconds of the longest time between two answers while some request was waiting: one asked
+    before the first of them and answered at the second or later, whichever request that was.
+    `answered`: (first answered at, asked at) per order, epoch ms."""
+    events = sorted(answered)
+    oldest_waiting = [0] * len(events)  # the earliest asked time among events[k:]
+    earliest = None
+    for k in range(len(events) - 1, -1, -1):
+        earliest = events[k][1] if earliest is None else min(earliest, events[k][1])
+        oldest_waiting[k] = earliest
     gap = 0.0
-    for (prev_at, _), (at, asked_at) in zip(events, events[1:], strict=False):
-        if asked_at < prev_at:
-            gap = max(gap, (at - prev_at) / 1000)
-    return Timing(latencies, gap)
+    for k in range(1, len(events)):
+        if oldest_waiting[k] < events[k - 1][0]:
+            gap = max(gap, (events[k][0] - events[k - 1][0]) / 1000)
+    return gap
 
 
 def timing_figures(t: Timing) -> dict[str, object]:
@@ -294,8 +309,14 @@ def timing_figures(t: Timing) -> dict[str, object]:
             "longest stall (s)": round(t.max_gap_s, 1)}
 
 
-def _start_pair(dep: Deployment) -> dict[str, WorkerProcess]:
-    workers = {name: dep.start_worker(name) for name in ("a", "b")}
+def direct(worker: str) -> dict[str, str]:
+    """A worker's own settings when it reaches the deployment's servers directly: none. A link-fault
+    scenario gives each worker its proxies instead (tests/faults/links.py, Links.env)."""
+    return {}
+
+
+def _start_pair(dep: Deployment, env_of: Callable[[str], dict[str, str]] = direct) -> dict[str, WorkerProcess]:
+    workers = {name: dep.start_worker(name, **env_of(name)) for name in ("a", "b")}
     for worker in workers.values():
         worker.wait_ready(120)
     return workers
@@ -319,17 +340,20 @@ def _finish(dep: Deployment, load: Load, workers: dict[str, WorkerProcess], name
 
 
 def broker_restart(dep: Deployment, broker: Broker, duration_s: float, sig: signal.Signals,
-                   down_s: float = 5.0) -> Outcome:
+                   down_s: float = 5.0, env_of: Callable[[str], dict[str, str]] = direct,
+                   during: Callable[[], AbstractContextManager[object]] = nullcontext) -> Outcome:
     """Mixed load; the broker gets `sig` a third of the way in, stays down `down_s`, comes back on
-    the same data. The workers must carry on by themselves: none is restarted by the test."""
+    the same data. The workers must carry on by themselves: none is restarted by the test. `during`:
+    another fault the restart happens inside of (tests/faults/link_scenarios.py combines them)."""
     fault_env(dep)
-    workers = _start_pair(dep)
+    workers = _start_pair(dep, env_of)
     load = Load(dep.names, seed=13, bootstrap=dep.bootstrap)
     load.start()
     time.sleep(duration_s / 3)
-    stopping = broker.signal(sig)
-    time.sleep(down_s)
-    restart = broker.start()
+    with during():
+        stopping = broker.signal(sig)
+        time.sleep(down_s)
+        restart = broker.start()
     back = time.time()
     time.sleep(duration_s * 2 / 3)
     exited = {name: w.process.returncode for name, w in workers.items() if w.process.poll() is not None}
@@ -385,21 +409,26 @@ def _index_rebuilt(dep: Deployment, load: Load, timeout: float = 30) -> float:
 # -- rebalance churn ---------------------------------------------------------------------------------
 
 
-def rebalance_churn(dep: Deployment, duration_s: float, cycle_s: float) -> Outcome:
-    """Mixed load on two workers; a third joins, stays half a cycle, leaves (SIGTERM), again and again."""
+def rebalance_churn(dep: Deployment, duration_s: float, cycle_s: float,
+                    env_of: Callable[[str], dict[str, str]] = direct,
+                    during: Callable[[], AbstractContextManager[object]] = nullcontext) -> Outcome:
+    """Mixed load on two workers; a third joins, stays half a cycle, leaves (SIGTERM), again and again.
+    `during`: another fault the churn happens inside of."""
     fault_env(dep)
-    workers = _start_pair(dep)
+    workers = _start_pair(dep, env_of)
     load = Load(dep.names, seed=19, bootstrap=dep.bootstrap)
     load.start()
     started = time.monotonic()
     joins = 0
-    while time.monotonic() - started + cycle_s <= duration_s:
-        third = dep.start_worker(f"c{joins}")
-        joins += 1
-        time.sleep(cycle_s / 2)
-        third.stop()
-        time.sleep(cycle_s / 2)
-    time.sleep(max(0.0, duration_s - (time.monotonic() - started)))
+    with during():
+        while time.monotonic() - started + cycle_s <= duration_s:
+            # Each join is a new worker (a data directory of its own) on the third worker's links.
+            third = dep.start_worker(f"c{joins}", **env_of("c"))
+            joins += 1
+            time.sleep(cycle_s / 2)
+            third.stop()
+            time.sleep(cycle_s / 2)
+        time.sleep(max(0.0, duration_s - (time.monotonic() - started)))
     return _finish(dep, load, workers, f"rebalance churn (third worker joins and leaves x{joins}, "
                    f"every {cycle_s:.0f}s, {duration_s:.0f}s of load)", {"joins and leaves": joins}, time.time())
 

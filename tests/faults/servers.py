@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import redis
@@ -43,12 +44,23 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 class Broker:
-    """A single-node KRaft broker started through infra/kafka/kafka.sh with its own ports and data."""
+    """A single-node KRaft broker started through infra/kafka/kafka.sh with its own ports and data.
 
-    def __init__(self, tmp: Path) -> None:
+    `worker_listeners` (listener name -> the port it advertises) adds a PLAINTEXT listener per name on
+    a port of its own. A client bootstrapped there is told the advertised address, so one behind a
+    proxy (tests/faults/links.py) keeps going through it: through the default listener, which
+    advertises the broker's own port, it would connect around the proxy after its first request."""
+
+    def __init__(self, tmp: Path, worker_listeners: Mapping[str, int] | None = None) -> None:
         self.port = free_port()
         self.controller_port = free_port()
         self.data_dir = tmp / "kafka"
+        self.advertised = dict(worker_listeners or {})
+        self.listener_ports = {name: free_port() for name in self.advertised}
+
+    def listener(self, name: str) -> str:
+        """Where the broker listens for `name`'s clients (a proxy's upstream)."""
+        return f"127.0.0.1:{self.listener_ports[name]}"
 
     @property
     def bootstrap(self) -> str:
@@ -65,7 +77,9 @@ class Broker:
         # After a SIGKILL the controller refuses the restarted broker until the dead one's session
         # expires (broker.session.timeout.ms, 9 s by default): a shorter one keeps the test short.
         extra = self.data_dir.parent / "kafka-extra.properties"
-        extra.write_text("broker.session.timeout.ms=4000\nbroker.heartbeat.interval.ms=1000\n")
+        extra.write_text("broker.session.timeout.ms=4000\nbroker.heartbeat.interval.ms=1000\n"
+                         + worker_listener_config(self.port, self.controller_port, self.listener_ports,
+                                                  self.advertised))
         env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(self.controller_port),
                    KAFKA_DATA_DIR=str(self.data_dir), KAFKA_EXTRA_CONFIG=str(extra))
         result = subprocess.run([str(KAFKA_SH), command], env=env, capture_output=True, text=True, timeout=240)
@@ -98,6 +112,21 @@ class Broker:
     def log_tail(self, lines: int = 40) -> str:
         log = self.data_dir / "logs" / "server.log"
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def worker_listener_config(port: int, controller_port: int, listening: Mapping[str, int],
+                           advertised: Mapping[str, int]) -> str:
+    """The broker's listener keys with one more PLAINTEXT listener per name: appended to
+    server.properties, where a later key overrides the template's."""
+    if not listening:
+        return ""
+    names = sorted(listening)
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}",
+                 *(f"{n}://127.0.0.1:{listening[n]}" for n in names)]
+    advertise = [f"PLAINTEXT://127.0.0.1:{port}", *(f"{n}://127.0.0.1:{advertised[n]}" for n in names)]
+    protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT", *(f"{n}:PLAINTEXT" for n in names)]
+    return (f"listeners={','.join(listeners)}\nadvertised.listeners={','.join(advertise)}\n"
+            f"listener.security.protocol.map={','.join(protocols)}\n")
 
 
 class RedisServer:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from streams.logic.sessions import CLOSED_TRIPS_KEPT
 from streams.routing import key_partition
 from tests.integration.harness import wait_for
 
@@ -185,6 +186,29 @@ def test_a_delivered_driver_is_assignable_again(city):
     wait_for(lambda: city.session("loop").get("trip_id") is None, message="the driver freed")
     city.ask("trip_b")
     assert city.answer("trip_b", 2)["driverId"] == "loop"
+
+
+def test_a_request_answered_again_after_its_trip_closed_does_not_send_the_driver_back(city):
+    """Seen in a failover run (static membership, a worker that never came back): the new owner read again
+    a request decided just before the kill, after its driver had done more trips than a session
+    remembers (CLOSED_TRIPS_KEPT), and the repeated answer's assign put him back on the delivered order.
+    A decision made before sends its trip only while the driver's reservation still holds the order."""
+    orders = [f"round_{n}" for n in range(CLOSED_TRIPS_KEPT + 1)]
+    city.driver("loop", 0.3)
+    for n, order in enumerate(orders, start=1):
+        city.ask(order)
+        assert city.answer(order, n)["driverId"] == "loop"
+        wait_for(lambda o=order: city.session("loop").get("trip_id") == o, message=f"{order} recorded")
+        city.trip("loop", order, "delivered")
+        wait_for(lambda: city.session("loop").get("trip_id") is None, message=f"{order} delivered")
+    city.ask(orders[0])  # a redelivery, or an operator's replay, long after
+    again = city.answers(len(orders) + 1)[orders[0]]
+    assert len(again) == 2 and again[0] == again[1]
+    city.ask("after_the_replay")
+    assert city.answer("after_the_replay", len(orders) + 2)["driverId"] == "loop"
+    wait_for(lambda: city.session("loop").get("trip_id") == "after_the_replay", message="the next trip recorded")
+    commands = [json.loads(r.value) for r in city.dep.read(city.dep.names.driver_commands, len(orders) + 2, 3)]
+    assert [c["order_id"] for c in commands if c["kind"] == "assign"] == [*orders, "after_the_replay"]
 
 
 def test_an_answer_is_stamped_when_its_driver_was_reserved_not_when_the_request_arrived(city):

@@ -52,7 +52,7 @@ def browser_and_clients() -> None:
         pytest.fail("the Node clients are not installed: `make test` does it (npm ci --prefix tests/clients)",
                     pytrace=False)
     if not (Path(CHROMIUM).is_file() and shutil.which("node")):
-        pytest.fail(f"no Chromium at {CHROMIUM} (or no node): `make test` installs it (infra/chromium.sh ensure)",
+        pytest.fail(f"no Chromium at {CHROMIUM} (or no node): `make test` installs it (infra/debian-package.sh)",
                     pytrace=False)
 
 

@@ -32,7 +32,8 @@ def test_every_input_topic_of_the_plan_has_a_handler():
     names = TopicNames(settings.topic_prefix)
     read = [topic for source in topology.INPUTS for topic in source.reads(names, settings.regions)]
     assert len(read) == len(set(read)), "a topic read by two inputs"
-    written_only = {names.responses, names.presence, names.tracking, names.dlq, names.supply_demand}
+    # names.fences: a record per partition assignment, written by the app itself (its offset is the fence token).
+    written_only = {names.responses, names.presence, names.tracking, names.dlq, names.supply_demand, names.fences}
     # Read by the real-time gateway (consumers.gateway), not the worker.
     gateway_only = {names.booking_owners}
     # The DLQ tools' replay ledger (consumers.dlq): the worker neither reads nor writes it.

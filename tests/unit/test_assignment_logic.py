@@ -74,3 +74,19 @@ def test_a_request_is_expired_once_its_decision_could_be_gone_allowing_for_the_s
     assert decide.expired_request(sent, sent + 2 * retention, retention, skew)
 
 
+
+
+def test_a_new_decision_always_sends_its_driver_the_trip():
+    decision = decide.assigned("o1", "d1", 4, AT)
+    assert decide.assign_due(decision, decided_before=False, holder=None)
+
+
+def test_a_decision_made_before_sends_the_trip_only_while_the_reservation_holds_the_order():
+    decision = decide.assigned("o1", "d1", 4, AT)
+    assert decide.assign_due(decision, decided_before=True, holder="o1")
+    assert not decide.assign_due(decision, decided_before=True, holder=None)  # the trip closed, the driver free
+    assert not decide.assign_due(decision, decided_before=True, holder="o2")  # the driver on a later order
+
+
+def test_a_failure_sends_no_trip():
+    assert not decide.assign_due(decide.failed("o1", decide.NO_DRIVERS, AT), decided_before=False, holder=None)

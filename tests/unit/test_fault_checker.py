@@ -89,6 +89,38 @@ def test_reassigning_a_freed_driver_is_not_a_double_assignment():
     assert check(history).double_assignments == [Overlap("d1", "o1", "o2")]
 
 
+def test_a_decision_from_a_clock_running_ahead_is_no_double_assignment():
+    # o1's worker ran 30 s ahead: its answer says 31 s, after o1's own delivery (4 s) and o2's hold (5 s on).
+    history = clean()
+    history.answers[0] = replace(history.answers[0], at_ms=31_000)
+    assert check(history).ok, check(history).explain()
+    # A real overlap is still found: o5 takes d1 while o2 (open) holds it, stamped ahead or not.
+    history.requests.append(Request("o5", REQ, 0, 2))
+    history.consumed[(REQ, 0)].append(2)
+    history.answers.append(Answer("o5", "assigned", "d1", 1, 1, at_ms=36_000))
+    history.decisions["o5"] = "d1"
+    assert check(history).double_assignments == [Overlap("d1", "o2", "o5")]
+
+
+def test_a_session_restored_to_a_skewed_writers_entry_is_reported():
+    # The clock-step fault on wall-clock tokens: d2 took o6 from the worker 30 s ahead, and the owner
+    # after it recorded o6's delivery with a lower token. A cold restore kept the skewed entry (o6 on
+    # its trip), and the index rebuild made the reservation again from it.
+    history = clean()
+    history.requests.append(Request("o6", REQ, 0, 2))
+    history.consumed[(REQ, 0)].append(2)
+    history.answers.append(Answer("o6", "assigned", "d2", 0, 2, at_ms=36_000))
+    history.trip_ends.append(TripEnd("o6", "d2", at_ms=7_500))
+    history.decisions["o6"] = "d2"
+    assert check(history).ok, check(history).explain()  # the healthy history, stamped ahead
+    history.sessions["d2"]["trip_id"] = "o6"
+    history.reservations["d2"] = "o6"
+    report = check(history)
+    assert report.session_mismatches == ["d2's session shows trip_id 'o6' but holds no open order"]
+    assert report.reservation_mismatches == ["Redis holds d2 for o6, but no open answer on the topic says so"]
+    assert not report.ok
+
+
 def test_an_identical_duplicate_is_reported_but_allowed():
     history = clean()
     history.answers.append(Answer("o2", "assigned", "d1", 1, 7, at_ms=5_000))
@@ -151,6 +183,50 @@ def test_a_decision_that_differs_from_the_topic_is_reported():
     history = clean()
     history.decisions["o2"] = "d2"
     assert any("o2" in line for line in check(history).reservation_mismatches)
+
+
+def fenced() -> History:
+    """The clean history and o5, decided by a worker cut from Kafka but not from Redis (a fenced
+    zombie): it reserved d2 and recorded o5 -> d2 in Redis, but its answer could not reach the topic.
+    The partition's new owner read o5 again, found that decision (decide.lua's 'existing') and gave
+    it; the zombie's own answer went out after the heal, identical, at a later offset."""
+    history = clean()
+    history.requests.append(Request("o5", REQ, 0, 2))
+    history.consumed[(REQ, 0)].append(2)
+    history.answers += [Answer("o5", "assigned", "d2", 1, 1, at_ms=8_000),  # the new owner's
+                        Answer("o5", "assigned", "d2", 1, 2, at_ms=8_000)]  # the zombie's, late
+    history.reservations["d2"] = "o5"
+    history.decisions["o5"] = "d2"
+    history.sessions["d2"]["trip_id"] = "o5"
+    return history
+
+
+def test_a_reservation_by_a_fenced_worker_that_the_new_owner_answered_passes():
+    report = check(fenced())
+    assert report.ok, report.explain()
+    assert report.duplicates == {"o5": 1}
+    # Without the zombie's late answer too: a decision made in Redis and given by another worker.
+    history = fenced()
+    history.answers.pop()
+    assert check(history).ok, check(history).explain()
+
+
+def test_a_fenced_workers_decision_the_new_owner_contradicted_is_reported():
+    # The new owner decided o5 afresh (d3) instead of giving the zombie's decision: Redis holds d2 for o5.
+    history = fenced()
+    history.answers[-2] = replace(history.answers[-2], driver_id="d3")
+    history.answers.pop()  # the zombie's answer never came out
+    history.sessions["d2"]["trip_id"], history.sessions["d3"] = None, {"trip_id": "o5", "last_loc": {}}
+    report = check(history)
+    assert not report.ok
+    assert report.reservation_mismatches == [
+        "Redis holds d2 for o5, but no open answer on the topic says so",
+        "o5 assigned d3 on the topic, but Redis does not hold d3 for it",
+        "o5 assigned d3 on the topic, Redis decided d2",
+    ]
+    # With the zombie's answer out too, the order has two drivers on the topic.
+    history.answers.append(Answer("o5", "assigned", "d2", 1, 2, at_ms=8_000))
+    assert check(history).inconsistent == {"o5": ["assigned:d3@1", "assigned:d2@2"]}
 
 
 def test_after_a_redis_wipe_only_later_decisions_must_be_in_redis():

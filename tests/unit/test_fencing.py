@@ -1,22 +1,73 @@
-"""Fence tokens and which changelog entries a restore keeps."""
+"""Fence tokens: taken from the fences topic on each assignment, never from a clock; and which changelog
+entries a restore keeps."""
 
 from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
 
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.logic.fencing import Fence, advances_persisted_offset, entries_to_keep
+import streams.app
+from infra.settings import Settings
+from streams.app import DispatchApp
+from streams.logic.fencing import FENCE_BASE, Fence, advances_persisted_offset, entries_to_keep, fence_in_time
 from streams.logic.sessions import DriverSession
 from streams.tables import session_stamp
 
 
-def test_the_token_is_the_assignment_time_and_never_goes_back():
+def test_the_token_follows_the_fences_records_offset_and_never_goes_back():
     fence = Fence()
-    assert fence.advance(1_000) == 1_000
-    assert fence.advance(5_000) == 5_000
-    assert fence.advance(4_000) == 5_001  # the clock stepped back: the token still grows
-    assert fence.advance(5_001) == 5_002
+    assert fence.advance(0) == FENCE_BASE
+    assert fence.advance(7) == FENCE_BASE + 7
+    # A fences topic deleted and created again restarts its offsets: the token still grows.
+    assert fence.advance(2) == FENCE_BASE + 8
+    assert fence.advance(9) == FENCE_BASE + 9
+
+
+@given(st.lists(st.integers(0, 1), min_size=1, max_size=40))
+def test_the_worker_assigned_last_holds_the_higher_token(assigned_in_turn):
+    # Worker 0 or 1 takes each next fences record, in the broker's order: the newest owner always wins.
+    workers = (Fence(), Fence())
+    for offset, newest in enumerate(assigned_in_turn):
+        workers[newest].advance(offset)
+        assert workers[newest].token > workers[1 - newest].token
+
+
+def test_every_token_beats_every_wall_clock_token_of_earlier_releases_and_stays_exact_in_lua():
+    year_2100_ms = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    assert Fence().advance(0) > year_2100_ms
+    # Redis's Lua compares tokens as doubles: exact up to 2**53, a billion assignments a day for 24 years.
+    token = Fence().advance(10**9 * 365 * 24)
+    assert float(token) == token and float(token + 1) != float(token) and token < 2**53
+    # The changelog filter judges an upgrade's first write newer than the release's last one.
+    assert entries_to_keep([(b"drv", (Fence().advance(0), 1))], lambda key: (year_2100_ms, 9)) == [0]
+
+
+def test_a_token_whose_record_took_half_a_session_timeout_is_not_trusted():
+    assert fence_in_time(0.02, 6.0) and fence_in_time(2.9, 6.0)
+    assert not fence_in_time(3.0, 6.0) and not fence_in_time(40.0, 30.0)
+
+
+def test_an_assignment_takes_the_token_of_its_fences_record_unless_the_record_landed_late(monkeypatch):
+    app = DispatchApp(Settings())
+    offsets = iter([5, 9])
+
+    async def appended(partitions: int) -> int:
+        return next(offsets)
+
+    rejoins: list = []
+    monkeypatch.setattr(app, "_append_fence_record", appended)
+    monkeypatch.setattr(streams.app, "_request_rejoin", rejoins.append)
+    asyncio.run(app._advance_fence(app, assigned=set()))
+    assert (app.runtime.fence.token, app._fence_taken.is_set(), rejoins) == (FENCE_BASE + 5, True, [])
+    # Later than half a session timeout: the group may have another owner with a lower token by now.
+    monkeypatch.setattr(streams.app, "fence_in_time", lambda took_s, session_timeout_s: False)
+    app._fence_taken.clear()
+    asyncio.run(app._advance_fence(app, assigned=set()))
+    assert (app.runtime.fence.token, app._fence_taken.is_set(), rejoins) == (FENCE_BASE + 5, True, [app.consumer])
 
 
 def test_a_zombies_late_entry_after_the_new_owners_is_skipped():

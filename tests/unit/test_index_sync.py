@@ -142,17 +142,44 @@ class Recorded(PartitionService):
         self.calls.append(("revoked", self.name))
 
 
+SERVICES = ["sessions", "index_writer", "progress", "pings", "supply_demand", "request_batches"]
+
+
+def _recorded(monkeypatch) -> tuple[DispatchApp, list]:
+    """An app whose partition services only record their calls."""
+    app = DispatchApp(Settings())
+    calls: list = []
+    for field in SERVICES:
+        monkeypatch.setattr(app.runtime, field, Recorded(field, calls))
+    monkeypatch.setattr(DispatchApp, "driver_partitions", lambda self: {0})
+    return app, calls
+
+
 def test_partition_services_start_in_order_and_stop_in_reverse(monkeypatch) -> None:
     """Sessions read while the tables were restored are dropped before pings are read again; pings
     stop before anything of theirs is forgotten; the supply/demand feed takes its partitions over before
     requests are read, which are read last and stopped first."""
-    app = DispatchApp(Settings())
-    calls: list = []
-    runtime = app.runtime
-    order = ["sessions", "index_writer", "progress", "pings", "supply_demand", "request_batches"]
-    for field in order:
-        monkeypatch.setattr(runtime, field, Recorded(field, calls))
-    monkeypatch.setattr(DispatchApp, "driver_partitions", lambda self: {0})
+    app, calls = _recorded(monkeypatch)
+    app._fence_taken.set()  # the assignment's fence token is in place
     asyncio.run(app._partitions_restored(app))
     asyncio.run(app._partitions_revoked(app, revoked=set()))
-    assert calls == [("restored", name, {0}) for name in order] + [("revoked", name) for name in reversed(order)]
+    assert calls == [("restored", name, {0}) for name in SERVICES] + [("revoked", name) for name in reversed(SERVICES)]
+
+
+def test_nothing_resumes_before_the_assignments_fence_token_is_taken(monkeypatch) -> None:
+    """faust restores an assignment's tables while its fence token is still being asked of the broker:
+    the services (and with them every write) start only once the token is in place, and a revoke
+    makes the next assignment wait for its own."""
+    app, calls = _recorded(monkeypatch)
+
+    async def rebalance() -> None:
+        restoring = asyncio.create_task(app._partitions_restored(app))
+        await asyncio.sleep(0.05)
+        assert calls == []
+        app._fence_taken.set()
+        await restoring
+        assert calls == [("restored", name, {0}) for name in SERVICES]
+        await app._partitions_revoked(app, revoked=set())
+        assert not app._fence_taken.is_set()
+
+    asyncio.run(rebalance())

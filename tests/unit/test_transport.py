@@ -25,3 +25,8 @@ def test_the_apps_producer_is_idempotent_with_every_replica_acknowledging():
     producer.app = SimpleNamespace(in_transaction=False)
     extra = producer._settings_extra()
     assert extra["enable_idempotence"] is True and extra["acks"] == "all"
+
+
+def test_a_group_instance_id_makes_the_worker_a_static_member_and_none_a_dynamic_one():
+    assert faust_options(Settings(kafka_group_instance_id="worker-0"))["consumer_group_instance_id"] == "worker-0"
+    assert faust_options(Settings())["consumer_group_instance_id"] is None
