@@ -80,6 +80,10 @@ class Located(NamedTuple):
     shard: str  # the shard cell whose hints it was found in
 
 
+# An order to assign and its candidates, best first: (order id, [(driver id, ETA in minutes)]).
+Offer = tuple[str, Sequence[tuple[str, int]]]
+
+
 @dataclass(frozen=True)
 class Reservation:
     outcome: str  # reserved | existing | none
@@ -398,12 +402,13 @@ class RegionIndex:
     # -- reservations and decisions -----------------------------------------------------------
 
     async def reserve_first(
-        self, offers: Sequence[tuple[Decision, Sequence[tuple[str, int]]]], min_loc_ts_ms: int, retention_s: int,
-        found_in: Mapping[str, str] | None = None,
+        self, offers: Sequence[Offer], min_loc_ts_ms: int, retention_s: int, found_in: Mapping[str, str] | None = None,
     ) -> list[Reservation]:
-        """For each (decision, candidates) in order, with candidates (driver id, ETA in minutes) best
+        """For each (order id, candidates) in order, with candidates (driver id, ETA in minutes) best
         first: reserves the first candidate still free, and records the order's decision, naming that
         driver and ETA, for `retention_s`, unless the order already has one, which is returned instead.
+        A new decision's assignedAt is Redis's clock in the step that reserved its driver (now_iso in
+        common.lua), so it never falls before the driver was freed of its previous trip.
         `found_in`: the shard cell each candidate was found in (Located.shard), whose hints a reserved
         driver leaves. On one Redis, one call does it all (decide.lua); on a cluster, the steps go slot
         by slot (_reserve_in_rounds)."""
@@ -415,9 +420,9 @@ class RegionIndex:
         shards = sorted({found_in[d] for _, candidates in offers for d, _ in candidates if d in found_in})
         keys = self._shard_keys(shards)
         args: list = [min_loc_ts_ms, retention_s, len(shards), *shards]
-        for decision, candidates in offers:
-            keys += [self.keys.decision(decision.order_id), *self._driver_keys(d for d, _ in candidates)]
-            args += [decision.order_id, decision.decided_at, len(candidates)]
+        for order_id, candidates in offers:
+            keys += [self.keys.decision(order_id), *self._driver_keys(d for d, _ in candidates)]
+            args += [order_id, len(candidates)]
             for driver_id, eta in candidates:
                 args += [driver_id, eta]
         ((replies, left),) = await self._run([("decide", keys, args)], replicated=True)
@@ -426,7 +431,7 @@ class RegionIndex:
                             int(position)) for outcome, position, payload in replies]
 
     async def _reserve_in_rounds(
-        self, offers: Sequence[tuple[Decision, Sequence[tuple[str, int]]]], min_loc_ts_ms: int, retention_s: int
+        self, offers: Sequence[Offer], min_loc_ts_ms: int, retention_s: int
     ) -> list[Reservation]:
         """reserve_first on a Redis Cluster, where an order's decision and its candidates live in
         different slots. In rounds, each one pipelined round trip: every order still looking tries its
@@ -435,11 +440,12 @@ class RegionIndex:
         reservations settled (settle.lua): an order that had a decision already gets it back and its new
         driver is released. Until settled, a reservation is provisional and expires (PROVISIONAL_S)."""
         position = [0] * len(offers)  # the candidate each order tries next
-        reserved: dict[int, tuple[str, int]] = {}  # order -> (driver, its position among the candidates)
+        # order -> (driver, its position among the candidates, when reserved by Redis's clock)
+        reserved: dict[int, tuple[str, int, str]] = {}
         looking = [i for i, (_, candidates) in enumerate(offers) if candidates]
         while looking:
             attempts: dict[int, list[tuple[int, str]]] = {}  # driver partition -> (order, driver)
-            wanted: set[str] = {driver for driver, _ in reserved.values()}
+            wanted: set[str] = {driver for driver, _, _ in reserved.values()}
             for i in looking:
                 candidates = offers[i][1]
                 while position[i] < len(candidates) and candidates[position[i]][0] in wanted:
@@ -449,23 +455,24 @@ class RegionIndex:
                     wanted.add(driver)
                     attempts.setdefault(self.keys.partition(driver), []).append((i, driver))
             calls = [("reserve", self._driver_keys(d for _, d in tried),
-                      [min_loc_ts_ms, PROVISIONAL_S * 1000, *(offers[i][0].order_id for i, _ in tried)])
+                      [min_loc_ts_ms, PROVISIONAL_S * 1000, *(offers[i][0] for i, _ in tried)])
                      for tried in attempts.values()]
-            for tried, outcomes in zip(attempts.values(), await self._run(calls, replicated=True), strict=True):
+            for tried, (outcomes, at) in zip(attempts.values(), await self._run(calls, replicated=True), strict=True):
                 for (i, driver), outcome in zip(tried, outcomes, strict=True):
                     if outcome:
-                        reserved[i] = (driver, position[i] + 1)
+                        reserved[i] = (driver, position[i] + 1, at)
                     position[i] += 1
             looking = [i for i in looking if i not in reserved and position[i] < len(offers[i][1])]
-        named = {i: offers[i][0].named(driver, dict(offers[i][1])[driver]) for i, (driver, _) in reserved.items()}
+        named = {i: Decision(offers[i][0], at, driver_id=driver, eta=dict(offers[i][1])[driver])
+                 for i, (driver, _, at) in reserved.items()}
         recorded = await self._record(list(named.values()), retention_s)
         chosen = dict(zip(named, recorded, strict=True))
-        released = [(offers[i][0].order_id, reserved[i][0]) for i, decision in chosen.items()
+        released = [(offers[i][0], reserved[i][0]) for i, decision in chosen.items()
                     if decision.driver_id != reserved[i][0]]
         await self._settle(recorded, released)
         # An order with no driver free may have been decided before (a redelivered request).
         undecided = [i for i in range(len(offers)) if i not in chosen]
-        for i, decision in zip(undecided, await self.decisions([offers[i][0].order_id for i in undecided]),
+        for i, decision in zip(undecided, await self.decisions([offers[i][0] for i in undecided]),
                                strict=True):
             if decision is not None:
                 chosen[i] = decision

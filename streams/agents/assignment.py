@@ -189,9 +189,10 @@ async def _choose(runtime: Runtime, requests: list[AssignmentRequested]) -> list
     requests decided by then keep their decisions (their drivers are reserved for them) and the others
     get the failure.
 
-    A decision is stamped when it is made, after the search found its driver free, not when the
-    request arrived: retries across a Redis outage can take seconds, in which the driver may finish
-    an earlier trip, and an assignedAt from before that would claim the driver held two orders at once."""
+    A decision is stamped by Redis in the step that reserves its driver (RegionIndex.reserve_first),
+    neither when the request arrived nor when the search found the driver: retries across a Redis
+    outage or a slow link can take seconds, in which the driver may finish an earlier trip, and an
+    assignedAt from before that would claim the driver held two orders at once."""
     decisions: list[Decision | None] = [None] * len(requests)
     contexts: list[dict[str, Any]] = [{"candidates": 0} for _ in requests]
     failure: Exception = AssertionError("left undecided")  # every request is decided unless Redis failed
@@ -214,7 +215,6 @@ async def _decide_into(runtime: Runtime, requests: list[AssignmentRequested], de
         searches = [(requests[i].restaurantLatitude, requests[i].restaurantLongitude, requests[i].radius)
                     for i in open_]
         found = await _retrying(runtime, lambda n=count, s=searches: runtime.index.candidates(s, n, fresh_since))
-        now = datetime.now(UTC)
         ranked = [
             decide.rank(((d.driver_id, km) for d, km in drivers if d.driver_id not in tried[i]), requests[i],
                         runtime.weights)
@@ -223,10 +223,8 @@ async def _decide_into(runtime: Runtime, requests: list[AssignmentRequested], de
         if settings.matching == "batch":
             metrics.matched_windows.observe(len(open_))
             ranked = _matched([requests[i].orderId for i in open_], ranked)
-        offers = [
-            (decide.to_assign(requests[i].orderId, now), [(c.driver_id, eta_minutes(c)) for c in cands])
-            for i, cands in zip(open_, ranked, strict=True)
-        ]
+        offers = [(requests[i].orderId, [(c.driver_id, eta_minutes(c)) for c in cands])
+                  for i, cands in zip(open_, ranked, strict=True)]
         found_in = {d.driver_id: d.shard for drivers, _ in found for d, _ in drivers}
         reservations = await _retrying(
             runtime, lambda o=offers, f=found_in: runtime.index.reserve_first(o, fresh_since, retention_s, f))

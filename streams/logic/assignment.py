@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -76,10 +76,6 @@ class Decision:
                        eta=int(record["eta"]))
         return cls(str(record["orderId"]), str(record["failedAt"]), error=str(record["error"]))
 
-    def named(self, driver_id: str, eta: int) -> Decision:
-        """This assignment (to_assign) with its driver and ETA named."""
-        return replace(self, driver_id=driver_id, eta=eta)
-
     def response(self) -> AssignmentResponse:
         return AssignmentResponse.model_validate(self.record())
 
@@ -90,12 +86,6 @@ class Decision:
 
 def assigned(order_id: str, driver_id: str, eta: int, at: datetime) -> Decision:
     return Decision(order_id, iso_utc(at), driver_id=driver_id, eta=eta)
-
-
-def to_assign(order_id: str, at: datetime) -> Decision:
-    """An assignment whose driver and ETA are named once one of the candidates is reserved
-    (streams.index.RegionIndex.reserve_first)."""
-    return Decision(order_id, iso_utc(at), driver_id="", eta=0)
 
 
 def failed(order_id: str, error: str, at: datetime) -> Decision:

@@ -5,6 +5,32 @@ local function parse_fix(fix)
   return string.match(fix, '^(%d+) (%w+) (%S+) (%S+)$')
 end
 
+-- An instant in epoch ms as ISO-8601 in UTC with milliseconds, schemas.models.iso_utc's form.
+local function iso_utc(ms)
+  local s = math.floor(ms / 1000)
+  local days, second = math.floor(s / 86400), s % 86400
+  -- The civil date of a day count (days since 1970-01-01), in 400-year eras starting on 1 March.
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day, math.floor(second / 3600),
+                       math.floor(second % 3600 / 60), second % 60, ms % 1000)
+end
+
+-- Now by Redis's clock, as iso_utc: an assignment's assignedAt. Stamped in the step that reserves its
+-- driver, it cannot fall before the driver was freed of an earlier trip, which a worker's stamp taken
+-- before a slow or retried call can.
+local function now_iso()
+  local t = redis.call('TIME')
+  return iso_utc(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+
 -- Reserves a driver for an order if it is free, available and its position fresh: for good, or for
 -- `expiry_ms` (a reservation to be settled later). Returns 1 reserved, 2 held by this order already
 -- (a redelivered request), 0 not (another order's, unavailable or stale).

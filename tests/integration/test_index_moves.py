@@ -13,7 +13,7 @@ from infra.settings import Settings
 from streams.index import RegionIndex, now_ms
 from streams.index_writer import FLUSH_MAX, IndexWriter
 from streams.metrics import Metrics
-from tests.integration.test_index_search import FENCE, located, to_assign
+from tests.integration.test_index_search import FENCE, located
 
 pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
@@ -61,7 +61,7 @@ async def test_a_reserved_driver_moves_without_becoming_available_again(index):
     await _ready(index)
     driver = located("drv_taken", 0, 0)
     await index.write_sessions([driver], FENCE)
-    [reservation] = await index.reserve_first([(to_assign("ord_1"), [("drv_taken", 5)])],
+    [reservation] = await index.reserve_first([("ord_1", [("drv_taken", 5)])],
                                               now_ms() - 60_000, 3600)
     assert reservation.outcome == "reserved"
     moved = _moved(driver, EAST_KM, version=2)

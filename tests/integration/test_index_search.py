@@ -5,12 +5,13 @@ with a fresh position, nearest first; and the batch's reservations."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib import resources
 
 import h3
 import pytest
 
+from schemas.models import iso_utc
 from streams.index import now_ms
-from streams.logic import assignment as decide
 from streams.logic.sessions import DriverSession
 
 pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
@@ -59,7 +60,7 @@ async def test_nearby_offers_only_available_freshly_located_drivers_nearest_firs
 async def test_a_reserved_driver_leaves_both_searches(index):
     await index.write_sessions([located("drv_a", 0.0005, 0), located("drv_b", 0.001, 0)], FENCE, rebuild=True)
     fresh_since = now_ms() - 60_000
-    (reservation,) = await index.reserve_first([(to_assign("ord_1"), [("drv_a", 5)])], fresh_since,
+    (reservation,) = await index.reserve_first([("ord_1", [("drv_a", 5)])], fresh_since,
                                                RETENTION_S)
     assert reservation.outcome == "reserved"
 
@@ -126,12 +127,13 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     await index.write_sessions([located(d, 0.001 * n, 0) for n, d in enumerate(["drv_a", "drv_b", "drv_c"])], FENCE,
                                rebuild=True)
     fresh_since = now_ms() - 60_000
-    await index.reserve_first([(to_assign("ord_old"), [("drv_c", 5)])], fresh_since,
+    await index.reserve_first([("ord_old", [("drv_c", 5)])], fresh_since,
                               RETENTION_S)
 
-    def offer(order: str, *drivers: str) -> tuple[decide.Decision, list]:
-        return to_assign(order), [(d, 5 + n) for n, d in enumerate(drivers)]
+    def offer(order: str, *drivers: str) -> tuple[str, list]:
+        return order, [(d, 5 + n) for n, d in enumerate(drivers)]
 
+    before = now_ms()
     outcomes = await index.reserve_first(
         [
             offer("ord_1", "drv_a", "drv_b"),
@@ -147,8 +149,11 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
         ("reserved", 1), ("reserved", 2), ("none", 3), ("existing", 0), ("none", 0)
     ]
     assert [r.decision and r.decision.driver_id for r in outcomes] == ["drv_a", "drv_b", None, "drv_c", None]
-    # Named with its driver and that candidate's ETA, stamped as the order's offer was.
-    assert outcomes[1].decision == decide.assigned("ord_2", "drv_b", 6, AT)
+    # Named with its driver and that candidate's ETA, stamped by Redis's clock when it was reserved.
+    decision = outcomes[1].decision
+    assert (decision.order_id, decision.driver_id, decision.eta) == ("ord_2", "drv_b", 6)
+    assert before <= decision.decided_at_ms() <= now_ms()
+    assert decision.decided_at == iso_utc(datetime.fromtimestamp(decision.decided_at_ms() / 1000, UTC))
     assert [await index.reservation_holder(d) for d in ("drv_a", "drv_b", "drv_c")] == ["ord_1", "ord_2", "ord_old"]
     assert (await index.decision("ord_2")).driver_id == "drv_b"
     assert await index.decision("ord_3") is None
@@ -157,6 +162,20 @@ async def test_reservations_of_a_batch_go_in_order_each_to_its_first_free_candid
     assert await index.redis.ttl(index.keys.reservation("drv_b")) == -1
     ((found, _),) = await index.candidates([(*CENTRE, 5.0)], 8, fresh_since)
     assert found == []
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(1970, 1, 1, tzinfo=UTC), datetime(2000, 2, 29, 23, 59, 59, 999_000, tzinfo=UTC),
+    datetime(2026, 12, 31, 23, 59, 59, 1_000, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC),
+    datetime(2028, 2, 29, 12, 0, 0, 500_000, tzinfo=UTC), datetime(2028, 3, 1, tzinfo=UTC),
+    datetime(2100, 2, 28, 6, 7, 8, 9_000, tzinfo=UTC), datetime(2100, 3, 1, tzinfo=UTC), AT,
+])
+async def test_the_scripts_write_instants_as_the_schemas_do(index, moment):
+    """assignedAt comes from Redis's clock (now_iso in common.lua): its form must be iso_utc's, leap days
+    and year ends included."""
+    ms = int(moment.timestamp() * 1000)
+    common = (resources.files("streams") / "lua" / "common.lua").read_text()
+    assert await index.redis.eval(common + "\nreturn iso_utc(tonumber(ARGV[1]))", 0, ms) == iso_utc(moment)
 
 
 async def test_only_decisions_without_an_expiry_are_forgotten(index):
@@ -178,6 +197,3 @@ def _position(driver_id: str) -> tuple[float, float]:
     dlat, dlng = offsets[driver_id]
     return CENTRE[0] + dlat, CENTRE[1] + dlng
 
-
-def to_assign(order_id: str) -> decide.Decision:
-    return decide.to_assign(order_id, AT)

@@ -16,9 +16,10 @@ from redis.asyncio import RedisCluster
 
 from infra.local import REDIS_CLUSTER_NODES
 from streams.index import RegionIndex, now_ms
+from streams.logic import assignment as decide
 from streams.logic.geo import haversine_km
 from streams.logic.shards import shard_of
-from tests.integration.test_index_search import CENTRE, FENCE, RETENTION_S, located, to_assign
+from tests.integration.test_index_search import AT, CENTRE, FENCE, RETENTION_S, located
 
 pytestmark = pytest.mark.cluster  # also run by `make test-cluster` (docs/SCALING.md)
 
@@ -46,7 +47,8 @@ async def test_a_reservation_left_unsettled_expires_and_the_drivers_next_ping_fr
     await index.write_sessions([driver], FENCE)
     # A worker reserved the driver and stopped before it recorded the order's decision.
     reserve = ("reserve", index._driver_keys(["drv_held"]), [now_ms() - 60_000, 300, "ord_lost"])
-    assert await index._run([reserve]) == [[1]]
+    [([outcome], _)] = await index._run([reserve])
+    assert outcome == 1
     assert await index.reservation_holder("drv_held") == "ord_lost"
     assert 0 < await index.redis.pttl(index.keys.reservation("drv_held")) <= 300
     await asyncio.sleep(0.4)
@@ -55,7 +57,7 @@ async def test_a_reservation_left_unsettled_expires_and_the_drivers_next_ping_fr
     moved = dataclasses.replace(driver, version=2, loc_ts_ms=now_ms())
     assert (await index.write_sessions([], FENCE, moves=[moved])).applied == 1
     assert await _candidates(index) == ["drv_held"]
-    (reservation,) = await index.reserve_first([(to_assign("ord_next"), [("drv_held", 4)])], now_ms() - 60_000,
+    (reservation,) = await index.reserve_first([("ord_next", [("drv_held", 4)])], now_ms() - 60_000,
                                                RETENTION_S)
     assert (reservation.outcome, reservation.decision.driver_id) == ("reserved", "drv_held")
 
@@ -63,7 +65,7 @@ async def test_a_reservation_left_unsettled_expires_and_the_drivers_next_ping_fr
 async def test_a_settled_reservation_lasts_until_the_trip_ends(index):
     await _ready(index)
     await index.write_sessions([located("drv_kept", 0.001, 0)], FENCE)
-    await index.reserve_first([(to_assign("ord_1"), [("drv_kept", 4)])], now_ms() - 60_000, RETENTION_S)
+    await index.reserve_first([("ord_1", [("drv_kept", 4)])], now_ms() - 60_000, RETENTION_S)
     assert await index.redis.pttl(index.keys.reservation("drv_kept")) == -1
     assert 0 < await index.redis.ttl(index.keys.decision("ord_1")) <= RETENTION_S
     assert await _candidates(index) == []
@@ -73,10 +75,10 @@ async def test_an_order_decided_by_another_worker_keeps_that_decision_and_frees_
     await _ready(index)
     await index.write_sessions([located("drv_first", 0.001, 0), located("drv_second", 0.002, 0)], FENCE)
     fresh = now_ms() - 60_000
-    (first,) = await index.reserve_first([(to_assign("ord_raced"), [("drv_first", 3)])], fresh, RETENTION_S)
+    (first,) = await index.reserve_first([("ord_raced", [("drv_first", 3)])], fresh, RETENTION_S)
     # The same order decided again elsewhere (a worker racing the partition's new owner), drv_first
     # gone from its candidates meanwhile.
-    (again,) = await index.reserve_first([(to_assign("ord_raced"), [("drv_second", 5)])], fresh, RETENTION_S)
+    (again,) = await index.reserve_first([("ord_raced", [("drv_second", 5)])], fresh, RETENTION_S)
     assert again.outcome == "existing" and again.decision == first.decision
     assert await index.reservation_holder("drv_second") is None
     assert await _candidates(index) == ["drv_second"]
@@ -87,17 +89,17 @@ async def test_a_decided_driver_whose_reservation_expired_is_reserved_again_on_r
     await _ready(index)
     await index.write_sessions([located("drv_decided", 0.001, 0), located("drv_other", 0.002, 0)], FENCE)
     fresh = now_ms() - 60_000
-    (decided,) = await index.reserve_first([(to_assign("ord_re"), [("drv_decided", 3)])], fresh, RETENTION_S)
+    (decided,) = await index.reserve_first([("ord_re", [("drv_decided", 3)])], fresh, RETENTION_S)
     # The worker recorded the decision and stopped before it settled: the reservation expired.
     await index.redis.delete(index.keys.reservation("drv_decided"))
 
-    (again,) = await index.reserve_first([(to_assign("ord_re"), [("drv_other", 5)])], fresh, RETENTION_S)
+    (again,) = await index.reserve_first([("ord_re", [("drv_other", 5)])], fresh, RETENTION_S)
     assert again.decision == decided.decision
     assert await index.reservation_holder("drv_decided") == "ord_re"
     assert await index.reservation_holder("drv_other") is None
     # And with no candidate at all, the failure path keeps the decided driver just the same.
     await index.redis.delete(index.keys.reservation("drv_decided"))
-    (recorded,) = await index.record_failures([to_assign("ord_re")], 60)
+    (recorded,) = await index.record_failures([decide.failed("ord_re", decide.NO_DRIVERS, AT)], 60)
     assert recorded == decided.decision and await index.reservation_holder("drv_decided") == "ord_re"
 
 
@@ -156,7 +158,7 @@ async def test_a_driver_reserved_after_it_crossed_into_another_shard_leaves_that
     assert (await index.write_sessions([], FENCE, moves=[crossed])).applied == 1
 
     # Reserved on the strength of the search before it moved, which found it in its old shard.
-    (reservation,) = await index.reserve_first([(to_assign("ord_m"), [("drv_moving", 2)])], now_ms() - 60_000,
+    (reservation,) = await index.reserve_first([("ord_m", [("drv_moving", 2)])], now_ms() - 60_000,
                                                RETENTION_S, found_in={"drv_moving": home})
     assert reservation.outcome == "reserved"
     for shard in (home, neighbour):
@@ -169,7 +171,7 @@ async def test_reservations_and_decisions_wait_for_a_replica_and_go_out_without_
     index.wait_replicas, index.wait_timeout_ms, index._on_unreplicated = 1, 50, lambda: missed.append(1)
     await _ready(index)
     await index.write_sessions([located("drv_replicated", 0.001, 0)], FENCE)
-    (reservation,) = await index.reserve_first([(to_assign("ord_w"), [("drv_replicated", 3)])], now_ms() - 60_000,
+    (reservation,) = await index.reserve_first([("ord_w", [("drv_replicated", 3)])], now_ms() - 60_000,
                                                RETENTION_S)
     assert reservation.outcome == "reserved" and await index.reservation_holder("drv_replicated") == "ord_w"
     replicas = await _replicas(index)

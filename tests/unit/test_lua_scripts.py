@@ -29,5 +29,5 @@ def test_the_shared_steps_are_defined_once_and_used():
     bodies = " ".join((FOLDER / f"{name}.lua").read_text() for name in SCRIPTS)
     for step in steps:
         assert f"local function {step}(" not in bodies, step
-        assert f"{step}(" in bodies, step
+        assert f"{step}(" in bodies or common.count(f"{step}(") > 1, step  # used by a script or another step
 
