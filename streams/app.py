@@ -8,6 +8,7 @@ import asyncio
 import functools
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -48,6 +49,11 @@ from streams.views import routes
 log = structlog.get_logger(__name__)
 # A broker that has just started answers group requests only once its coordinator is up, seconds later.
 HANDOVER_ATTEMPTS = 10
+# How long a crashed worker's orderly stop may take before the process ends anyway. The stop commits
+# nothing a crash left unacknowledged, so cutting it short loses nothing; the next owner reads it again.
+CRASH_STOP_S = 30.0
+# The exit status of a crash (mode's worker exits 1 when it re-raises the crash reason).
+CRASH_EXIT_STATUS = 1
 
 
 class DispatchApp(faust.App):
@@ -120,6 +126,15 @@ class DispatchApp(faust.App):
         route walk of tests/integration/test_access.py) sees every door the token gate
         (streams.access) guards."""
         log.info("web_routes", routes=sorted({resource.canonical for resource in web.web_app.router.resources()}))
+
+    async def crash(self, reason: BaseException) -> None:
+        """A crashed worker must exit, for its orchestrator to start it again (a full disk's stop among
+        others). faust's orderly stop can wait for ever on one of its services: seen once after a full
+        disk, the worker logged `Stopping...` and lived on, out of its group, until it was killed. So a
+        crash also arms `exit_unless_stopped` for CRASH_STOP_S."""
+        if not self._crashed.is_set():
+            exit_unless_stopped(CRASH_STOP_S, reason)
+        await super().crash(reason)
 
     async def on_first_start(self) -> None:
         """Before the consumer joins its group: a process of the assignments role reads requests from
@@ -251,6 +266,20 @@ class DispatchApp(faust.App):
 
     def load_sessions(self) -> list[DriverSession]:
         return self.runtime.sessions.load_all() if self.runtime.sessions is not None else []
+
+
+def exit_unless_stopped(within_s: float, reason: BaseException) -> threading.Timer:
+    """Ends the process with CRASH_EXIT_STATUS after `within_s` unless it ended by then. A thread, not a
+    task: the event loop may be what hangs."""
+
+    def overdue() -> None:
+        log.critical("crash_stop_overdue", reason=repr(reason), waited_s=within_s, action="the process exits")
+        os._exit(CRASH_EXIT_STATUS)
+
+    timer = threading.Timer(within_s, overdue)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _driver_partition(driver_id: str, partitions: int) -> int:
